@@ -1,0 +1,27 @@
+"""tfedge: from a Keras model to a validated int8 TFLite model for the edge.
+
+The pipeline, one module per stage::
+
+    wrap -> (prune) -> convert -> validate
+
+Importing tfedge makes ``tf.keras`` resolve to tf_keras (Keras 2), which the
+TensorFlow Model Optimization Toolkit requires; see :mod:`tfedge._keras`.
+"""
+
+from tfedge._keras import keras  # noqa: F401  (must come first: sets TF_USE_LEGACY_KERAS)
+from tfedge.convert import MODES, TFLiteArtifact, check_full_integer, convert, load
+from tfedge.errors import (ConversionError, InvalidModelFileError, TFEdgeError,
+                           UnsupportedModelError)
+from tfedge.prune import ConstantSparsity, PolynomialDecay, PruneConfig, SparsityReport, sparsity_report
+from tfedge.validate import TFLiteRunner, ValidationReport, validate
+from tfedge.wrap import EdgeModel, wrap
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "wrap", "EdgeModel", "PruneConfig", "PolynomialDecay", "ConstantSparsity",
+    "sparsity_report", "SparsityReport", "convert", "load", "check_full_integer",
+    "TFLiteArtifact", "MODES", "validate", "ValidationReport", "TFLiteRunner",
+    "TFEdgeError", "ConversionError", "InvalidModelFileError", "UnsupportedModelError",
+    "keras", "__version__",
+]
