@@ -1,0 +1,42 @@
+# Set-up and entry points. Everything installs into a local virtualenv (.venv).
+#   make demo   install, then run the main job (classification recipe on digits)
+#   make test   install (Python and system packages), then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tfedge-installed
+# System packages: qemu-user runs LiteRT's aarch64 build for the ARM benchmark
+# harness; a C/C++ compiler builds its qemu plugin and checks micro bundles.
+APT_PACKAGES := qemu-user gcc g++ make
+
+.PHONY: install system-deps demo test test-fast clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,recipes]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+system-deps:
+	@if command -v qemu-aarch64 >/dev/null && command -v gcc >/dev/null && command -v g++ >/dev/null; then \
+		echo "system packages present"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
+	else \
+		echo "Missing system packages; run: sudo apt-get install -y $(APT_PACKAGES)" >&2; exit 1; \
+	fi
+
+demo: install
+	$(BIN)/python -m recipes.classifier
+
+test: install system-deps
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
