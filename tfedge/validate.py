@@ -55,14 +55,22 @@ def dequantize(q: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
 class TFLiteRunner:
     """Runs a flatbuffer on float inputs, batch by batch, returning float outputs.
 
-    The input batch dimension is resized when the model allows it (dynamic
-    batch); otherwise samples run one at a time.
+    Inputs are quantized and outputs dequantized with the model's own
+    parameters. Outputs are named as in the model's signature (the Keras
+    output names), because TFLite may order output tensors differently from
+    Keras. A dynamic batch dimension is used when the model has one;
+    otherwise samples run one at a time.
 
     Args:
         content: the flatbuffer bytes.
         num_threads: interpreter threads (None: LiteRT's default).
         op_resolver: ``"auto"`` (XNNPACK), ``"builtin"``, ``"reference"``,
             or ``"no_delegates"``.
+
+    Example:
+
+    >>> runner = TFLiteRunner(artifact.content)  # doctest: +SKIP
+    >>> logits = runner.predict(x_test)  # doctest: +SKIP
     """
 
     def __init__(self, content: bytes, num_threads: int | None = None,
@@ -71,47 +79,64 @@ class TFLiteRunner:
         self.num_threads = num_threads
         self.op_resolver = op_resolver
         self.interpreter = _make_interpreter(content, num_threads, op_resolver)
-        self.interpreter.allocate_tensors()
-        self._batch = int(self.interpreter.get_input_details()[0]["shape"][0])
-        signature = self.interpreter.get_input_details()[0].get("shape_signature")
-        self.dynamic_batch = signature is not None and len(signature) and signature[0] == -1
+        signatures = self.interpreter.get_signature_list()
+        if not signatures:
+            raise ValueError("The model has no signature; convert it with tfedge.convert (or "
+                             "TFLiteConverter.from_keras_model), which keeps serving_default.")
+        self.signature_key = ("serving_default" if "serving_default" in signatures
+                              else next(iter(signatures)))
+        self._runner = self.interpreter.get_signature_runner(self.signature_key)
+        self.input_details = self._runner.get_input_details()
+        self.output_details = self._runner.get_output_details()
+        self.input_names = list(signatures[self.signature_key]["inputs"])
+        self.output_names = list(signatures[self.signature_key]["outputs"])
+        self.dynamic_batch = all(
+            len(d.get("shape_signature", [])) and d["shape_signature"][0] == -1
+            for d in self.input_details.values())
 
-    def _set_batch(self, n: int) -> None:
-        if n == self._batch:
-            return
-        detail = self.interpreter.get_input_details()[0]
-        self.interpreter.resize_tensor_input(detail["index"], [n] + list(detail["shape"][1:]))
-        self.interpreter.allocate_tensors()
-        self._batch = n
+    def run(self, inputs: np.ndarray | list[np.ndarray]) -> dict[str, np.ndarray]:
+        """One interpreter call on a batch: float inputs -> float outputs by name."""
+        arrays = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        if len(arrays) != len(self.input_names):
+            raise ValueError(f"The model has {len(self.input_names)} inputs "
+                             f"({', '.join(self.input_names)}); got {len(arrays)}.")
+        feed = {name: quantize(np.asarray(a, np.float32), self.input_details[name])
+                for name, a in zip(self.input_names, arrays)}
+        outputs = self._runner(**feed)
+        return {name: dequantize(outputs[name], self.output_details[name])
+                for name in self.output_names}
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        self._set_batch(len(x))
-        detail = self.interpreter.get_input_details()[0]
-        self.interpreter.set_tensor(detail["index"], quantize(x, detail))
-        self.interpreter.invoke()
-        out = self.interpreter.get_output_details()[0]
-        return dequantize(self.interpreter.get_tensor(out["index"]), out)
-
-    def batches(self, x: np.ndarray, batch_size: int = 64) -> Iterator[np.ndarray]:
+    def predict_all(self, x: np.ndarray | list[np.ndarray],
+                    batch_size: int = 64) -> dict[str, np.ndarray]:
+        """Float outputs by name for float inputs ``x`` (one array per input)."""
+        arrays = [np.asarray(a, np.float32) for a in (x if isinstance(x, (list, tuple)) else [x])]
+        n = len(arrays[0])
         step = batch_size if self.dynamic_batch else 1
-        for start in range(0, len(x), step):
-            chunk = x[start:start + step]
-            if not self.dynamic_batch:
-                yield self._run(chunk)
-                continue
-            try:
-                yield self._run(chunk)
-            except (RuntimeError, ValueError):
-                # Some models declare a dynamic batch they cannot run.
-                self.dynamic_batch = False
-                self._set_batch(1)
-                for row in chunk:
-                    yield self._run(row[None])
+        chunks: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
+        for start in range(0, n, step):
+            out = self.run([a[start:start + step] for a in arrays])
+            for name, value in out.items():
+                chunks[name].append(value)
+        return {name: np.concatenate(parts, axis=0) for name, parts in chunks.items()}
 
-    def predict(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Float outputs of the flatbuffer for float inputs ``x``."""
-        x = np.asarray(x, dtype=np.float32)
-        return np.concatenate(list(self.batches(x, batch_size)), axis=0)
+    def predict(self, x: np.ndarray | list[np.ndarray], batch_size: int = 64,
+                output_names: list[str] | None = None) -> np.ndarray | list[np.ndarray]:
+        """Like ``keras.Model.predict``: one array, or a list in ``output_names`` order.
+
+        Args:
+            x: float inputs, samples first (a list of arrays for several inputs).
+            batch_size: samples per interpreter call when the batch is dynamic.
+            output_names: the order of the outputs to return (e.g. a Keras
+                model's ``output_names``); default: the signature's order.
+        """
+        outputs = self.predict_all(x, batch_size)
+        names = list(output_names or self.output_names)
+        missing = [n for n in names if n not in outputs]
+        if missing:
+            raise ValueError(f"No output named {', '.join(missing)}; the model's outputs are "
+                             f"{', '.join(self.output_names)}.")
+        values = [outputs[n] for n in names]
+        return values[0] if len(values) == 1 else values
 
 
 @dataclasses.dataclass
@@ -129,6 +154,9 @@ class ValidationReport:
         snr_db: signal-to-noise ratio of the TFLite outputs against the Keras
             outputs, in dB (inf when identical).
         mode: conversion mode of the artifact, when known.
+        per_output: for models with several outputs, max abs error and SNR
+            of each output by name (the fields above then cover them all;
+            agreement and accuracy are left out, as top-1 is not defined).
     """
 
     num_samples: int
@@ -139,6 +167,7 @@ class ValidationReport:
     mean_abs_error: float
     snr_db: float
     mode: str = "unknown"
+    per_output: dict[str, dict[str, float]] | None = None
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -163,6 +192,9 @@ class ValidationReport:
                 ["max abs error", f"{self.max_abs_error:.4g}"],
                 ["mean abs error", f"{self.mean_abs_error:.4g}"],
                 ["SNR", f"{self.snr_db:.1f} dB"]]
+        for name, stats in (self.per_output or {}).items():
+            rows.append([f"{name}: max abs / SNR",
+                         f"{stats['max_abs_error']:.4g} / {stats['snr_db']:.1f} dB"])
         return format_table(["validation", "value"], rows)
 
 
@@ -171,28 +203,55 @@ def _labels(y: np.ndarray) -> np.ndarray:
     return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(len(y)).astype(int)
 
 
-def compare_outputs(reference: np.ndarray, candidate: np.ndarray, y: Any = None,
-                    mode: str = "unknown") -> ValidationReport:
+def _error_stats(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    diff = reference - candidate
+    noise = float(np.sum(diff ** 2))
+    signal = float(np.sum(reference ** 2))
+    snr = math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal else -math.inf)
+    return {"max_abs_error": float(np.max(np.abs(diff))) if diff.size else 0.0,
+            "mean_abs_error": float(np.mean(np.abs(diff))) if diff.size else 0.0,
+            "snr_db": snr}
+
+
+def compare_outputs(reference: Any, candidate: Any, y: Any = None, mode: str = "unknown",
+                    names: list[str] | None = None) -> ValidationReport:
     """Compares two models' float outputs on the same samples.
 
     Args:
-        reference: outputs of the reference (Keras) model, samples first.
-        candidate: outputs of the model under test (TFLite).
-        y: optional labels (integers or one-hot) for accuracy.
+        reference: outputs of the reference (Keras) model, samples first; a
+            list of arrays for several outputs.
+        candidate: outputs of the model under test (TFLite), in the same order.
+        y: optional labels (integers or one-hot) for accuracy (single-output
+            classifiers).
         mode: conversion mode, recorded in the report.
+        names: output names, for the per-output statistics.
 
     Returns:
         A :class:`ValidationReport`.
     """
+    if isinstance(reference, (list, tuple)):
+        if len(reference) != len(candidate):
+            raise ValueError(f"Keras gives {len(reference)} outputs, TFLite {len(candidate)}.")
+        if len(reference) > 1:
+            names = list(names or [f"output_{i}" for i in range(len(reference))])
+            flat_ref = [np.asarray(r, np.float64).reshape(len(r), -1) for r in reference]
+            flat_cand = [np.asarray(c, np.float64).reshape(len(c), -1) for c in candidate]
+            for name, r, c in zip(names, flat_ref, flat_cand):
+                if r.shape != c.shape:
+                    raise ValueError(f"Output {name!r} shapes differ: Keras {r.shape} vs "
+                                     f"TFLite {c.shape}.")
+            per_output = {n: _error_stats(r, c) for n, r, c in zip(names, flat_ref, flat_cand)}
+            stats = _error_stats(np.concatenate(flat_ref, 1), np.concatenate(flat_cand, 1))
+            return ValidationReport(num_samples=len(flat_ref[0]), agreement=None,
+                                    keras_accuracy=None, tflite_accuracy=None, mode=mode,
+                                    per_output=per_output, **stats)
+        reference, candidate = reference[0], candidate[0]
     reference = np.asarray(reference, np.float64).reshape(len(reference), -1)
     candidate = np.asarray(candidate, np.float64).reshape(len(candidate), -1)
     if reference.shape != candidate.shape:
         raise ValueError(f"Output shapes differ: Keras {reference.shape} vs TFLite "
                          f"{candidate.shape}.")
-    diff = reference - candidate
-    noise = float(np.sum(diff ** 2))
-    signal = float(np.sum(reference ** 2))
-    snr = math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal else -math.inf)
+    stats = _error_stats(reference, candidate)
     classify = reference.shape[1] > 1
     agreement = keras_acc = tflite_acc = None
     if classify:
@@ -202,10 +261,9 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, y: Any = None,
             labels = _labels(y)
             keras_acc = float(np.mean(ref_top == labels))
             tflite_acc = float(np.mean(cand_top == labels))
-    return ValidationReport(
-        num_samples=len(reference), agreement=agreement, keras_accuracy=keras_acc,
-        tflite_accuracy=tflite_acc, max_abs_error=float(np.max(np.abs(diff))) if diff.size else 0.0,
-        mean_abs_error=float(np.mean(np.abs(diff))) if diff.size else 0.0, snr_db=snr, mode=mode)
+    return ValidationReport(num_samples=len(reference), agreement=agreement,
+                            keras_accuracy=keras_acc, tflite_accuracy=tflite_acc, mode=mode,
+                            **stats)
 
 
 def validate(artifact: Any, keras_model: Any, x: Any, y: Any = None, *,
@@ -247,8 +305,11 @@ def validate(artifact: Any, keras_model: Any, x: Any, y: Any = None, *,
         raise ValueError(f"x has {len(x)} samples but y has {len(y)} labels.")
     reference = keras_model.predict(x, batch_size=batch_size, verbose=0)
     runner = TFLiteRunner(artifact.content, op_resolver=op_resolver)
-    candidate = runner.predict(x, batch_size=batch_size)
-    report = compare_outputs(reference, candidate, y, mode=artifact.mode)
+    names = list(getattr(keras_model, "output_names", None) or [])
+    if sorted(names) != sorted(runner.output_names):
+        names = runner.output_names  # e.g. a wrapper model: trust the signature's order
+    candidate = runner.predict(x, batch_size=batch_size, output_names=names)
+    report = compare_outputs(reference, candidate, y, mode=artifact.mode, names=names)
     logging.info("tfedge: validation on %d samples: agreement %s, SNR %.1f dB",
                  report.num_samples, report.agreement, report.snr_db)
     return report
