@@ -15,3 +15,7 @@ class ConversionError(TFEdgeError, RuntimeError):
 
 class InvalidModelFileError(TFEdgeError, ValueError):
     """Bytes or a file that is not a readable TFLite flatbuffer."""
+
+
+class VerificationError(TFEdgeError, RuntimeError):
+    """A model did not run, or did not reproduce its outputs, in a target runtime."""

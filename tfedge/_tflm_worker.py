@@ -1,0 +1,149 @@
+"""Runs a model in TensorFlow Lite for Microcontrollers, in a process of its own.
+
+TFLM's Python interpreter (PyPI ``tflite-micro``) can abort the whole process
+on some models (SIGABRT, no message), so :mod:`tfedge.micro` never loads it
+in the caller's process: it runs this file as a script, by path, and turns a
+death into a clear error. The script imports only NumPy and TFLM (not tfedge,
+whose import pulls in TensorFlow and takes seconds).
+
+Usage: ``python _tflm_worker.py REQUEST.json``. The request holds ``model``
+(a .tflite path), ``num_outputs``, ``inputs`` (an .npz of ``input_<i>``
+arrays, samples first, already in the input tensors' dtypes), ``outputs``
+(where to write the ``output_<i>`` arrays) and ``arena_size`` (bytes, or null
+to measure the smallest arena that works). Progress lines ``stage <name>`` go to stdout; the
+last line printed is the JSON result.
+"""
+
+import json
+import os
+import re
+import sys
+import tempfile
+
+import numpy as np
+
+_FIRST_ARENA = 16 * 1024
+_MAX_ARENA = 1 << 30
+_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
+
+
+class _StderrCapture:
+    """Captures what C++ code writes to file descriptor 2 (TFLM's MicroPrintf)."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile(mode="w+b")
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        self.text = self._file.read().decode(errors="replace").strip()
+        self._file.close()
+        return False
+
+
+def _stage(name):
+    """Says on stdout what runs next, so a parent can tell where a crash happened."""
+    print(f"stage {name}", flush=True)
+
+
+def _interpreter(runtime, content, arena_size):
+    """(interpreter or None, TFLM's messages)."""
+    with _StderrCapture() as capture:
+        try:
+            interpreter = runtime.Interpreter.from_bytes(content, arena_size=arena_size)
+        except RuntimeError:
+            interpreter = None
+    return interpreter, capture.text
+
+
+def _arena_too_small(log):
+    return "Failed to resize buffer" in log or "Failed to allocate" in log
+
+
+def _recorded_total(interpreter):
+    with _StderrCapture() as capture:
+        interpreter.print_allocations()
+    match = _TOTAL.search(capture.text)
+    return int(match.group(1)) if match else None
+
+
+def _run(interpreter, inputs, num_outputs):
+    """Invokes the interpreter once per sample; returns outputs, samples first."""
+    rows = []
+    for n in range(len(inputs[0]) if inputs else 0):
+        for i, batch in enumerate(inputs):
+            interpreter.set_input(batch[n:n + 1], i)
+        interpreter.invoke()
+        rows.append([np.array(interpreter.get_output(k)) for k in range(num_outputs)])
+    return [np.concatenate([row[k] for row in rows]) for k in range(num_outputs)] if rows else []
+
+
+def main(request_path):
+    from tflite_micro.python.tflite_micro import runtime
+
+    with open(request_path) as f:
+        request = json.load(f)
+    with open(request["model"], "rb") as f:
+        content = f.read()
+    inputs = []
+    if request.get("inputs"):
+        with np.load(request["inputs"]) as data:
+            inputs = [data[f"input_{i}"] for i in range(len(data.files))]
+
+    result = {"ok": False}
+    _stage("load")
+    arena = request.get("arena_size")
+    if arena:
+        interpreter, log = _interpreter(runtime, content, int(arena))
+        if interpreter is None:
+            result.update(stage="allocate", arena_size=int(arena), log=log)
+            return result
+    else:
+        arena = _FIRST_ARENA
+        while True:
+            interpreter, log = _interpreter(runtime, content, arena)
+            if interpreter is not None:
+                break
+            if not _arena_too_small(log) or arena >= _MAX_ARENA:
+                result.update(stage="allocate", arena_size=arena, log=log)
+                return result
+            arena *= 2
+        # The recording allocator reports what the arena really holds after a run.
+        _stage("measure")
+        if inputs:
+            for i, batch in enumerate(inputs):
+                interpreter.set_input(batch[:1], i)
+        interpreter.invoke()
+        total = _recorded_total(interpreter)
+        if total:
+            smallest, _ = _interpreter(runtime, content, total)
+            below, _ = _interpreter(runtime, content, total - 1)
+            if smallest is not None:
+                interpreter, arena = smallest, total
+                result["arena_is_minimal"] = below is None
+    result["arena_size"] = int(arena)
+
+    _stage("invoke")
+    with _StderrCapture() as capture:
+        try:
+            outputs = _run(interpreter, inputs, int(request.get("num_outputs", 1)))
+        except RuntimeError as err:
+            outputs, error = None, str(err)
+    if outputs is None:
+        result.update(stage="invoke", log=(capture.text + "\n" + error).strip())
+        return result
+    if request.get("outputs"):
+        np.savez(request["outputs"], **{f"output_{k}": out for k, out in enumerate(outputs)})
+    result.update(ok=True, num_samples=len(inputs[0]) if inputs else 0,
+                  num_outputs=len(outputs))
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1])))

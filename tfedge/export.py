@@ -1,0 +1,729 @@
+"""``tfedge.export``: handoff bundles for Android and embedded teams, verified.
+
+A bundle is a folder the receiving team can use as is, whose every claim was
+checked in the runtime that team uses:
+
+- :func:`export_android`: ``model.tflite`` with its handoff facts (labels,
+  input normalization, input/output quantization, name, version,
+  description, signature names) embedded in the flatbuffer's metadata table
+  and repeated in ``metadata.json`` for the app to read, ``labels.txt``,
+  sample inputs/outputs, and the model card. Checked in LiteRT.
+- :func:`export_micro`: ``model.tflite`` as an aligned C array
+  (``model_data.cc``/``model_data.h``), ``op_resolver.h`` with a
+  ``MicroMutableOpResolver`` sized for exactly the model's ops, the tensor
+  arena measured in TensorFlow Lite for Microcontrollers, sample
+  inputs/outputs and the model card. TFLM's outputs must equal LiteRT's.
+- :func:`check_bundle`: re-validates a bundle (hashes, loading, samples).
+
+Sample outputs come from LiteRT's builtin kernels without its default
+XNNPACK delegate: those are the TFLite kernel semantics TFLM implements, and
+on the digits CNN TFLM reproduces them bit for bit, while XNNPACK's int8
+requantization differs by one step on a few values (11 of 320 there). The
+XNNPACK comparison is recorded in the card as information for app teams.
+
+Why a JSON sidecar and not TFLite Support metadata: the TFLite Support
+metadata writers (``tflite-support``, last release 0.4.4) require
+``protobuf<4`` and cannot be installed beside TensorFlow 2.21
+(``protobuf>=6.31``). tfedge therefore writes the same facts as JSON, stored
+both next to the model and inside it, under the metadata name
+:data:`METADATA_ENTRY` (the name ``TFLITE_METADATA`` is left alone: Task
+Library parses it as a TFLite Support flatbuffer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from absl import logging
+
+from tfedge import card as card_lib
+from tfedge import metadata as metadata_lib
+from tfedge import micro
+from tfedge.errors import VerificationError
+from tfedge.report import format_table, to_json
+
+MODEL_FILE = "model.tflite"
+METADATA_FILE = "metadata.json"
+LABELS_FILE = "labels.txt"
+SAMPLES_FILE = "samples.npz"
+MODEL_DATA_SOURCE = "model_data.cc"
+MODEL_DATA_HEADER = "model_data.h"
+OP_RESOLVER_HEADER = "op_resolver.h"
+METADATA_ENTRY = "tfedge_metadata.json"
+METADATA_FORMAT = "tfedge-android-metadata"
+IO_TYPES = ("int8", "uint8", "float32")
+_NUM_RANDOM_SAMPLES = 32
+# LiteRT's builtin kernels, without the default XNNPACK delegate (see above).
+REFERENCE_RESOLVER = "no_delegates"
+_FLOAT_RTOL, _FLOAT_ATOL = 1e-4, 1e-5
+
+
+# ----------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------
+@dataclasses.dataclass
+class Bundle:
+    """A written bundle.
+
+    Attributes:
+        kind: ``"android"`` or ``"micro"``.
+        directory: where it was written.
+        files: file name -> size in bytes.
+        card: the model card written as ``model_card.json``.
+    """
+
+    kind: str
+    directory: str
+    files: dict[str, int]
+    card: dict[str, Any]
+
+    @property
+    def arena_bytes(self) -> int | None:
+        """Measured TFLM tensor arena (micro bundles), else None."""
+        return self.card["bundle"].get("arena_bytes")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "directory": self.directory, "files": self.files,
+                "bundle": self.card["bundle"]}
+
+    def __str__(self) -> str:
+        rows = [[name, size] for name, size in self.files.items()]
+        facts = self.card["bundle"]
+        lines = [format_table(["file", "bytes"], rows,
+                              title=f"{self.kind} bundle in {self.directory}")]
+        if self.kind == "micro":
+            ops = ", ".join(o["op"] for o in facts["ops"])
+            lines.append(f"tensor arena: {facts['arena_bytes']:,} bytes (measured in TFLM "
+                         f"{facts['tflm_version']}); ops: {ops}")
+        check = facts["verification"]
+        lines.append(f"verified: {check['summary']}")
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class BundleCheck:
+    """The result of :func:`check_bundle`: one row per check.
+
+    Attributes:
+        directory: the bundle checked.
+        kind: ``"android"``, ``"micro"`` or ``"unknown"``.
+        checks: ``(check, passed, detail)`` rows.
+    """
+
+    directory: str
+    kind: str
+    checks: list[tuple[str, bool, str]] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(passed for _, passed, _ in self.checks)
+
+    def add(self, check: str, passed: bool, detail: str = "") -> bool:
+        self.checks.append((check, bool(passed), detail))
+        return bool(passed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"directory": self.directory, "kind": self.kind, "ok": self.ok,
+                "checks": [{"check": c, "passed": p, "detail": d} for c, p, d in self.checks]}
+
+    def to_json(self) -> str:
+        return to_json(self.to_dict())
+
+    def __str__(self) -> str:
+        rows = [[c, "ok" if p else "FAILED", d] for c, p, d in self.checks]
+        verdict = "bundle OK" if self.ok else "bundle FAILED its check"
+        return (format_table(["check", "result", "detail"], rows,
+                             title=f"{self.kind} bundle {self.directory}") + f"\n{verdict}")
+
+
+# ----------------------------------------------------------------------------
+# Helpers shared by both bundles
+# ----------------------------------------------------------------------------
+def _as_artifact(artifact: Any) -> Any:
+    from tfedge.convert import TFLiteArtifact, load
+
+    if isinstance(artifact, TFLiteArtifact):
+        return artifact
+    if isinstance(artifact, (bytes, bytearray)):
+        return TFLiteArtifact(bytes(artifact))
+    return load(artifact)
+
+
+def _io_type(tensor: Any) -> str:
+    return tensor.dtype.lower()
+
+
+def _quantize(x: np.ndarray, tensor: Any) -> np.ndarray:
+    from tfedge.validate import quantize
+
+    params = (tensor.scale[0], tensor.zero_point[0]) if tensor.scale else (0.0, 0)
+    return quantize(x, {"dtype": tensor.numpy_dtype, "quantization": params})
+
+
+def _sample_inputs(artifact: Any, sample_inputs: Any,
+                   seed: int = 0) -> tuple[list[np.ndarray], str]:
+    """Model inputs for the bundle's samples, in the input tensors' dtypes.
+
+    Float samples (preprocessed as for training) are quantized with the input
+    tensor's scale and zero point; arrays already in the tensor's integer
+    dtype are used as they are. Without samples, random values covering the
+    input's range are drawn (they prove runtime agreement, not accuracy).
+    """
+    tensors = artifact.inputs
+    if sample_inputs is None:
+        rng = np.random.default_rng(seed)
+        batches = []
+        for t in tensors:
+            shape = (_NUM_RANDOM_SAMPLES,) + tuple(t.shape[1:])
+            dtype = t.numpy_dtype
+            if dtype.kind in "iu":
+                info = np.iinfo(dtype)
+                batches.append(rng.integers(info.min, info.max, shape, endpoint=True,
+                                            dtype=dtype))
+            else:
+                batches.append(rng.standard_normal(shape).astype(dtype))
+        logging.warning("tfedge: no sample_inputs given; the bundle's samples are %d random "
+                        "inputs (they check runtime agreement, not accuracy).",
+                        _NUM_RANDOM_SAMPLES)
+        return batches, "random"
+    arrays = list(sample_inputs) if isinstance(sample_inputs, (list, tuple)) else [sample_inputs]
+    if len(arrays) != len(tensors):
+        raise ValueError(f"The model has {len(tensors)} inputs but {len(arrays)} sample arrays "
+                         "were given: pass one array per input (samples first).")
+    batches = []
+    for x, t in zip(arrays, tensors):
+        x = np.asarray(x)
+        if x.ndim == len(t.shape) - 1:
+            x = x[None]
+        if tuple(x.shape[1:]) != tuple(t.shape[1:]) or len(x) == 0:
+            raise ValueError(f"sample_inputs of shape {x.shape} do not fit input {t.name!r} "
+                             f"of shape {t.shape}: give samples of shape {tuple(t.shape[1:])}, "
+                             "samples first, preprocessed as for training.")
+        if x.dtype == t.numpy_dtype and x.dtype.kind in "iu":
+            batches.append(x)
+        elif x.dtype.kind in "fiub":
+            batches.append(_quantize(x.astype(np.float32), t))
+        else:
+            raise ValueError(f"sample_inputs must be numeric, got dtype {x.dtype}.")
+    return batches, "given"
+
+
+def litert_outputs(content: bytes, inputs: Sequence[np.ndarray],
+                   op_resolver: str = REFERENCE_RESOLVER) -> list[np.ndarray]:
+    """Raw outputs of the LiteRT interpreter, one sample at a time.
+
+    Args:
+        content: the flatbuffer bytes.
+        inputs: one array per model input, samples first, in the input
+            tensors' dtypes.
+        op_resolver: as for :class:`~tfedge.validate.TFLiteRunner`; default
+            :data:`REFERENCE_RESOLVER` (builtin kernels, no XNNPACK).
+
+    Returns:
+        One array per model output, samples first, in the output dtypes.
+    """
+    from tfedge.validate import _make_interpreter
+
+    interpreter = _make_interpreter(content, op_resolver=op_resolver)
+    interpreter.allocate_tensors()
+    in_details = interpreter.get_input_details()
+    out_details = interpreter.get_output_details()
+    rows = []
+    for n in range(len(inputs[0])):
+        for detail, batch in zip(in_details, inputs):
+            interpreter.set_tensor(detail["index"], batch[n:n + 1])
+        interpreter.invoke()
+        rows.append([interpreter.get_tensor(d["index"]).copy() for d in out_details])
+    return [np.concatenate([row[k] for row in rows]) for k in range(len(out_details))]
+
+
+def _agreement(reference: Sequence[np.ndarray],
+               candidate: Sequence[np.ndarray]) -> dict[str, Any]:
+    """How two runtimes' raw outputs compare: integers must be equal, floats close."""
+    if len(reference) != len(candidate):
+        return {"equal": False, "samples": 0, "mismatched_values": -1, "max_abs_diff": None,
+                "summary": f"{len(candidate)} outputs instead of {len(reference)}"}
+    mismatched, max_diff, equal, exact = 0, 0.0, True, True
+    for ref, got in zip(reference, candidate):
+        if ref.shape != got.shape:
+            return {"equal": False, "samples": len(ref), "mismatched_values": -1,
+                    "max_abs_diff": None, "summary": f"shape {got.shape} instead of {ref.shape}"}
+        diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
+        max_diff = max(max_diff, float(diff.max()) if diff.size else 0.0)
+        if ref.dtype.kind in "iub":
+            bad = int(np.count_nonzero(diff))
+        else:
+            exact = False
+            bad = int(np.count_nonzero(~np.isclose(got, ref, rtol=_FLOAT_RTOL, atol=_FLOAT_ATOL)))
+        mismatched += bad
+        equal = equal and bad == 0
+    samples = len(reference[0]) if reference else 0
+    how = "bit-exact" if exact else f"within rtol {_FLOAT_RTOL:g}, atol {_FLOAT_ATOL:g}"
+    summary = (f"{samples} samples, outputs equal ({how}, max abs diff {max_diff:g})" if equal
+               else f"{mismatched} output values differ on {samples} samples "
+                    f"(max abs diff {max_diff:g})")
+    return {"equal": equal, "samples": samples, "mismatched_values": mismatched,
+            "max_abs_diff": max_diff, "summary": summary}
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _write(directory: str, name: str, data: bytes | str) -> None:
+    mode = "wb" if isinstance(data, bytes) else "w"
+    with open(os.path.join(directory, name), mode) as f:
+        f.write(data)
+
+
+def _save_samples(directory: str, inputs: Sequence[np.ndarray],
+                  outputs: Sequence[np.ndarray]) -> None:
+    arrays = {f"input_{i}": x for i, x in enumerate(inputs)}
+    arrays.update({f"output_{k}": y for k, y in enumerate(outputs)})
+    np.savez(os.path.join(directory, SAMPLES_FILE), **arrays)
+
+
+def _load_samples(directory: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    with np.load(os.path.join(directory, SAMPLES_FILE)) as data:
+        inputs = [data[k] for k in sorted((k for k in data.files if k.startswith("input_")),
+                                          key=lambda k: int(k.split("_")[1]))]
+        outputs = [data[k] for k in sorted((k for k in data.files if k.startswith("output_")),
+                                           key=lambda k: int(k.split("_")[1]))]
+    return inputs, outputs
+
+
+def _finish(kind: str, directory: str, artifact: Any, files: list[str], facts: dict[str, Any],
+            *, name: str, description: str, labels: list[str] | None, validation: Any,
+            benchmark: Any) -> Bundle:
+    """Hashes the written files into the model card and writes it."""
+    card = card_lib.model_card(artifact, name=name, description=description, labels=labels,
+                               validation=validation, benchmark=benchmark)
+    card["bundle"] = {"kind": kind, **facts, "files": {
+        f: {"sha256": _sha256(os.path.join(directory, f)),
+            "size_bytes": os.path.getsize(os.path.join(directory, f))} for f in files}}
+    card_lib.write_model_card(directory, card)
+    sizes = {f: card["bundle"]["files"][f]["size_bytes"] for f in files}
+    sizes[card_lib.CARD_FILENAME] = os.path.getsize(os.path.join(directory, card_lib.CARD_FILENAME))
+    bundle = Bundle(kind=kind, directory=directory, files=sizes, card=card)
+    logging.info("tfedge: wrote the %s bundle of %r to %s (%s)", kind, name, directory,
+                 facts["verification"]["summary"])
+    return bundle
+
+
+# ----------------------------------------------------------------------------
+# Android
+# ----------------------------------------------------------------------------
+def _as_floats(value: Any, what: str) -> list[float] | None:
+    if value is None:
+        return None
+    values = [float(v) for v in np.atleast_1d(np.asarray(value, dtype=np.float64))]
+    if not values or not all(np.isfinite(values)):
+        raise ValueError(f"{what} must be finite numbers, got {value!r}.")
+    return values
+
+
+def _normalization(artifact: Any, norm_mean: Any, norm_std: Any) -> dict[str, Any] | None:
+    mean, std = _as_floats(norm_mean, "norm_mean"), _as_floats(norm_std, "norm_std")
+    if mean is None and std is None:
+        return None
+    if mean is None or std is None:
+        raise ValueError("Give both norm_mean and norm_std (the app computes "
+                         "(x - mean) / std), or neither.")
+    if any(s == 0 for s in std):
+        raise ValueError(f"norm_std={std} contains 0: std divides the input.")
+    channels = artifact.inputs[0].shape[-1]
+    for values, what in ((mean, "norm_mean"), (std, "norm_std")):
+        if len(values) not in (1, channels):
+            raise ValueError(f"{what} has {len(values)} values; give 1 or one per input "
+                             f"channel ({channels}).")
+    return {"mean": mean, "std": std}
+
+
+def _tensor_facts(tensor: Any, signature_name: str | None) -> dict[str, Any]:
+    return {"name": tensor.name, "signature_name": signature_name, "index": tensor.index,
+            "shape": list(tensor.shape), "dtype": _io_type(tensor),
+            "quantization": ({"scale": tensor.scale[0], "zero_point": tensor.zero_point[0]}
+                             if tensor.scale else None)}
+
+
+def android_metadata(artifact: Any, *, name: str, version: str, description: str,
+                     labels: list[str] | None, normalization: dict[str, Any] | None
+                     ) -> dict[str, Any]:
+    """The facts an Android app needs to feed the model and read its outputs.
+
+    Returns:
+        A JSON-ready dict: name, version, description, signature keys, and
+        per input/output tensor its signature name, shape, dtype and
+        quantization; the input normalization and the labels.
+    """
+    signatures = metadata_lib.read_signatures(artifact.content)
+    key = "serving_default" if "serving_default" in signatures else next(iter(signatures), None)
+    by_index = {}
+    if key is not None:
+        for kind in ("inputs", "outputs"):
+            by_index.update({index: sig_name
+                             for sig_name, index in signatures[key][kind].items()})
+    inputs = [_tensor_facts(t, by_index.get(t.index)) for t in artifact.inputs]
+    outputs = [_tensor_facts(t, by_index.get(t.index)) for t in artifact.outputs]
+    inputs[0]["normalization"] = normalization
+    outputs[0]["labels_file"] = LABELS_FILE if labels else None
+    steps = ["x = (x - mean) / std" if normalization else None,
+             "q = clamp(round(x / scale) + zero_point)" if inputs[0]["quantization"] else None]
+    return {
+        "format": METADATA_FORMAT, "format_version": 1,
+        "name": name, "version": version, "description": description,
+        "signature_key": key, "signature_keys": list(signatures),
+        "input_preprocessing": "; ".join(s for s in steps if s) or "none",
+        "output_postprocessing": ("y = (q - zero_point) * scale"
+                                  if outputs[0]["quantization"] else "none"),
+        "inputs": inputs, "outputs": outputs, "labels": labels,
+    }
+
+
+def _check_io_type(artifact: Any, io_type: str | None) -> str:
+    actual = {_io_type(t) for t in artifact.inputs + artifact.outputs}
+    current = actual.pop() if len(actual) == 1 else "mixed"
+    if io_type is None:
+        return current
+    if io_type not in IO_TYPES:
+        raise ValueError(f"io_type={io_type!r}; use one of {', '.join(IO_TYPES)}.")
+    if io_type != current:
+        raise ValueError(
+            f"io_type={io_type!r} but the model's inputs/outputs are {current}. Export does "
+            "not re-quantize a finished model: convert it with that interface, e.g. "
+            f"tfedge.convert(model, representative_data, input_type={io_type!r}, "
+            f"output_type={io_type!r}) (the converter adds exact {io_type}<->int8 "
+            "requantize ops at the boundary), then export that artifact.")
+    return current
+
+
+def export_android(artifact: Any, out_dir: str | os.PathLike, *,
+                   labels: Sequence[str] | None = None, norm_mean: Any = None,
+                   norm_std: Any = None, name: str = "model", version: str = "1",
+                   description: str = "", io_type: str | None = None,
+                   sample_inputs: Any = None, validation: Any = None,
+                   benchmark: Any = None) -> Bundle:
+    """Writes the Android handoff bundle, checked in LiteRT.
+
+    Files: ``model.tflite`` (the facts below embedded in its metadata table
+    under :data:`METADATA_ENTRY`), ``metadata.json`` (the same facts),
+    ``labels.txt`` (with labels), ``samples.npz`` (raw inputs and LiteRT
+    outputs) and ``model_card.json`` (with every file's sha256).
+
+    Args:
+        artifact: a :class:`~tfedge.convert.TFLiteArtifact`, flatbuffer bytes
+            or a ``.tflite`` path.
+        out_dir: the bundle folder (created; files in it are replaced).
+        labels: class names in output order (as many as output classes).
+        norm_mean: input normalization mean, one value or one per channel:
+            the app feeds ``(x - mean) / std``.
+        norm_std: input normalization std, as ``norm_mean``.
+        name: model name.
+        version: model version string.
+        description: what the model does, for the app developer.
+        io_type: ``"int8"``, ``"uint8"`` or ``"float32"``: the input/output
+            type the app expects; it must be the artifact's (convert with
+            ``input_type``/``output_type`` to change it). None: the
+            artifact's. Android's Task Library takes uint8 or float32 images.
+        sample_inputs: inputs preprocessed as for training (float, quantized
+            here) or already in the input dtype; default 32 random inputs.
+        validation: a ValidationReport to record in the card.
+        benchmark: a benchmark report to record in the card.
+
+    Returns:
+        The :class:`Bundle`.
+
+    Raises:
+        ValueError: labels, normalization or io_type do not fit the model.
+        VerificationError: the model with metadata does not reproduce the
+            original model's outputs in LiteRT.
+
+    Example:
+
+    >>> tfedge.export_android(artifact, "tflite_models/digits/android",  # doctest: +SKIP
+    ...                       labels=[str(d) for d in range(10)], norm_mean=0.0,
+    ...                       norm_std=16.0, name="digits", version="1.0")
+    """
+    artifact = _as_artifact(artifact)
+    out_dir = os.fspath(out_dir)
+    io = _check_io_type(artifact, io_type)
+    labels = list(labels) if labels is not None else None
+    if labels is not None:
+        classes = artifact.outputs[0].shape[-1] if artifact.outputs[0].shape else 1
+        if len(labels) != classes:
+            raise ValueError(f"{len(labels)} labels for {classes} output classes: give one "
+                             "label per class, in output order.")
+        if any("\n" in str(label) for label in labels):
+            raise ValueError("Labels must not contain newlines (labels.txt has one per line).")
+        labels = [str(label) for label in labels]
+    normalization = _normalization(artifact, norm_mean, norm_std)
+
+    facts = android_metadata(artifact, name=name, version=str(version),
+                             description=description, labels=labels,
+                             normalization=normalization)
+    facts_json = json.dumps(facts, indent=2) + "\n"
+    from tfedge.convert import TFLiteArtifact
+
+    tagged = TFLiteArtifact(metadata_lib.embed_metadata(
+        artifact.content, {METADATA_ENTRY: facts_json.encode()}), mode=artifact.mode,
+        num_calibration_samples=artifact.num_calibration_samples)
+
+    inputs, source = _sample_inputs(artifact, sample_inputs)
+    outputs = litert_outputs(tagged.content, inputs)
+    agreement = _agreement(litert_outputs(artifact.content, inputs), outputs)
+    xnnpack = _agreement(outputs, litert_outputs(tagged.content, inputs, "auto"))
+    if not agreement["equal"]:
+        raise VerificationError("Embedding the metadata changed the model's LiteRT outputs "
+                                f"({agreement['summary']}); this is a tfedge bug, please report.")
+
+    os.makedirs(out_dir, exist_ok=True)
+    _write(out_dir, MODEL_FILE, tagged.content)
+    _write(out_dir, METADATA_FILE, facts_json)
+    files = [MODEL_FILE, METADATA_FILE]
+    if labels:
+        _write(out_dir, LABELS_FILE, "\n".join(labels) + "\n")
+        files.append(LABELS_FILE)
+    _save_samples(out_dir, inputs, outputs)
+    files.append(SAMPLES_FILE)
+    verification = {**agreement, "summary": "LiteRT loads the model with metadata and "
+                    f"reproduces the original model: {agreement['summary']}",
+                    "xnnpack_vs_builtin_kernels": xnnpack["summary"]}
+    return _finish("android", out_dir, tagged, files,
+                   {"version": str(version), "io_type": io, "metadata_entry": METADATA_ENTRY,
+                    "samples": {"file": SAMPLES_FILE, "count": len(inputs[0]),
+                                "source": source},
+                    "verification": verification},
+                   name=name, description=description, labels=labels,
+                   validation=validation, benchmark=benchmark)
+
+
+# ----------------------------------------------------------------------------
+# Microcontrollers
+# ----------------------------------------------------------------------------
+def export_micro(artifact: Any, out_dir: str | os.PathLike, *, sample_inputs: Any = None,
+                 name: str = "model", description: str = "",
+                 labels: Sequence[str] | None = None, validation: Any = None,
+                 benchmark: Any = None) -> Bundle:
+    """Writes the microcontroller (TFLM) handoff bundle, verified in TFLM.
+
+    Before anything is written: every op must have a TFLM kernel, the model
+    must run in TFLM's interpreter (in a subprocess, so a TFLM crash becomes
+    an error), and TFLM's outputs on the samples must equal LiteRT's (bit
+    for bit for integer outputs). The tensor arena is measured as the
+    smallest one TFLM runs the model in.
+
+    Files: ``model.tflite``, ``model_data.cc``/``model_data.h`` (the model as
+    an ``alignas(16)`` const array, its length, ``k<Name>TensorArenaSize``),
+    ``op_resolver.h`` (``MicroMutableOpResolver<N>`` and
+    ``Register<Name>Ops``), ``samples.npz`` and ``model_card.json``.
+
+    Args:
+        artifact: a :class:`~tfedge.convert.TFLiteArtifact`, flatbuffer bytes
+            or a ``.tflite`` path. TFLM wants full int8 (uint8 is deprecated
+            there).
+        out_dir: the bundle folder (created; files in it are replaced).
+        sample_inputs: inputs preprocessed as for training (float, quantized
+            here) or already in the input dtype; default 32 random inputs.
+        name: model name; also names the C symbols.
+        description: what the model does.
+        labels: class names in output order, recorded in the card.
+        validation: a ValidationReport to record in the card.
+        benchmark: a benchmark report to record in the card.
+
+    Returns:
+        The :class:`Bundle` (``bundle.arena_bytes`` is the measured arena).
+
+    Raises:
+        UnsupportedModelError: an op has no TFLM kernel (the op is named).
+        VerificationError: TFLM crashed or failed on the model, or its
+            outputs differ from LiteRT's.
+
+    Example:
+
+    >>> b = tfedge.export_micro(artifact, "tflite_models/digits/micro",  # doctest: +SKIP
+    ...                         sample_inputs=x_test[:32], name="digits")
+    >>> b.arena_bytes  # doctest: +SKIP
+    4400
+    """
+    artifact = _as_artifact(artifact)
+    out_dir = os.fspath(out_dir)
+    methods = micro.resolver_methods(artifact)  # unsupported ops fail here, first
+    if any(t.dtype == "UINT8" for t in artifact.inputs + artifact.outputs):
+        logging.warning("tfedge: the model has uint8 inputs/outputs; TFLM deprecated uint8, "
+                        "convert with input_type='int8' for microcontrollers.")
+    inputs, source = _sample_inputs(artifact, sample_inputs)
+    reference = litert_outputs(artifact.content, inputs)
+    run = micro.run_tflm(artifact.content, inputs, num_outputs=len(artifact.outputs))
+    agreement = _agreement(reference, run.outputs)
+    if not agreement["equal"]:
+        hint = ""
+        if _agreement(litert_outputs(artifact.content, inputs, "reference"),
+                      run.outputs)["equal"]:
+            hint = (" LiteRT's reference kernels do match TFLM: LiteRT's builtin kernels "
+                    "round differently on this model, so expect small differences between "
+                    "phone and microcontroller results.")
+        raise VerificationError(
+            f"TFLM's outputs differ from LiteRT's builtin kernels: {agreement['summary']}."
+            f"{hint} The embedded bundle was not written.")
+    xnnpack = _agreement(reference, litert_outputs(artifact.content, inputs, "auto"))
+
+    os.makedirs(out_dir, exist_ok=True)
+    source_cc, header = micro.model_data_sources(artifact.content, name, run.arena_bytes,
+                                                 sha256=artifact.sha256,
+                                                 header_name=MODEL_DATA_HEADER)
+    counts = artifact.flatbuffer.op_counts()
+    _write(out_dir, MODEL_FILE, artifact.content)
+    _write(out_dir, MODEL_DATA_SOURCE, source_cc)
+    _write(out_dir, MODEL_DATA_HEADER, header)
+    _write(out_dir, OP_RESOLVER_HEADER, micro.resolver_header(name, methods, counts))
+    _save_samples(out_dir, inputs, reference)
+    files = [MODEL_FILE, MODEL_DATA_SOURCE, MODEL_DATA_HEADER, OP_RESOLVER_HEADER,
+             SAMPLES_FILE]
+    verification = {**agreement, "summary": f"TFLM matches LiteRT: {agreement['summary']}",
+                    "xnnpack_vs_builtin_kernels": xnnpack["summary"]}
+    return _finish("micro", out_dir, artifact, files, {
+        "tflm_version": micro.tflm_version(), "arena_bytes": run.arena_bytes,
+        "arena_is_minimal": run.arena_is_minimal,
+        "ops": [{"op": op, "method": m, "count": counts.get(op, 0)} for op, m in methods],
+        "symbols": micro.c_symbols(name),
+        "samples": {"file": SAMPLES_FILE, "count": len(inputs[0]), "source": source},
+        "verification": verification},
+        name=name, description=description, labels=list(labels) if labels else None,
+        validation=validation, benchmark=benchmark)
+
+
+# ----------------------------------------------------------------------------
+# Checking a bundle
+# ----------------------------------------------------------------------------
+def _guard(result: BundleCheck, check: str, fn, *args) -> Any:
+    """Runs one check; an exception becomes a failed row instead of a crash."""
+    try:
+        return fn(*args)
+    except Exception as err:  # a check must report, not raise
+        result.add(check, False, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+        return None
+
+
+def check_bundle(bundle_dir: str | os.PathLike) -> BundleCheck:
+    """Re-validates a bundle written by :func:`export_android` or :func:`export_micro`.
+
+    Checks that every file's sha256 matches the model card, that the model
+    loads in LiteRT and reproduces the saved sample outputs, and for Android
+    bundles that the embedded metadata equals ``metadata.json`` and
+    ``labels.txt``; for micro bundles that the C array holds the model's
+    exact bytes, the ops all have TFLM kernels, and TFLM runs the model in
+    the recorded arena and reproduces the samples.
+
+    Args:
+        bundle_dir: the bundle folder.
+
+    Returns:
+        A :class:`BundleCheck`; ``.ok`` is True when every check passed.
+        It prints as a table.
+
+    Example:
+
+    >>> report = tfedge.check_bundle("tflite_models/digits/micro")  # doctest: +SKIP
+    >>> report.ok  # doctest: +SKIP
+    True
+    """
+    directory = os.fspath(bundle_dir)
+    result = BundleCheck(directory=directory, kind="unknown")
+    card = _guard(result, "model card", card_lib.read_model_card, directory)
+    if card is None:
+        return result
+    facts = card.get("bundle") or {}
+    result.kind = facts.get("kind", "unknown")
+    if not result.add("model card", result.kind in ("android", "micro"),
+                      f"{card.get('name')!r}, {result.kind} bundle"):
+        return result
+
+    for name, expected in facts.get("files", {}).items():
+        path = os.path.join(directory, name)
+        if not os.path.exists(path):
+            result.add(f"file {name}", False, "missing")
+            continue
+        digest = _sha256(path)
+        result.add(f"file {name}", digest == expected["sha256"],
+                   "sha256 matches the card" if digest == expected["sha256"]
+                   else f"sha256 {digest[:12]}... but the card says {expected['sha256'][:12]}...")
+
+    model_path = os.path.join(directory, MODEL_FILE)
+    content = _guard(result, "model", lambda: open(model_path, "rb").read())
+    if content is None:
+        return result
+    digest = hashlib.sha256(content).hexdigest()
+    result.add("model hash", digest == card["model"]["sha256"],
+               "model.tflite is the model the card describes"
+               if digest == card["model"]["sha256"] else "model.tflite differs from the card")
+    artifact = _guard(result, "model", _as_artifact, content)
+    if artifact is None:
+        return result
+    samples = _guard(result, "samples", _load_samples, directory)
+    if samples is not None:
+        inputs, saved = samples
+        outputs = _guard(result, "LiteRT", litert_outputs, content, inputs)
+        if outputs is not None:
+            agreement = _agreement(saved, outputs)
+            result.add("LiteRT reproduces samples", agreement["equal"], agreement["summary"])
+
+    if result.kind == "android":
+        _check_android(result, directory, content)
+    else:
+        _check_micro(result, directory, artifact, facts, samples)
+    return result
+
+
+def _check_android(result: BundleCheck, directory: str, content: bytes) -> None:
+    sidecar = _guard(result, "metadata", lambda: json.load(
+        open(os.path.join(directory, METADATA_FILE))))
+    embedded = _guard(result, "metadata", metadata_lib.read_metadata, content)
+    if sidecar is None or embedded is None:
+        return
+    raw = embedded.get(METADATA_ENTRY)
+    same = raw is not None and json.loads(raw) == sidecar
+    result.add("embedded metadata", same, f"{METADATA_ENTRY} in model.tflite equals "
+               f"{METADATA_FILE}" if same else f"{METADATA_ENTRY} missing or different")
+    labels = sidecar.get("labels")
+    if labels:
+        path = os.path.join(directory, LABELS_FILE)
+        written = open(path).read().splitlines() if os.path.exists(path) else None
+        result.add("labels", written == labels, f"{len(labels)} labels"
+                   if written == labels else f"{LABELS_FILE} differs from the metadata")
+
+
+def _check_micro(result: BundleCheck, directory: str, artifact: Any, facts: dict[str, Any],
+                 samples: Any) -> None:
+    def read(name):
+        with open(os.path.join(directory, name)) as f:
+            return f.read()
+
+    source = _guard(result, "C array", read, MODEL_DATA_SOURCE)
+    if source is not None:
+        same = micro.read_model_data(source) == artifact.content
+        length = f"{facts['symbols']['length']} = {len(artifact.content)};"
+        result.add("C array", same and length in source,
+                   f"{MODEL_DATA_SOURCE} holds model.tflite's {len(artifact.content):,} bytes"
+                   if same and length in source else f"{MODEL_DATA_SOURCE} differs from model.tflite")
+    methods = _guard(result, "TFLM ops", micro.resolver_methods, artifact)
+    resolver = _guard(result, "op resolver", read, OP_RESOLVER_HEADER)
+    if methods is not None and resolver is not None:
+        missing = [m for _, m in methods if f"resolver.{m}()" not in resolver]
+        result.add("op resolver", not missing, f"{len(methods)} ops registered" if not missing
+                   else f"{OP_RESOLVER_HEADER} lacks {', '.join(missing)}")
+    if samples is None or methods is None:
+        return
+    inputs, saved = samples
+    run = _guard(result, "TFLM", lambda: micro.run_tflm(
+        artifact.content, inputs, num_outputs=len(artifact.outputs),
+        arena_size=facts["arena_bytes"]))
+    if run is not None:
+        result.add("TFLM arena", True, f"runs in the recorded {facts['arena_bytes']:,} bytes")
+        agreement = _agreement(saved, run.outputs)
+        result.add("TFLM reproduces samples", agreement["equal"], agreement["summary"])
