@@ -14,6 +14,7 @@ from tfedge.errors import (ConversionError, InvalidModelFileError, TFEdgeError,
                            UnsupportedModelError)
 from tfedge.prune import ConstantSparsity, PolynomialDecay, PruneConfig, SparsityReport, sparsity_report
 from tfedge.validate import TFLiteRunner, ValidationReport, validate
+from tfedge.tune import Budget, SearchSpace, TuneResult, tune
 from tfedge.wrap import EdgeModel, wrap
 
 __version__ = "0.1.0"
@@ -23,5 +24,6 @@ __all__ = [
     "sparsity_report", "SparsityReport", "convert", "load", "check_full_integer",
     "TFLiteArtifact", "MODES", "validate", "ValidationReport", "TFLiteRunner",
     "TFEdgeError", "ConversionError", "InvalidModelFileError", "UnsupportedModelError",
+    "tune", "Budget", "SearchSpace", "TuneResult",
     "keras", "__version__",
 ]

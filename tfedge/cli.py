@@ -34,12 +34,135 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune", help="Search compression settings under a device budget (keras-tuner).",
+        description="Train, convert to full int8 and validate one candidate per trial "
+                    "(sparsity, pruning length, QAT, width, resolution, distillation), check "
+                    "each int8 model against the budget, and write the Pareto front (table, "
+                    "JSON, PNG) and the best feasible model with its card. Resumes from "
+                    "--directory; runs distributed under keras-tuner's KERASTUNER_TUNER_ID / "
+                    "KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT variables.")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--builder", metavar="FILE.py:FUNCTION",
+                       help="Function build(width, input_shape) -> tf_keras model, as "
+                            "FILE.py:FUNCTION or MODULE:FUNCTION.")
+    model.add_argument("--model", metavar="PATH",
+                       help="A saved tf_keras model (.keras or .h5) whose architecture is "
+                            "rebuilt at each width and resolution and trained from scratch.")
+    p.add_argument("--data", default="digits",
+                   help="'digits' (scikit-learn's, built in) or an .npz with x_train, y_train "
+                        "and optionally x_val, y_val (default: digits).")
+    p.add_argument("--outputs", choices=("logits", "probabilities"), default="logits",
+                   help="What the model outputs, for the sparse cross-entropy loss "
+                        "(default: logits).")
+    budget = p.add_argument_group("budget (every limit optional)")
+    budget.add_argument("--max-size-bytes", type=int,
+                        help="Largest allowed .tflite file, in bytes.")
+    budget.add_argument("--max-latency-ms", type=float,
+                        help="Largest allowed estimated latency on --target, in ms.")
+    budget.add_argument("--target",
+                        help="Device profile of the benchmark harness the latency is "
+                             "estimated for (e.g. rpi4).")
+    budget.add_argument("--max-arena-bytes", type=int,
+                        help="Largest allowed TFLite-Micro tensor arena, in bytes.")
+    budget.add_argument("--min-accuracy", type=float,
+                        help="Smallest allowed int8 top-1 accuracy on the validation data, "
+                             "in [0, 1].")
+    space = p.add_argument_group("search space (one value fixes a setting)")
+    space.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.5, 0.75, 0.9],
+                       help="Final sparsities to try; 0 = no pruning (default: 0 0.5 0.75 0.9).")
+    space.add_argument("--prune-end", type=float, nargs="+", default=[0.5, 1.0],
+                       help="End of the pruning schedule as a fraction of the epochs "
+                            "(default: 0.5 1.0).")
+    space.add_argument("--qat", choices=("off", "on", "both"), default="off",
+                       help="Quantization-aware training: off, on, or search both "
+                            "(default: off).")
+    space.add_argument("--width", type=float, nargs="+", default=[0.5, 1.0],
+                       help="Width multipliers to try (default: 0.5 1.0).")
+    space.add_argument("--resolution", type=int, nargs="+", default=[0],
+                       help="Square input sides to try, in pixels; 0 = the data's own "
+                            "(default: 0).")
+    space.add_argument("--distill-alpha", type=float, nargs="+", default=[0.0],
+                       help="Distillation loss weights to try; 0 = none (needs --teacher).")
+    space.add_argument("--temperature", type=float, nargs="+", default=[4.0],
+                       help="Distillation temperatures to try (default: 4).")
+    space.add_argument("--teacher", metavar="PATH",
+                       help="A saved, trained tf_keras teacher model for distillation.")
+    run = p.add_argument_group("search")
+    run.add_argument("--oracle", choices=("bayesian", "random", "grid", "hyperband"),
+                     default="bayesian", help="keras-tuner oracle (default: bayesian).")
+    run.add_argument("--max-trials", type=int, default=10,
+                     help="Trials in total, counting finished ones in --directory (default: 10).")
+    run.add_argument("--epochs", type=int, default=3,
+                     help="Training epochs per trial; Hyperband's maximum (default: 3).")
+    run.add_argument("--batch-size", type=int, default=32, help="Training batch size "
+                                                                 "(default: 32).")
+    run.add_argument("--learning-rate", type=float, default=1e-3,
+                     help="Adam learning rate (default: 0.001).")
+    run.add_argument("--directory", default="tfedge_tune",
+                     help="keras-tuner directory; a rerun resumes from it (default: "
+                          "tfedge_tune).")
+    run.add_argument("--project-name", default="search",
+                     help="keras-tuner project name inside --directory (default: search).")
+    run.add_argument("--overwrite", action="store_true",
+                     help="Start over instead of resuming.")
+    run.add_argument("--output-dir",
+                     help="Where pareto.txt/.json/.png and best/ go (default: the project "
+                          "directory).")
+    run.add_argument("--no-plot", action="store_true", help="Do not write pareto.png.")
+    run.add_argument("--seed", type=int, default=0, help="Seed of the oracle and trials.")
+    run.add_argument("--verbose", action="store_true", help="Show keras-tuner's progress.")
+    p.add_argument("--json", action="store_true", help="Print JSON instead of the table.")
+    p.set_defaults(func=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    import tfedge
+    from tfedge import keras
+    from tfedge.report import to_json
+    from tfedge.tune import load_arrays, load_builder
+
+    if args.builder:
+        build = load_builder(args.builder)
+    else:
+        build = keras.models.load_model(args.model, compile=False)
+    teacher = keras.models.load_model(args.teacher, compile=False) if args.teacher else None
+    data, validation = load_arrays(args.data)
+    qat = {"off": [False], "on": [True], "both": [False, True]}[args.qat]
+    result = tfedge.tune(
+        build, data, validation_data=validation,
+        budget=tfedge.Budget(max_size_bytes=args.max_size_bytes,
+                             max_latency_ms=args.max_latency_ms, target=args.target,
+                             max_arena_bytes=args.max_arena_bytes,
+                             min_accuracy=args.min_accuracy),
+        space=tfedge.SearchSpace(final_sparsity=args.sparsity, prune_end=args.prune_end,
+                                 quantize=qat, width=args.width,
+                                 resolution=[r or None for r in args.resolution],
+                                 distill_alpha=args.distill_alpha,
+                                 temperature=args.temperature),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=args.outputs == "logits"),
+        learning_rate=args.learning_rate, epochs=args.epochs, batch_size=args.batch_size,
+        max_trials=args.max_trials, oracle=args.oracle, teacher=teacher,
+        directory=args.directory, project_name=args.project_name, overwrite=args.overwrite,
+        output_dir=args.output_dir, plot=not args.no_plot, seed=args.seed,
+        verbose=int(args.verbose))
+    if args.json:
+        print(to_json(result.to_dict()))
+    elif result.role == "worker":
+        print(f"worker ran trials {', '.join(result.ran) or 'none'}; the chief writes the report.")
+    else:
+        print(result)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfedge",
         description="tfedge: Keras models to validated int8 TFLite models for the edge.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_inspect(sub)
+    _add_tune(sub)
     return parser
 
 

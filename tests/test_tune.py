@@ -1,0 +1,227 @@
+"""tfedge.tune: budget checks, Pareto front, a real search on digits, resume, CLI."""
+
+import importlib
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+import tfedge
+from tfedge import keras
+from tfedge.card import read_model_card
+from tfedge.errors import TFEdgeError
+from tfedge.validate import TFLiteRunner
+
+pytest.importorskip("keras_tuner")
+tune_lib = importlib.import_module("tfedge.tune")  # the module: tfedge.tune is the function
+
+
+def build_cnn(width, input_shape):
+    """A small digits CNN whose channels scale with ``width``."""
+    inputs = keras.Input(input_shape)
+    h = keras.layers.Conv2D(max(1, int(16 * width)), 3, padding="same", activation="relu")(inputs)
+    h = keras.layers.Conv2D(max(1, int(32 * width)), 3, strides=2, padding="same",
+                            activation="relu")(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(max(1, int(64 * width)), activation="relu")(h)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(h), name="cnn")
+
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+# ----------------------------------------------------------------------------
+# Budget, score, Pareto front
+# ----------------------------------------------------------------------------
+def test_budget_lists_each_broken_limit():
+    budget = tfedge.Budget(max_size_bytes=10_000, min_accuracy=0.9)
+    assert budget.violations({"size_bytes": 9_000, "accuracy": 0.95}) == {}
+    broken = budget.violations({"size_bytes": 12_000, "accuracy": 0.8})
+    assert broken == {"size_bytes": {"value": 12_000, "limit": 10_000},
+                      "accuracy": {"value": 0.8, "limit": 0.9}}
+
+
+def test_budget_rejects_bad_limits_with_the_fix():
+    with pytest.raises(ValueError, match="target="):
+        tfedge.Budget(max_latency_ms=5.0)
+    with pytest.raises(ValueError, match="fraction"):
+        tfedge.Budget(min_accuracy=90)
+    with pytest.raises(ValueError, match="positive"):
+        tfedge.Budget(max_size_bytes=0)
+    assert tfedge.Budget.from_config(tfedge.Budget(max_size_bytes=5).get_config()) == \
+        tfedge.Budget(max_size_bytes=5)
+
+
+def test_every_feasible_trial_outscores_every_infeasible_one():
+    budget = tfedge.Budget(max_size_bytes=10_000)
+    feasible = tune_lib.score(0.10, budget, {"size_bytes": 9_999, "accuracy": 0.10})
+    barely_over = tune_lib.score(0.99, budget, {"size_bytes": 10_001, "accuracy": 0.99})
+    far_over = tune_lib.score(0.99, budget, {"size_bytes": 40_000, "accuracy": 0.99})
+    assert feasible > barely_over > far_over
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    points = [{"accuracy": 0.9, "size_bytes": 10, "latency_ms": 5.0},
+              {"accuracy": 0.8, "size_bytes": 20, "latency_ms": 6.0},   # dominated by 0
+              {"accuracy": 0.7, "size_bytes": 5, "latency_ms": 9.0},
+              {"accuracy": 0.6, "size_bytes": 30, "latency_ms": 1.0}]
+    assert tune_lib.pareto_front(points) == [0, 2, 3]
+    # Without latency, point 3 is dominated by 0.
+    assert tune_lib.pareto_front([{k: v for k, v in p.items() if k != "latency_ms"}
+                                  for p in points]) == [0, 2]
+
+
+def test_search_space_rejects_out_of_range_choices():
+    with pytest.raises(ValueError, match="final_sparsity"):
+        tfedge.SearchSpace(final_sparsity=[0.5, 1.0])
+    with pytest.raises(ValueError, match="empty"):
+        tfedge.SearchSpace(width=[])
+
+
+def test_scale_model_scales_hidden_layers_and_keeps_the_classes(make_digits_cnn):
+    model = make_digits_cnn(width=16)
+    scaled = tune_lib.scale_model(model, width=0.5, input_shape=(6, 6, 1))
+    widths = {layer.name: tune_lib._width_key(layer) and layer.get_config()[
+        tune_lib._width_key(layer)] for layer in scaled.layers}
+    assert [v for v in widths.values() if v] == [8, 16, 32, 10]
+    assert tuple(scaled.input_shape) == (None, 6, 6, 1)
+    assert tuple(scaled.output_shape) == (None, 10)
+    assert model.layers[1].filters == 16  # the user's model is untouched
+
+
+def test_latency_budget_without_the_harness_says_what_is_missing(digits):
+    try:
+        from tfedge import bench
+        if hasattr(bench, "estimate_latency"):
+            pytest.skip("the benchmark harness is present")
+    except ImportError:
+        pass
+    (x, y), _ = digits
+    with pytest.raises(TFEdgeError, match="benchmark harness"):
+        tfedge.tune(build_cnn, (x, y), loss=LOSS,
+                    budget=tfedge.Budget(max_latency_ms=1.0, target="rpi4"), max_trials=1)
+
+
+def test_tune_rejects_bad_data_and_missing_loss(digits):
+    (x, y), _ = digits
+    with pytest.raises(ValueError, match="loss="):
+        tfedge.tune(build_cnn, (x, y), max_trials=1)
+    with pytest.raises(ValueError, match="same"):
+        tfedge.tune(build_cnn, (x, y[:10]), loss=LOSS, max_trials=1)
+
+
+# ----------------------------------------------------------------------------
+# A real search on digits
+# ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def search_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tune"))
+
+
+def _search(digits, directory, max_trials):
+    (x, y), _ = digits
+    n_val = 300
+    # Grid order (the last setting varies fastest): sparsity 0.75 at width 1.0
+    # (about 45 KB int8, over budget), then at width 0.5 (about 15 KB), then
+    # sparsity 0.5 at width 1.0.
+    return tfedge.tune(
+        build_cnn, (x[:-n_val], y[:-n_val]), validation_data=(x[-n_val:], y[-n_val:]),
+        budget=tfedge.Budget(max_size_bytes=30_000, min_accuracy=0.6),
+        space=tfedge.SearchSpace(final_sparsity=[0.75, 0.5], prune_end=[0.5],
+                                 width=[1.0, 0.5]),
+        loss=LOSS, learning_rate=5e-3, epochs=3, batch_size=32, max_trials=max_trials,
+        oracle="grid",
+        directory=directory, project_name="digits")
+
+
+@pytest.mark.slow
+def test_search_scores_int8_marks_infeasible_and_writes_front(digits, search_dir):
+    result = _search(digits, search_dir, max_trials=2)
+    assert result.ran == ["0", "1"] and len(result.trials) == 2
+    assert all(t.status == "COMPLETED" for t in result.trials)
+
+    # Infeasible trials are recorded with the limit they broke, not dropped.
+    big = result.trials[0]
+    assert big.settings["width"] == 1.0 and not big.feasible
+    assert big.violations["size_bytes"]["value"] > 30_000
+    assert result.infeasible == [big]
+
+    # The best meets the budget, and its score is the int8 flatbuffer's accuracy.
+    best = result.best
+    assert best is not None and best.feasible and best.settings["width"] == 0.5
+    assert best.metrics["size_bytes"] <= 30_000 and best.metrics["accuracy"] >= 0.6
+    (x, y), _ = digits
+    artifact = tfedge.load(result.files["best"])
+    assert artifact.inputs[0].dtype == "INT8"
+    assert artifact.size_bytes == best.metrics["size_bytes"]
+    x_val = tune_lib.resize_images(x[-300:], best.settings["resolution"])
+    int8_acc = float(np.mean(TFLiteRunner(artifact.content).predict(x_val).argmax(1) == y[-300:]))
+    assert int8_acc == pytest.approx(best.metrics["accuracy"], abs=1e-9)
+    assert best.metrics["sparsity"] == pytest.approx(0.75, abs=0.05)  # read from the flatbuffer
+
+    # Table, JSON, plot and the best bundle's card.
+    assert result.front == [best.trial_id]
+    assert "infeasible" not in str(result) and "size_bytes" in result.table()
+    with open(result.files["json"]) as f:
+        saved = json.load(f)
+    assert [t["feasible"] for t in saved["trials"]] == [False, True]
+    assert saved["pareto_front"] == [best.trial_id] and saved["best"] == best.trial_id
+    with open(result.files["plot"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    card = read_model_card(os.path.dirname(result.files["best"]))
+    assert card["extra"]["tune"]["trial_id"] == best.trial_id
+    assert card["model"]["sha256"] == artifact.sha256
+    assert card["validation"]["tflite_accuracy"] == pytest.approx(best.metrics["accuracy"])
+
+
+@pytest.mark.slow
+def test_search_resumes_without_rerunning_finished_trials(digits, search_dir):
+    project = os.path.join(search_dir, "digits")
+    if not os.path.exists(os.path.join(project, "trial_1", tune_lib.MODEL_FILENAME)):
+        _search(digits, search_dir, max_trials=2)
+    before = {t: os.stat(os.path.join(project, f"trial_{t}", tune_lib.MODEL_FILENAME)).st_mtime_ns
+              for t in ("0", "1")}
+    result = _search(digits, search_dir, max_trials=3)
+    assert result.ran == ["2"]
+    assert [t.trial_id for t in result.trials] == ["0", "1", "2"]
+    after = {t: os.stat(os.path.join(project, f"trial_{t}", tune_lib.MODEL_FILENAME)).st_mtime_ns
+             for t in ("0", "1")}
+    assert after == before
+    assert result.trials[2].status == "COMPLETED"
+    assert not math.isnan(result.trials[2].metrics["accuracy"])
+
+
+# ----------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------
+def test_cli_tune_has_help_on_every_flag():
+    from tfedge.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["tune"]
+    for action in sub._actions:
+        if action.dest != "help":
+            assert action.help, f"--{action.dest} has no help"
+
+
+def test_cli_tune_runs_a_tiny_search(tmp_path, capsys):
+    from tfedge.cli import main
+
+    builder = tmp_path / "models.py"
+    builder.write_text(
+        "from tfedge import keras\n"
+        "def build(width, input_shape):\n"
+        "    inputs = keras.Input(input_shape)\n"
+        "    h = keras.layers.Conv2D(max(1, int(8 * width)), 3, activation='relu')(inputs)\n"
+        "    h = keras.layers.GlobalAveragePooling2D()(h)\n"
+        "    return keras.Model(inputs, keras.layers.Dense(10)(h))\n")
+    status = main(["tune", "--builder", f"{builder}:build", "--data", "digits",
+                   "--sparsity", "0.5", "--width", "1.0", "--epochs", "1", "--max-trials", "1",
+                   "--max-size-bytes", "100000", "--directory", str(tmp_path / "runs"),
+                   "--no-plot", "--json"])
+    assert status == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["trials"]) == 1 and out["trials"][0]["feasible"] is True
+    assert out["best"] == out["trials"][0]["trial_id"]
