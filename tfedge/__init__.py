@@ -11,7 +11,8 @@ TensorFlow Model Optimization Toolkit requires; see :mod:`tfedge._keras`.
 from tfedge._keras import keras  # noqa: F401  (must come first: sets TF_USE_LEGACY_KERAS)
 from tfedge.convert import MODES, TFLiteArtifact, check_full_integer, convert, load
 from tfedge.errors import (ConversionError, InvalidModelFileError, TFEdgeError,
-                           UnsupportedModelError)
+                           UnsupportedModelError, VerificationError)
+from tfedge.export import Bundle, BundleCheck, check_bundle, export_android, export_micro
 from tfedge.prune import ConstantSparsity, PolynomialDecay, PruneConfig, SparsityReport, sparsity_report
 from tfedge.validate import TFLiteRunner, ValidationReport, validate
 from tfedge.tune import Budget, SearchSpace, TuneResult, tune
@@ -24,6 +25,8 @@ __all__ = [
     "sparsity_report", "SparsityReport", "convert", "load", "check_full_integer",
     "TFLiteArtifact", "MODES", "validate", "ValidationReport", "TFLiteRunner",
     "TFEdgeError", "ConversionError", "InvalidModelFileError", "UnsupportedModelError",
+    "VerificationError", "export_android", "export_micro", "check_bundle", "Bundle",
+    "BundleCheck",
     "tune", "Budget", "SearchSpace", "TuneResult",
     "keras", "__version__",
 ]

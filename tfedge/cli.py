@@ -83,8 +83,12 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     space.add_argument("--resolution", type=int, nargs="+", default=[0],
                        help="Square input sides to try, in pixels; 0 = the data's own "
                             "(default: 0).")
-    space.add_argument("--distill-alpha", type=float, nargs="+", default=[0.0],
-                       help="Distillation loss weights to try; 0 = none (needs --teacher).")
+    space.add_argument("--distill", choices=("off", "on", "both"), default="off",
+                       help="Distillation from --teacher: off, on, or search both "
+                            "(default: off).")
+    space.add_argument("--distill-alpha", type=float, nargs="+", default=[0.1],
+                       help="Weights of the hard-label loss when distilling; the teacher's "
+                            "soft targets get 1 - alpha (default: 0.1).")
     space.add_argument("--temperature", type=float, nargs="+", default=[4.0],
                        help="Distillation temperatures to try (default: 4).")
     space.add_argument("--teacher", metavar="PATH",
@@ -139,6 +143,8 @@ def _run_tune(args: argparse.Namespace) -> int:
         space=tfedge.SearchSpace(final_sparsity=args.sparsity, prune_end=args.prune_end,
                                  quantize=qat, width=args.width,
                                  resolution=[r or None for r in args.resolution],
+                                 distill={"off": [False], "on": [True],
+                                          "both": [False, True]}[args.distill],
                                  distill_alpha=args.distill_alpha,
                                  temperature=args.temperature),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=args.outputs == "logits"),
@@ -156,6 +162,98 @@ def _run_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="Write verified handoff bundles for Android and microcontroller teams.",
+        description="Write an Android bundle (model.tflite with its metadata embedded, "
+                    "metadata.json, labels.txt, samples, model card) and/or a "
+                    "microcontroller bundle (model_data.cc/.h C array, op_resolver.h, the "
+                    "tensor arena measured in TensorFlow Lite for Microcontrollers, samples, "
+                    "model card). Each bundle is verified before it is written: LiteRT "
+                    "reproduces the model, and TFLM's outputs equal LiteRT's.")
+    p.add_argument("model", help="Path to a converted .tflite file.")
+    p.add_argument("--android", metavar="OUT_DIR", help="Write the Android bundle here.")
+    p.add_argument("--micro", metavar="OUT_DIR",
+                   help="Write the microcontroller (TFLM) bundle here.")
+    p.add_argument("--name", help="Model name; also names the C symbols "
+                                  "(default: the model file's name).")
+    p.add_argument("--version", default="1", help="Model version string (default: 1).")
+    p.add_argument("--description", default="", help="What the model does, for the app team.")
+    p.add_argument("--labels", metavar="FILE",
+                   help="Text file with one class label per line, in output order.")
+    p.add_argument("--norm-mean", type=float, nargs="+", metavar="MEAN",
+                   help="Input normalization mean, one value or one per channel: the app "
+                        "feeds (x - mean) / std (Android bundle).")
+    p.add_argument("--norm-std", type=float, nargs="+", metavar="STD",
+                   help="Input normalization std, as --norm-mean.")
+    p.add_argument("--io-type", choices=("int8", "uint8", "float32"),
+                   help="Input/output type the Android app expects; must be the model's "
+                        "(convert with input_type/output_type to change it). Default: the "
+                        "model's.")
+    p.add_argument("--samples", metavar="FILE.npy",
+                   help="Sample inputs (samples first), preprocessed as for training or "
+                        "already quantized; default: 32 random inputs.")
+    p.add_argument("--num-samples", type=int, default=32,
+                   help="Use the first N samples of --samples (default: 32).")
+    p.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    import os
+
+    import numpy as np
+
+    from tfedge.convert import load
+    from tfedge.export import export_android, export_micro
+    from tfedge.report import to_json
+
+    if not args.android and not args.micro:
+        raise ValueError("Say which bundle to write: --android OUT_DIR and/or --micro OUT_DIR.")
+    artifact = load(args.model)
+    name = args.name or os.path.splitext(os.path.basename(args.model))[0]
+    labels = None
+    if args.labels:
+        with open(args.labels) as f:
+            labels = [line.rstrip("\n") for line in f if line.strip()]
+    samples = np.load(args.samples)[:args.num_samples] if args.samples else None
+    bundles = []
+    if args.android:
+        bundles.append(export_android(
+            artifact, args.android, labels=labels, norm_mean=args.norm_mean,
+            norm_std=args.norm_std, name=name, version=args.version,
+            description=args.description, io_type=args.io_type, sample_inputs=samples))
+    if args.micro:
+        bundles.append(export_micro(artifact, args.micro, sample_inputs=samples, name=name,
+                                    description=args.description, labels=labels))
+    if args.json:
+        print(to_json([b.to_dict() for b in bundles]))
+    else:
+        print("\n\n".join(str(b) for b in bundles))
+    return 0
+
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check", help="Re-validate a bundle written by 'tfedge export'.",
+        description="Check that every file's sha256 matches the bundle's model card, that "
+                    "the model loads in LiteRT (and TFLM for microcontroller bundles) and "
+                    "reproduces the saved sample outputs, and that the embedded metadata, "
+                    "labels, C array and op resolver match the model. Exit status 1 if any "
+                    "check fails.")
+    p.add_argument("bundle", metavar="BUNDLE_DIR", help="A bundle folder.")
+    p.add_argument("--json", action="store_true", help="Print JSON instead of the table.")
+    p.set_defaults(func=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from tfedge.export import check_bundle
+
+    result = check_bundle(args.bundle)
+    print(result.to_json() if args.json else result)
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfedge",
@@ -163,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_inspect(sub)
     _add_tune(sub)
+    _add_export(sub)
+    _add_check(sub)
     return parser
 
 
