@@ -170,12 +170,16 @@ class SearchSpace:
         final_sparsity: pruning targets; 0 means no pruning.
         prune_end: where the pruning schedule ends, as a fraction of the
             training epochs (the rest fine-tunes at the final sparsity).
-        quantize: QAT off/on choices (``[False]``, ``[True]`` or both).
+        quantize: QAT off/on choices (``[False]``, ``[True]`` or both). With
+            pruning, QAT (prune-preserving) fine-tunes from the epoch pruning
+            ends; without, it trains from the start.
         width: width multipliers (channels and units of every layer but the
             output layers are scaled; with a ``build_fn`` it is passed on).
         resolution: square input sides in pixels; None keeps the data's own.
-        distill_alpha: weight of the distillation loss (0 = no distillation;
-            needs ``teacher=``).
+        distill: distillation off/on choices (on needs ``teacher=``).
+        distill_alpha: weights of the hard-label loss when distilling
+            (:class:`tfedge.distill.DistillConfig`'s ``alpha``; the soft
+            targets get ``1 - alpha``).
         temperature: distillation temperatures.
 
     Raises:
@@ -192,7 +196,8 @@ class SearchSpace:
     quantize: Sequence[bool] = (False,)
     width: Sequence[float] = (0.5, 1.0)
     resolution: Sequence[int | None] = (None,)
-    distill_alpha: Sequence[float] = (0.0,)
+    distill: Sequence[bool] = (False,)
+    distill_alpha: Sequence[float] = (0.1,)
     temperature: Sequence[float] = (4.0,)
 
     def __post_init__(self):
@@ -230,8 +235,9 @@ class SearchSpace:
         choice("quantize", self.quantize)
         choice("width", self.width)
         choice("resolution", self.resolution)
-        choice("distill_alpha", self.distill_alpha)
-        if any(a > 0 for a in self.distill_alpha):
+        choice("distill", self.distill)
+        if any(self.distill):
+            choice("distill_alpha", self.distill_alpha)
             choice("temperature", self.temperature)
 
     def get_config(self) -> dict[str, Any]:
@@ -260,7 +266,8 @@ class TrialSettings:
     quantize: bool = False
     width: float = 1.0
     resolution: int | None = None
-    distill_alpha: float = 0.0
+    distill: bool = False
+    distill_alpha: float = 0.1
     temperature: float = 4.0
     epochs: int | None = None
 
@@ -271,7 +278,8 @@ class TrialSettings:
                    quantize=bool(values.get("quantize", False)),
                    width=float(values.get("width", 1.0)),
                    resolution=int(values.get("resolution", 0)) or None,
-                   distill_alpha=float(values.get("distill_alpha", 0.0)),
+                   distill=bool(values.get("distill", False)),
+                   distill_alpha=float(values.get("distill_alpha", 0.1)),
                    temperature=float(values.get("temperature", 4.0)),
                    epochs=int(values.get("tuner/epochs", epochs)))
 
@@ -400,17 +408,20 @@ def _latency_ms(artifact: Any, target: str) -> float:
 
 
 def _arena_bytes(artifact: Any) -> int:
-    """Tensor-arena bytes TFLite Micro needs, from the micro export stage."""
-    try:
-        from tfedge import export  # noqa: F401
-        measure = export.measure_arena
-    except (ImportError, AttributeError) as err:
-        raise TFEdgeError(
-            "An arena budget (Budget(max_arena_bytes=...)) needs tfedge's micro export "
-            "stage (tfedge.export.measure_arena), which this version of tfedge does not "
-            "have yet. Leave max_arena_bytes unset for now.") from err
-    result = measure(artifact)
-    return int(getattr(result, "arena_bytes", result))
+    """Tensor-arena bytes TFLite Micro needs, measured by :mod:`tfedge.micro`.
+
+    Runs the flatbuffer once in TFLM's interpreter (in a subprocess, as the
+    micro export does) on one all-zero input; the arena does not depend on
+    the values.
+    """
+    from tfedge import micro
+
+    if micro.tflm_version() is None:
+        raise TFEdgeError("An arena budget (Budget(max_arena_bytes=...)) is measured in "
+                          "TensorFlow Lite for Microcontrollers: pip install tflite-micro")
+    inputs = [np.zeros((1,) + tuple(t.shape[1:]), dtype=t.numpy_dtype) for t in artifact.inputs]
+    return int(micro.run_tflm(artifact.content, inputs,
+                              num_outputs=len(artifact.outputs)).arena_bytes)
 
 
 def check_measurable(budget: Budget) -> None:
@@ -423,12 +434,11 @@ def check_measurable(budget: Budget) -> None:
         if bench is None or not hasattr(bench, "estimate_latency"):
             _latency_ms(None, budget.target)
     if budget.measures_arena:
-        try:
-            from tfedge import export
-        except ImportError:
-            export = None
-        if export is None or not hasattr(export, "measure_arena"):
-            _arena_bytes(None)
+        from tfedge import micro
+
+        if micro.tflm_version() is None:
+            raise TFEdgeError("An arena budget (Budget(max_arena_bytes=...)) is measured in "
+                              "TensorFlow Lite for Microcontrollers: pip install tflite-micro")
 
 
 # ----------------------------------------------------------------------------
@@ -482,7 +492,6 @@ def run_pipeline(settings: TrialSettings, *, make_model: Callable[[float, tuple]
         finished Keras model.
     """
     import tfedge
-    from tfedge import prune as prune_lib
 
     x, y = data
     x_val, y_val = validation_data
@@ -492,18 +501,7 @@ def run_pipeline(settings: TrialSettings, *, make_model: Callable[[float, tuple]
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         model = make_model(settings.width, tuple(x.shape[1:]))
-        options: dict[str, Any] = {}
-        if settings.final_sparsity > 0:
-            options["prune"] = prune_lib.PruneConfig(
-                settings.final_sparsity, end_epoch=max(settings.prune_end * epochs, 1e-6))
-        if settings.quantize:
-            options["quantize"] = True
-        if settings.distill_alpha > 0:
-            if teacher is None:
-                raise ValueError("distill_alpha > 0 needs teacher= (a trained Keras model).")
-            options["teacher"] = teacher
-            options["distill"] = {"alpha": settings.distill_alpha,
-                                  "temperature": settings.temperature}
+        options = _wrap_options(settings, epochs, teacher, tuple(x.shape[1:]))
         trainee = tfedge.wrap(model, **options) if options else model
         compile_fn(trainee)
     trainee.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0)
@@ -511,6 +509,51 @@ def run_pipeline(settings: TrialSettings, *, make_model: Callable[[float, tuple]
     artifact = tfedge.convert(plain, representative_data=x[:num_calibration])
     report = tfedge.validate(artifact, plain, x_val, y_val)
     return artifact, report, plain
+
+
+def _wrap_options(settings: TrialSettings, epochs: int, teacher: Any,
+                  input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """``tfedge.wrap`` arguments for one trial's settings.
+
+    Pruning ramps to its final sparsity over ``prune_end`` of the epochs.
+    With QAT too, pruning must end before the last epoch, and QAT
+    (sparsity-preserving) fine-tunes from the epoch pruning ends.
+
+    Raises:
+        ValueError: settings that cannot run in ``epochs`` epochs, or a
+            teacher that does not take this trial's input shape.
+    """
+    from tfedge import prune as prune_lib
+
+    options: dict[str, Any] = {}
+    prune_end = settings.prune_end * epochs
+    if settings.final_sparsity > 0 and settings.quantize:
+        if epochs < 2:
+            raise ValueError("Pruning followed by QAT needs at least 2 epochs (one to prune, "
+                             "one to fine-tune quantization-aware); raise epochs.")
+        prune_end = min(math.ceil(prune_end), epochs - 1)
+    if settings.final_sparsity > 0:
+        options["prune"] = prune_lib.PruneConfig(settings.final_sparsity,
+                                                 end_epoch=max(prune_end, 1e-6))
+    if settings.quantize:
+        from tfedge.quantize import QATConfig
+
+        options["quantize"] = QATConfig(
+            start_epoch=int(prune_end) if settings.final_sparsity > 0 else 0)
+    if settings.distill:
+        if teacher is None:
+            raise ValueError("distill=True needs teacher= (a trained tf_keras model).")
+        teacher_shape = tuple(teacher.inputs[0].shape[1:])
+        if None not in teacher_shape and teacher_shape != tuple(input_shape):
+            raise ValueError(f"The teacher takes inputs of shape {teacher_shape}, but this "
+                             f"trial's inputs are {tuple(input_shape)}: distill only at the "
+                             "teacher's resolution, or give a teacher that accepts any size.")
+        from tfedge.distill import DistillConfig
+
+        options["teacher"] = teacher
+        options["distill"] = DistillConfig(temperature=settings.temperature,
+                                           alpha=settings.distill_alpha)
+    return options
 
 
 def _tuner_class():
@@ -557,11 +600,15 @@ def _tuner_class():
                     metrics["latency_ms"] = _latency_ms(artifact, self.budget.target)
                 if self.budget.measures_arena:
                     metrics["arena_bytes"] = float(_arena_bytes(artifact))
-            except (TFEdgeError, ValueError) as err:
-                record.status, record.message = "FAILED", str(err)
+            except Exception as err:  # recorded, then keras-tuner marks the trial failed
+                record.status, record.message = "FAILED", _short_error(err)
                 record.seconds = time.time() - start
                 _write_json(os.path.join(trial_dir, TRIAL_FILENAME), record.to_dict())
-                raise kt.errors.FailedTrialError(str(err)) from err
+                logging.warning("tfedge tune: trial %s failed: %s", trial.trial_id,
+                                record.message)
+                if isinstance(err, (TFEdgeError, ValueError)):
+                    raise kt.errors.FailedTrialError(record.message) from err
+                raise
             record.violations = self.budget.violations(metrics)
             metrics["feasible"] = 0.0 if record.violations else 1.0
             metrics["score"] = score(metrics["accuracy"], self.budget, metrics)
@@ -585,6 +632,14 @@ def _tuner_class():
             return load(os.path.join(self.get_trial_dir(trial.trial_id), MODEL_FILENAME))
 
     return EdgeTuner
+
+
+def _short_error(err: BaseException) -> str:
+    """One line saying what went wrong (Keras wraps errors in long messages)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if line.split(":")[0].endswith(("Error", "Exception"))]
+    text = named[-1] if named else (lines[0] if lines else "")
+    return f"{type(err).__name__}: {text}"[:500]
 
 
 def _trial_number(trial_id: str) -> int:
@@ -685,7 +740,8 @@ class TuneResult:
             row = [t.trial_id, s.get("final_sparsity"), s.get("prune_end")
                    if s.get("final_sparsity") else "-", "on" if s.get("quantize") else "off",
                    s.get("width"), s.get("resolution") or "native",
-                   s.get("distill_alpha") or "-",
+                   f"a={s.get('distill_alpha')} T={s.get('temperature'):g}"
+                   if s.get("distill") else "-",
                    _fmt(m.get("accuracy")), _fmt(m.get("keras_accuracy")),
                    _fmt(m.get("size_bytes"), int), _fmt(m.get("compressed_bytes"), int)]
             row += [_fmt(m.get("latency_ms"))] * has_latency
@@ -826,7 +882,7 @@ def _collect(tuner: Any) -> list[TrialRecord]:
             record.message = saved.get("message")
         elif status == "COMPLETED" and metrics.get("feasible") == 0.0:
             record.violations = {"unknown": {"value": None, "limit": None}}
-        if status != "COMPLETED" and trial.message:
+        if status != "COMPLETED" and trial.message and not record.message:
             record.message = trial.message.strip().splitlines()[-1]
         records.append(record)
     return records
@@ -1039,11 +1095,10 @@ def tune(build_fn: Any, data: Any, *, validation_data: Any = None,
         raise ValueError(f"epochs={epochs} must be a positive whole number.")
     if max_trials < 1:
         raise ValueError(f"max_trials={max_trials} must be at least 1.")
-    if any(a > 0 for a in space.distill_alpha) and teacher is None:
-        raise ValueError("The search space has distill_alpha > 0 but no teacher= was given.")
-    if any(space.quantize) or any(a > 0 for a in space.distill_alpha):
-        _check_wrap_supports(quantize=any(space.quantize),
-                             distill=any(a > 0 for a in space.distill_alpha))
+    if any(space.distill) and teacher is None:
+        raise ValueError("The search space has distill=True but no teacher= was given.")
+    if any(space.quantize) or any(space.distill):
+        _check_wrap_supports(quantize=any(space.quantize), distill=any(space.distill))
     check_measurable(budget)
     if compile_fn is None:
         if loss is None:
@@ -1141,7 +1196,7 @@ def _check_wrap_supports(*, quantize: bool, distill: bool) -> None:
         raise TFEdgeError(
             f"The search space asks for {' and '.join(missing)}, but this tfedge.wrap has no "
             f"{', '.join(m + '=' for m in missing)} option yet. Use quantize=[False] and "
-            "distill_alpha=[0.0] in the SearchSpace.")
+            "distill=[False] in the SearchSpace.")
 
 
 # ----------------------------------------------------------------------------
