@@ -239,6 +239,12 @@ def _plain_model(model: Any) -> Any:
     return model
 
 
+def _is_quantization_aware(model: Any) -> bool:
+    from tfedge.quantize import is_quantization_aware  # local: needs tfmot
+
+    return is_quantization_aware(model)
+
+
 def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
             input_type: str | None = None, output_type: str | None = None,
             num_samples: int = 300, allow_float_ops: bool = False) -> TFLiteArtifact:
@@ -250,6 +256,9 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
         representative_data: calibration inputs for the integer modes: an
             array, a ``tf.data.Dataset`` (labels are dropped), a generator, or
             a callable returning one. Use data preprocessed as for training.
+            Optional for a quantization-aware (QAT) model in ``int8`` mode:
+            its fake-quant layers carry the ranges (layers QAT skipped then
+            stay float and are reported; pass data to calibrate them).
         mode: ``"int8"`` (full integer, default), ``"int16x8"`` (int16
             activations, int8 weights), ``"float16"`` (float16 weights),
             ``"dynamic_range"`` (int8 weights, float activations) or
@@ -297,12 +306,17 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
         if len(model.inputs) != 1:
             raise ValueError("Integer conversion of multi-input models is not supported yet: "
                              f"{model.name!r} has {len(model.inputs)} inputs.")
-        samples = representative_samples(representative_data, shape, num_samples)
+        if representative_data is None and mode == "int8" and _is_quantization_aware(model):
+            logging.info("tfedge: %r is quantization-aware: its ranges come from QAT.",
+                         model.name)
+        else:
+            samples = representative_samples(representative_data, shape, num_samples)
+            converter.representative_dataset = lambda: ([s] for s in samples)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([s] for s in samples)
         if mode == "int8":
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                                   tf.lite.OpsSet.TFLITE_BUILTINS]
+            if samples:  # (without data, i.e. QAT, the converter refuses this ops set)
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                                       tf.lite.OpsSet.TFLITE_BUILTINS]
         else:
             converter.target_spec.supported_ops = [
                 tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,

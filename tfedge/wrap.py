@@ -6,20 +6,55 @@ is an ordinary Keras model (``compile``, ``fit``, ``evaluate``, ``predict``)
 whose ``fit`` adds the callbacks the optimization needs, so forgetting tfmot's
 ``UpdatePruningStep`` (its most common error) cannot happen. ``finish()``
 strips the training wrappers and returns a plain Keras model.
+
+The techniques compose in the one order that works, as **phases** of a
+single ``fit``, switched by epoch:
+
+    distill (every phase) -> prune -> cluster -> QAT -> (finish, convert)
+
+* pruning runs from epoch 0 (its own schedule says when masks change);
+* clustering starts at ``ClusterConfig.start_epoch`` (default: when
+  pruning ends), on the stripped, pruned weights, preserving their zeros;
+* QAT starts at ``QATConfig.start_epoch`` (default: when pruning ends), on
+  the stripped network, with tfmot's prune- or cluster-preserving scheme;
+* distillation adds the teacher's soft targets to every phase.
+
+At a phase boundary ``fit`` strips the previous wrappers, applies the next
+ones, and compiles the new network itself with the arguments given to
+``compile`` (a fresh optimizer from the same config), then continues; the
+returned History covers all epochs.
+
+Example:
+
+>>> edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.8, end_epoch=6),  # doctest: +SKIP
+...                    quantize=tfedge.QATConfig(start_epoch=8))
+>>> edge.compile("adam", loss, ["accuracy"])  # doctest: +SKIP
+>>> edge.fit(x, y, epochs=10)  # epochs 0-7 prune, 8-9 PQAT  # doctest: +SKIP
+>>> art = tfedge.convert(edge.finish())  # int8, ranges from QAT  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, Callable
 
+import tensorflow as tf
 from absl import logging
 
+from tfedge import cluster as cluster_lib
+from tfedge import distill as distill_lib
 from tfedge import prune as prune_lib
+from tfedge import quantize as quantize_lib
 from tfedge._keras import is_keras3_model, keras
 from tfedge.errors import UnsupportedModelError
+from tensorflow_model_optimization.python.core.api.experimental import combine as tfmot_combine
+
+# A source model whose kernels are at least this sparse counts as pruned.
+_PRUNED_SOURCE_SPARSITY = 0.5
 
 
-def _check_model(model: Any) -> None:
+def _check_model(model: Any, role: str = "model") -> None:
     if is_keras3_model(model):
         raise UnsupportedModelError(
             f"{model.name!r} is a Keras 3 model, and tfmot works only on tf_keras (Keras 2) "
@@ -27,7 +62,7 @@ def _check_model(model: Any) -> None:
             "`tf.keras` after `import tfedge`) for now.")
     if not isinstance(model, keras.Model):
         raise UnsupportedModelError(
-            f"wrap expects a tf_keras Sequential or functional Model, got "
+            f"wrap expects a tf_keras Sequential or functional Model as the {role}, got "
             f"{type(model).__module__}.{type(model).__name__}.")
     if not getattr(model, "_is_graph_network", False) and not isinstance(model, keras.Sequential):
         raise UnsupportedModelError(
@@ -80,74 +115,378 @@ def clone_model(model: Any, layer_fn: Callable[[Any], Any] | None = None) -> Any
     return keras.models.clone_model(model, clone_function=fn)
 
 
-class EdgeModel(keras.Model):
-    """The model ``tfedge.wrap`` returns: train it, then ``finish()`` it.
+# ----------------------------------------------------------------------------
+# Phases
+# ----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One stage of training: ``name`` runs from global epoch ``start_epoch``."""
 
-    It holds a private copy of the user's network with tfmot's wrappers in
-    place. ``fit`` adds the callbacks the chosen optimizations need (and
-    resolves epoch-based schedules from the fit's own step count); callbacks the
-    user passes are kept and run after them.
+    name: str  # "prune", "cluster" or "quantize"
+    start_epoch: int
+
+
+def _prune_end_epoch(config: prune_lib.PruneConfig) -> int | None:
+    return None if config.end_epoch is None else int(math.ceil(config.end_epoch))
+
+
+def plan_phases(prune: prune_lib.PruneConfig | None,
+                cluster: cluster_lib.ClusterConfig | None,
+                quantize: quantize_lib.QATConfig | None) -> list[Phase]:
+    """The phases of training and the epoch each starts at.
+
+    Raises:
+        ValueError: a start epoch cannot be inferred, phases overlap or come
+            in an order tfmot cannot run (pruning must end before clustering
+            or QAT strips its wrappers).
+    """
+    phases = []
+    if prune is not None:
+        phases.append(Phase("prune", 0))
+    for name, config in (("cluster", cluster), ("quantize", quantize)):
+        if config is None:
+            continue
+        start = config.start_epoch
+        if start is None:
+            if not phases:
+                start = 0
+            elif phases[-1].name == "prune" and _prune_end_epoch(prune) is not None:
+                start = _prune_end_epoch(prune)
+            else:
+                after = "pruning" if phases[-1].name == "prune" else "clustering"
+                cls = "ClusterConfig" if name == "cluster" else "QATConfig"
+                raise ValueError(
+                    f"When should {'clustering' if name == 'cluster' else 'QAT'} start? It "
+                    f"follows {after}, whose end is not given in epochs: pass "
+                    f"{cls}(start_epoch=N), e.g. the last 2 epochs of your fit.")
+        if phases and start <= phases[-1].start_epoch:
+            raise ValueError(
+                f"The {name} phase starts at epoch {start}, not after the {phases[-1].name} "
+                f"phase (epoch {phases[-1].start_epoch}): the phases run one after the "
+                "other (prune -> cluster -> QAT); give later start epochs.")
+        phases.append(Phase(name, int(start)))
+    if prune is not None and len(phases) > 1:
+        end = _prune_end_epoch(prune)
+        if end is not None and end > phases[1].start_epoch:
+            raise ValueError(
+                f"Pruning ends at epoch {prune.end_epoch} but {phases[1].name} starts at epoch "
+                f"{phases[1].start_epoch}: its wrappers would be stripped before the target "
+                "sparsity is reached. End pruning earlier (PruneConfig(end_epoch=...)) or "
+                "start the next phase later.")
+    return phases
+
+
+def _fresh_optimizer(optimizer: Any, learning_rate: float | None = None) -> Any:
+    """A new optimizer with the same configuration (and optionally another rate)."""
+    optimizer = keras.optimizers.get(optimizer) if isinstance(optimizer, (str, dict)) \
+        else optimizer.__class__.from_config(optimizer.get_config())
+    if learning_rate is not None:
+        config = optimizer.get_config()
+        config["learning_rate"] = learning_rate
+        optimizer = optimizer.__class__.from_config(config)
+    return optimizer
+
+
+def _merge_histories(histories: list[Any], model: Any) -> Any:
+    merged = keras.callbacks.History()
+    merged.set_model(model)
+    merged.params = dict(histories[-1].params)
+    merged.epoch = [e for h in histories for e in h.epoch]
+    keys = list(dict.fromkeys(k for h in histories for k in h.history))
+    merged.history = {k: [v for h in histories for v in h.history.get(k, [None] * len(h.epoch))]
+                      for k in keys}
+    return merged
+
+
+# ----------------------------------------------------------------------------
+# EdgeModel
+# ----------------------------------------------------------------------------
+class EdgeModel(keras.Model):
+    """The model ``tfedge.wrap`` returns: compile it, fit it, then ``finish()`` it.
+
+    It holds a private copy of the user's network with tfmot's wrappers of
+    the current phase in place. ``fit`` adds the callbacks the phase needs
+    (and resolves epoch-based schedules from the fit's own step count); the
+    user's callbacks are kept and run after them. When the ``fit`` crosses a
+    phase boundary, the network is rebuilt for the next phase and compiled
+    again from the ``compile`` arguments, with a fresh optimizer.
+
+    With a teacher, ``train_step`` minimizes the distillation loss and
+    reports ``loss`` (the total), ``hard_loss``, ``soft_loss`` and, with
+    feature matching, ``feature_loss`` next to the compiled metrics;
+    ``evaluate`` reports the same terms.
 
     Args:
-        network: the wrapped network (already holding tfmot wrappers).
+        network: the user's network, copied (not yet wrapped).
         source_name: the name of the user's model, given back by ``finish``.
-        prune_config: the pruning configuration, or None.
-        schedule: the pruning schedule shared by the wrappers, or None.
+        prune_config: pruning, or None.
+        cluster_config: clustering, or None.
+        qat_config: quantization-aware training, or None.
+        teacher: a trained teacher model, or None.
+        distill_config: distillation settings (with ``teacher``).
         log_dir: where tfmot's pruning summaries go (TensorBoard), or None.
+        source_sparsity: kernel sparsity of the user's model (picks PQAT).
     """
 
     def __init__(self, network: Any, *, source_name: str,
                  prune_config: prune_lib.PruneConfig | None = None,
-                 schedule: Any = None, log_dir: str | None = None, **kwargs):
+                 cluster_config: cluster_lib.ClusterConfig | None = None,
+                 qat_config: quantize_lib.QATConfig | None = None,
+                 teacher: Any = None, distill_config: distill_lib.DistillConfig | None = None,
+                 log_dir: str | None = None, source_sparsity: float = 0.0, **kwargs):
         kwargs.setdefault("name", f"tfedge_{source_name}")
         super().__init__(**kwargs)
-        self.network = network
         self.source_name = source_name
         self.prune_config = prune_config
+        self.cluster_config = cluster_config
+        self.qat_config = qat_config
+        self.distill_config = distill_config
         self.log_dir = log_dir
-        self._schedule = schedule
-        self._resolver = (prune_lib.ResolvePruningSchedule(prune_config, schedule)
+        self.phases = plan_phases(prune_config, cluster_config, qat_config)
+        self.qat_plan: quantize_lib.QuantizationPlan | None = None
+        self._source_sparsity = source_sparsity
+        self._phase_index = -1
+        self._epochs_done = 0
+        self._compile_args: dict[str, Any] | None = None
+        self._schedule = prune_config.make_schedule() if prune_config else None
+        self._resolver = (prune_lib.ResolvePruningSchedule(prune_config, self._schedule)
                           if prune_config is not None else None)
+        self.network = network
+        if qat_config is not None and self.phases[0].name != "quantize":
+            self._dry_run_qat(network)
+        self._distillation = (distill_lib.Distillation(teacher, distill_config, network)
+                              if teacher is not None else None)
+        if self._distillation is not None:
+            names = ["loss", "hard_loss", "soft_loss"]
+            if distill_config.features:
+                names.append("feature_loss")
+            self._trackers = [keras.metrics.Mean(name=n) for n in names]
+        if self.phases and self.phases[0].start_epoch == 0:
+            self._enter_phase(0)
 
-    def call(self, inputs, training=None):
-        return self.network(inputs, training=training)
+    # -- phases ---------------------------------------------------------------
+    @property
+    def phase(self) -> str:
+        """The current phase: ``"train"`` (no wrapper yet), ``"prune"``,
+        ``"cluster"`` or ``"quantize"``."""
+        return self.phases[self._phase_index].name if self._phase_index >= 0 else "train"
+
+    def _preserve(self) -> str:
+        """What QAT must preserve, from the phases before it."""
+        names = [p.name for p in self.phases]
+        pruned = "prune" in names or (self._source_sparsity >= _PRUNED_SOURCE_SPARSITY)
+        if self.qat_config.preserve_sparsity is not None:
+            pruned = self.qat_config.preserve_sparsity
+        if "cluster" in names:
+            return "sparse_clusters" if pruned else "clusters"
+        return "sparsity" if pruned else "none"
+
+    def _dry_run_qat(self, network: Any) -> None:
+        """Applies QAT once at wrap time so impossible cases fail before training."""
+        self.qat_plan = quantize_lib.apply_qat(clone_model(network), self.qat_config,
+                                               self._preserve())[1]
+
+    def _enter_phase(self, index: int) -> None:
+        """Strips the current phase's wrappers and applies those of phase ``index``."""
+        network = self.network
+        if self.phase == "prune":
+            network = prune_lib.strip_pruning(network)
+        elif self.phase == "cluster":
+            network = cluster_lib.strip_clustering(network)
+        phase = self.phases[index]
+        if phase.name == "prune":
+            network = prune_lib.apply_pruning(network, self.prune_config, self._schedule,
+                                              clone_model)
+        elif phase.name == "cluster":
+            preserve = self.cluster_config.preserve_sparsity
+            if preserve is None:
+                preserve = self.prune_config is not None
+            network = cluster_lib.apply_clustering(network, self.cluster_config, preserve,
+                                                   clone_model)
+        else:
+            quiet = self.qat_plan is not None  # the dry run already warned
+            network, self.qat_plan = quantize_lib.apply_qat(
+                network, self.qat_config, self._preserve(),
+                log=logging.info if quiet else logging.warning)
+        self._phase_index = index
+        self.network = network
+        if self._distillation is not None:
+            self._distillation.bind(network)
+        if self._compile_args is not None:
+            args = dict(self._compile_args)
+            lr = self.qat_config.learning_rate if phase.name == "quantize" else None
+            args["optimizer"] = _fresh_optimizer(args["optimizer"], lr)
+            super().compile(**args)
+        logging.info("tfedge: epoch %d: %s phase", phase.start_epoch, phase.name)
 
     def optimization_callbacks(self) -> list[keras.callbacks.Callback]:
-        """The callbacks ``fit`` adds before the user's own."""
+        """The callbacks ``fit`` adds before the user's own, for the current phase."""
         callbacks: list[keras.callbacks.Callback] = []
-        if self.prune_config is not None:
+        if self.phase == "prune":
             callbacks.append(self._resolver)
             callbacks.append(prune_lib._tfmot_sparsity.UpdatePruningStep())
             if self.log_dir:
                 callbacks.append(prune_lib._tfmot_sparsity.PruningSummaries(log_dir=self.log_dir))
         return callbacks
 
-    def fit(self, *args, callbacks=None, **kwargs):
-        """Keras ``fit``, with the optimization's callbacks added.
+    # -- Keras API --------------------------------------------------------------
+    def call(self, inputs, training=None):
+        return self.network(inputs, training=training)
 
-        Takes the same arguments as ``keras.Model.fit``. A tfmot
-        ``UpdatePruningStep`` the user already passes is not added twice.
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """Keras ``compile``; the arguments are kept to compile later phases."""
+        self._compile_args = dict(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+            sample_weight=None, initial_epoch=0, steps_per_epoch=None, **kwargs):
+        """Keras ``fit``, run phase by phase, with the optimization's callbacks added.
+
+        Takes the same arguments as ``keras.Model.fit``. Phase start epochs
+        count every epoch this model trained, over all ``fit`` calls. A tfmot
+        ``UpdatePruningStep`` the user already passes is not added twice. If a
+        callback stops training (EarlyStopping), the later phases do not run.
+
+        Returns:
+            One ``History`` for all the epochs of all the phases.
         """
+        if self._compile_args is None:
+            raise RuntimeError("Compile the wrapped model before fit: "
+                               "edge.compile(optimizer, loss, metrics).")
         user = list(callbacks or [])
-        ours = [cb for cb in self.optimization_callbacks()
-                if not any(type(u) is type(cb) for u in user)]
-        return super().fit(*args, callbacks=ours + user, **kwargs)
+        first = self._epochs_done
+        last = first + max(epochs - initial_epoch, 0)
+        starts = [p.start_epoch for p in self.phases]
+        while (self._phase_index + 1 < len(self.phases)
+               and starts[self._phase_index + 1] <= first):
+            self._enter_phase(self._phase_index + 1)
+        bounds = [first] + [s for s in starts if first < s < last] + [last]
+        histories = []
+        for begin, end in zip(bounds[:-1], bounds[1:]):
+            if begin != first:
+                self._check_pruning_done()
+                self._enter_phase(self._phase_index + 1)
+            ours = [cb for cb in self.optimization_callbacks()
+                    if not any(type(u) is type(cb) for u in user)]
+            history = super().fit(
+                x, y, batch_size=batch_size, epochs=initial_epoch + end - first,
+                verbose=verbose, callbacks=ours + user, validation_split=validation_split,
+                validation_data=validation_data, shuffle=shuffle, class_weight=class_weight,
+                sample_weight=sample_weight, initial_epoch=initial_epoch + begin - first,
+                steps_per_epoch=steps_per_epoch, **kwargs)
+            histories.append(history)
+            self._epochs_done += len(history.epoch)
+            if self.stop_training and end != last:
+                logging.warning("tfedge: training was stopped in the %s phase at epoch %d; "
+                                "the later phases (%s) did not run.", self.phase,
+                                self._epochs_done, ", ".join(
+                                    p.name for p in self.phases[self._phase_index + 1:]))
+                break
+        if not histories:
+            return keras.callbacks.History()
+        self.history = _merge_histories(histories, self)
+        return self.history
 
+    def _check_pruning_done(self) -> None:
+        if self.phase != "prune" or self._resolver.resolved is None:
+            return
+        wrapper = next(l for l in prune_lib.iter_layers(self.network)
+                       if isinstance(l, prune_lib.PruneLowMagnitude))
+        step = int(wrapper.pruning_step.numpy())
+        end = self._resolver.resolved[1]
+        if step < end:
+            raise ValueError(
+                f"Pruning ends at step {end} but only {step} steps ran before "
+                f"{self.phases[self._phase_index + 1].name} starts at epoch "
+                f"{self._epochs_done}: the target sparsity was not reached. End pruning "
+                "earlier (PruneConfig(end_epoch=...)) or start the next phase later.")
+
+    # -- distillation -------------------------------------------------------------
+    @property
+    def metrics(self):
+        metrics = super().metrics
+        if getattr(self, "_distillation", None) is None:
+            return metrics
+        return metrics + [m for m in self._trackers if m not in metrics]
+
+    def _distill_step(self, data: Any, training: bool) -> tuple[Any, dict[str, Any], Any, Any]:
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred, features = self._distillation.student_forward(x, training=training)
+        hard = self.compiled_loss(y, y_pred, sample_weight)
+        terms = self._distillation.loss_terms(x, y_pred, features)
+        terms["hard_loss"] = hard
+        terms["loss"] = self._distillation.total(hard, terms)
+        if self.losses:
+            terms["loss"] += tf.add_n(self.losses)
+        return y_pred, terms, y, sample_weight
+
+    def _distill_results(self, y, y_pred, sample_weight, terms) -> dict[str, Any]:
+        self.compiled_metrics.update_state(y, y_pred, sample_weight)
+        batch = tf.cast(tf.shape(y_pred)[0], tf.float32)
+        results = {}
+        for tracker in self._trackers:
+            tracker.update_state(terms[tracker.name], sample_weight=batch)
+            results[tracker.name] = tracker.result()
+        for metric in self.compiled_metrics.metrics:
+            results[metric.name] = metric.result()
+        return results
+
+    def train_step(self, data):
+        if self._distillation is None:
+            return super().train_step(data)
+        with tf.GradientTape() as tape:
+            y_pred, terms, y, sample_weight = self._distill_step(data, training=True)
+        variables = self.trainable_variables + self._distillation.trainable_variables
+        grads = tape.gradient(terms["loss"], variables)
+        self.optimizer.apply_gradients(
+            [(g, v) for g, v in zip(grads, variables) if g is not None])
+        return self._distill_results(y, y_pred, sample_weight, terms)
+
+    def test_step(self, data):
+        if self._distillation is None:
+            return super().test_step(data)
+        y_pred, terms, y, sample_weight = self._distill_step(data, training=False)
+        return self._distill_results(y, y_pred, sample_weight, terms)
+
+    # -- the end --------------------------------------------------------------------
     def finish(self) -> Any:
         """Strips the training wrappers and returns a plain Keras model.
 
-        The returned model has the user's original name, the trained weights
-        with the sparsity baked in, and no tfmot layers; it is independent of
-        this EdgeModel. Use ``tfedge.sparsity_report(model)`` for the achieved
-        sparsity per layer.
+        The returned model has the user's original name and the trained
+        weights, and is independent of this EdgeModel. After pruning the
+        sparsity is baked in (``tfedge.sparsity_report``); after clustering
+        the shared values are. After QAT it is the quantization-aware model
+        (tfmot's fake-quant wrappers stay: they carry the learned int8
+        ranges), which ``tfedge.convert`` turns into a full-int8 model, with
+        or without representative data. A teacher is not part of it.
 
         Returns:
             A tf_keras functional or Sequential model.
         """
+        pending = [p.name for p in self.phases[self._phase_index + 1:]]
+        if pending:
+            logging.warning("tfedge: finish() before the %s phase(s) started (trained %d "
+                            "epochs; they start at epoch %s): the model is returned as of "
+                            "the %s phase.", ", ".join(pending), self._epochs_done,
+                            ", ".join(str(p.start_epoch) for p in
+                                      self.phases[self._phase_index + 1:]), self.phase)
         network = self.network
-        if self.prune_config is not None:
+        if self.phase == "prune":
             network = prune_lib.strip_pruning(network)
-        plain = clone_model(network)
+        elif self.phase == "cluster":
+            network = cluster_lib.strip_clustering(network)
+        if self.phase == "quantize":
+            if self.cluster_config is not None:  # CQAT's training variables go
+                network = tfmot_combine.strip_clustering_cqat(network)
+            if self.qat_config.scheme == "int16x8":
+                logging.info("tfedge: 16x8 QAT model returned as float with its QAT-trained "
+                             "weights: convert it with mode='int16x8' and representative data.")
+                plain = quantize_lib.strip_qat(network)
+            else:
+                plain = quantize_lib.copy_qat_model(network)
+        else:
+            plain = clone_model(network)
         plain._name = self.source_name
         if self.prune_config is not None:
             logging.info("tfedge: finished; overall kernel sparsity %.1f%%",
@@ -160,47 +499,81 @@ class EdgeModel(keras.Model):
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "source_name": self.source_name,
                 "prune": self.prune_config.get_config() if self.prune_config else None,
+                "cluster": self.cluster_config.get_config() if self.cluster_config else None,
+                "quantize": self.qat_config.get_config() if self.qat_config else None,
+                "distill": self.distill_config.get_config() if self.distill_config else None,
+                "phases": [dataclasses.asdict(p) for p in self.phases],
                 "log_dir": self.log_dir}
 
 
-def wrap(model: Any, *, prune: Any = None, log_dir: str | None = None) -> EdgeModel:
+def wrap(model: Any, *, prune: Any = None, quantize: Any = None, cluster: Any = None,
+         teacher: Any = None, distill: Any = None, log_dir: str | None = None) -> EdgeModel:
     """Prepares a Keras model for optimization-aware training.
 
-    The user's model is copied, never changed. Compile and fit the returned
-    model as usual; call ``finish()`` on it at the end.
+    The user's model (and teacher) are copied or only read, never changed.
+    Compile and fit the returned model once; call ``finish()`` at the end.
+    The techniques run as phases of that fit, in the order distill -> prune
+    -> cluster -> QAT (see the module docstring).
 
     Args:
         model: a tf_keras Sequential or functional model (nested models are
             supported). Keras 3 and subclassed models raise an error that
             says what to do.
-        prune: pruning to apply: a :class:`~tfedge.prune.PruneConfig`, a
-            final sparsity such as ``0.8`` (polynomial decay over the first
-            ``fit``), a dict of PruneConfig arguments, or None.
+        prune: a :class:`~tfedge.prune.PruneConfig`, a final sparsity such as
+            ``0.8`` (polynomial decay over the first ``fit``), a dict of
+            PruneConfig arguments, or None.
+        quantize: quantization-aware training: True (int8), ``"int16x8"``, a
+            :class:`~tfedge.quantize.QATConfig`, a dict of its arguments, or
+            None. After pruning it preserves sparsity (PQAT), after
+            clustering the clusters (CQAT).
+        cluster: weight clustering: a :class:`~tfedge.cluster.ClusterConfig`,
+            a number of clusters, a dict, or None.
+        teacher: a trained tf_keras model to distill from, or None.
+        distill: a :class:`~tfedge.distill.DistillConfig` (or dict of its
+            arguments); defaults to ``DistillConfig()`` with a teacher.
         log_dir: optional TensorBoard directory for tfmot's pruning summaries.
 
     Returns:
         An :class:`EdgeModel` ready for ``compile`` and ``fit``.
 
     Raises:
-        UnsupportedModelError: for Keras 3, subclassed or unbuilt models, or a
-            layer that cannot be copied.
-        ValueError: for invalid settings (sparsity outside [0, 1), end before
-            begin, unknown layer names, nothing prunable) or no optimization.
+        UnsupportedModelError: for Keras 3, subclassed or unbuilt models, a
+            layer that cannot be copied, or (with ``strict``) layers QAT
+            cannot quantize.
+        ValueError: invalid settings, impossible combinations (16x8 QAT with
+            pruning or clustering, distill without teacher, phases that
+            overlap), or no optimization at all.
 
     Example:
 
-    >>> wrapped = tfedge.wrap(model, prune=tfedge.PruneConfig(0.8, end_epoch=4))  # doctest: +SKIP
-    >>> wrapped.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])  # doctest: +SKIP
-    >>> wrapped.fit(x, y, epochs=6)  # doctest: +SKIP
-    >>> plain = wrapped.finish()  # doctest: +SKIP
+    >>> edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.8, end_epoch=4),  # doctest: +SKIP
+    ...                    quantize=True)  # QAT from epoch 4 on, preserving sparsity
+    >>> edge.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])  # doctest: +SKIP
+    >>> edge.fit(x, y, epochs=6)  # doctest: +SKIP
+    >>> plain = edge.finish()  # doctest: +SKIP
     """
     _check_model(model)
     prune_config = prune_lib.PruneConfig.coerce(prune)
-    if prune_config is None:
-        raise ValueError("wrap was asked for no optimization: pass prune=... "
-                         "(e.g. prune=0.8).")
-    network = clone_model(model)
-    schedule = prune_config.make_schedule()
-    network = prune_lib.apply_pruning(network, prune_config, schedule, clone_model)
-    return EdgeModel(network, source_name=model.name, prune_config=prune_config,
-                     schedule=schedule, log_dir=log_dir)
+    qat_config = quantize_lib.QATConfig.coerce(quantize)
+    cluster_config = cluster_lib.ClusterConfig.coerce(cluster)
+    if distill is not None and distill is not False and teacher is None:
+        raise ValueError("distill= was given without a teacher: pass teacher=<trained "
+                         "model> too.")
+    distill_config = distill_lib.DistillConfig.coerce(distill) if teacher is not None else None
+    if teacher is not None:
+        _check_model(teacher, role="teacher")
+    if prune_config is None and qat_config is None and cluster_config is None and teacher is None:
+        raise ValueError("wrap was asked for no optimization: pass prune=... (e.g. "
+                         "prune=0.8), quantize=True, cluster=16 and/or teacher=...")
+    if qat_config is not None and qat_config.scheme != "int8" and (prune_config or cluster_config):
+        raise ValueError(
+            f"QAT scheme {qat_config.scheme!r} cannot preserve pruning or clustering (tfmot "
+            "has prune/cluster-preserving schemes for int8 only). Use quantize=True (int8), "
+            "or drop prune=/cluster=.")
+    source_sparsity = 0.0
+    if qat_config is not None and prune_config is None:
+        source_sparsity = prune_lib.sparsity_report(model).overall
+    return EdgeModel(clone_model(model), source_name=model.name, prune_config=prune_config,
+                     cluster_config=cluster_config, qat_config=qat_config, teacher=teacher,
+                     distill_config=distill_config, log_dir=log_dir,
+                     source_sparsity=source_sparsity)

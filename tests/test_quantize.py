@@ -1,0 +1,200 @@
+"""QAT: int8 TFLite matches the QAT Keras model, BatchNorm folds, unsupported layers are named."""
+
+import logging
+
+import numpy as np
+import pytest
+
+import tfedge
+from tfedge import keras
+from tfedge.errors import UnsupportedModelError
+from tfedge.quantize import QATConfig, apply_qat, is_quantization_aware
+
+import tensorflow_model_optimization as tfmot
+
+from conftest import compile_for_digits
+
+_quantizers = tfmot.quantization.keras.quantizers
+
+
+class Scale(keras.layers.Layer):
+    """A custom layer tfmot knows nothing about: a learned per-channel scale."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight("w", shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x * self.w
+
+
+class ScaleQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+    """Quantizes Scale's weight and output (the per-layer override users write)."""
+
+    def get_weights_and_quantizers(self, layer):
+        return [(layer.w, _quantizers.LastValueQuantizer(
+            num_bits=8, symmetric=True, narrow_range=False, per_axis=False))]
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        layer.w = quantize_weights[0]
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [_quantizers.MovingAverageQuantizer(
+            num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
+
+    def get_config(self):
+        return {}
+
+
+def _model_with_custom_layer():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
+    h = Scale(name="my_scale")(h)
+    h = keras.layers.Flatten(name="flat")(h)
+    outputs = keras.layers.Dense(10, name="logits")(h)
+    return keras.Model(inputs, outputs, name="custom_net")
+
+
+def test_qat_int8_tflite_accuracy_matches_qat_keras(trained_digits_cnn, digits):
+    (x, y), (x_test, y_test) = digits
+    keras.utils.set_random_seed(1)
+    edge = compile_for_digits(tfedge.wrap(trained_digits_cnn, quantize=True))
+    edge.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    qat = edge.finish()
+    assert is_quantization_aware(qat) and qat.name == trained_digits_cnn.name
+    calibrated = tfedge.convert(qat, representative_data=x[:300])
+    from_qat_ranges = tfedge.convert(qat)  # no data: QAT gives every range
+    for artifact in (calibrated, from_qat_ranges):
+        assert artifact.inputs[0].dtype == "INT8" and not artifact.flatbuffer.float_ops()
+        report = tfedge.validate(artifact, qat, x_test, y_test)
+        print(f"\nQAT int8 ({artifact.num_calibration_samples} calibration samples): keras "
+              f"{report.keras_accuracy:.4f}, tflite {report.tflite_accuracy:.4f}, agreement "
+              f"{report.agreement:.4f}")
+        assert report.keras_accuracy > 0.93
+        assert abs(report.accuracy_drop) <= 0.005
+        assert report.agreement >= 0.99
+
+
+def test_conv_batchnorm_relu_folds_into_conv(digits):
+    (x, y), (x_test, y_test) = digits
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.Conv2D(32, 3, strides=2, padding="same")(h)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.Activation("relu")(h)
+    h = keras.layers.Flatten()(h)
+    model = compile_for_digits(keras.Model(inputs, keras.layers.Dense(10)(h)))
+    model.fit(x, y, epochs=4, batch_size=32, verbose=0)
+    edge = compile_for_digits(tfedge.wrap(model, quantize=True))
+    edge.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    qat = edge.finish()
+    artifact = tfedge.convert(qat)
+    ops = set(artifact.ops)
+    assert ops <= {"CONV_2D", "FULLY_CONNECTED", "RESHAPE"}, artifact.ops
+    assert artifact.ops["CONV_2D"] == 2
+    report = tfedge.validate(artifact, qat, x_test, y_test)
+    assert report.agreement >= 0.99 and report.snr_db > 20, str(report)
+
+
+def test_custom_layer_is_left_in_float_and_named(digits, caplog):
+    (x, y), (x_test, y_test) = digits
+    model = _model_with_custom_layer()
+    with caplog.at_level(logging.WARNING):
+        edge = compile_for_digits(tfedge.wrap(model, quantize=True))
+    assert "my_scale" in caplog.text and "custom layer Scale" in caplog.text
+    assert set(edge.qat_plan.skipped) == {"my_scale"}
+    assert set(edge.qat_plan.quantized) == {"conv", "flat", "logits"}
+    wrapped = {l.name for l in edge.network.layers
+               if isinstance(l, tfmot.quantization.keras.QuantizeWrapperV2)}
+    assert wrapped == {"quant_conv", "quant_flat", "quant_logits"}
+    edge.fit(x[:512], y[:512], epochs=1, batch_size=32, verbose=0)
+    # The float layer is calibrated at conversion; the model is still full int8.
+    artifact = tfedge.convert(edge.finish(), representative_data=x[:200])
+    assert tfedge.validate(artifact, edge, x_test, y_test).agreement >= 0.97
+
+
+def test_strict_mode_raises_and_names_the_layer():
+    with pytest.raises(UnsupportedModelError, match=r"(?s)strict=True.*my_scale.*QuantizeConfig"):
+        tfedge.wrap(_model_with_custom_layer(), quantize=QATConfig(strict=True))
+
+
+def test_per_layer_overrides_skip_and_quantize_config():
+    model = _model_with_custom_layer()
+    qat, plan = apply_qat(model, QATConfig(layer_configs={"my_scale": ScaleQuantizeConfig()},
+                                           skip=["logits"], strict=True))
+    assert plan.skipped == {"logits": "skipped by the user (skip=)"}
+    assert "my_scale" in plan.quantized
+    kinds = {l.name: type(l).__name__ for l in qat.layers}
+    assert kinds["quant_my_scale"] == "QuantizeWrapperV2" and kinds["logits"] == "Dense"
+    with pytest.raises(UnsupportedModelError, match="not in the model: nope"):
+        apply_qat(model, QATConfig(skip=["nope"]))
+
+
+def test_unsupported_builtin_and_nested_model(caplog):
+    keras.utils.set_random_seed(0)
+    backbone = keras.Sequential([keras.Input((8, 8, 1)),
+                                 keras.layers.Conv2D(8, 3, activation="relu", name="inner_conv"),
+                                 keras.layers.Flatten(name="inner_flat")], name="backbone")
+    inputs = keras.Input((8, 8, 1))
+    h = backbone(inputs)
+    h = keras.layers.LayerNormalization(name="norm")(h)  # no tfmot QuantizeConfig
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+    with caplog.at_level(logging.WARNING):
+        qat, plan = apply_qat(model, QATConfig())
+    assert plan.inlined == ["backbone"]  # tfmot refuses nested models; tfedge inlines them
+    assert {"inner_conv", "inner_flat", "logits"} <= set(plan.quantized)
+    assert list(plan.skipped) == ["norm"] and "LayerNormalization" in caplog.text
+    assert model.layers[1] is backbone and len(model.layers) == 4  # user's model untouched
+
+
+def test_subclassed_model_gets_a_clear_error():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(10)
+
+        def call(self, x):
+            return self.dense(x)
+
+    net = Net()
+    net(np.zeros((1, 4), np.float32))
+    with pytest.raises(UnsupportedModelError, match="functional API"):
+        tfedge.wrap(net, quantize=True)
+
+
+def test_int16x8_scheme_converts_with_int16_activations(trained_digits_cnn, digits):
+    (x, y), (x_test, y_test) = digits
+    edge = compile_for_digits(tfedge.wrap(trained_digits_cnn, quantize="int16x8"))
+    edge.fit(x[:640], y[:640], epochs=1, batch_size=32, verbose=0)
+    plain = edge.finish()  # float, QAT-trained weights (see QATConfig)
+    assert not is_quantization_aware(plain)
+    artifact = tfedge.convert(plain, representative_data=x[:200], mode="int16x8")
+    conv_out = next(artifact.flatbuffer.tensors[op.outputs[0]] for op in artifact.flatbuffer.ops
+                    if op.name == "CONV_2D")
+    assert conv_out.dtype == "INT16"
+    report = tfedge.validate(artifact, plain, x_test, y_test)
+    assert report.agreement >= 0.99 and abs(report.accuracy_drop) <= 0.005
+
+
+def test_qat_config_round_trip_and_validation():
+    config = QATConfig("int8", start_epoch=3, learning_rate=1e-4, skip=["a"],
+                       layer_configs={"b": ScaleQuantizeConfig()}, strict=True)
+    with tfmot.quantization.keras.quantize_scope({"ScaleQuantizeConfig": ScaleQuantizeConfig}):
+        again = QATConfig.from_config(config.get_config())
+    assert again.get_config() == config.get_config()
+    assert isinstance(again.layer_configs["b"], ScaleQuantizeConfig)
+    with pytest.raises(ValueError, match="Unknown QAT scheme"):
+        QATConfig("int4")
+    with pytest.raises(ValueError, match="both skipped"):
+        QATConfig(skip=["a"], layer_configs={"a": ScaleQuantizeConfig()})
+    with pytest.raises(ValueError, match="must be a tfmot"):
+        QATConfig(layer_configs={"a": "int8"})
