@@ -2,7 +2,7 @@
 
 The pipeline, one module per stage::
 
-    wrap -> (prune) -> convert -> validate
+    wrap -> (distill, prune, cluster, QAT: phases of one fit) -> convert -> validate
 
 Importing tfedge makes ``tf.keras`` resolve to tf_keras (Keras 2), which the
 TensorFlow Model Optimization Toolkit requires; see :mod:`tfedge._keras`.
@@ -14,6 +14,9 @@ from tfedge.errors import (ConversionError, InvalidModelFileError, TFEdgeError,
                            UnsupportedModelError, VerificationError)
 from tfedge.export import Bundle, BundleCheck, check_bundle, export_android, export_micro
 from tfedge.prune import ConstantSparsity, PolynomialDecay, PruneConfig, SparsityReport, sparsity_report
+from tfedge.quantize import QATConfig, QuantizationPlan
+from tfedge.distill import DistillConfig
+from tfedge.cluster import ClusterConfig
 from tfedge.validate import TFLiteRunner, ValidationReport, validate
 from tfedge.tune import Budget, SearchSpace, TuneResult, tune
 from tfedge.wrap import EdgeModel, wrap
@@ -28,5 +31,6 @@ __all__ = [
     "VerificationError", "export_android", "export_micro", "check_bundle", "Bundle",
     "BundleCheck",
     "tune", "Budget", "SearchSpace", "TuneResult",
+    "QATConfig", "QuantizationPlan", "DistillConfig", "ClusterConfig",
     "keras", "__version__",
 ]
