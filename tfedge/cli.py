@@ -195,6 +195,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                         "already quantized; default: 32 random inputs.")
     p.add_argument("--num-samples", type=int, default=32,
                    help="Use the first N samples of --samples (default: 32).")
+    p.add_argument("--max-diff", type=int, default=0,
+                   help="Largest difference allowed between TFLM's and LiteRT's integer "
+                        "outputs, in quantization steps (default: 0, bit-exact).")
     p.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
     p.set_defaults(func=_run_export)
 
@@ -225,7 +228,8 @@ def _run_export(args: argparse.Namespace) -> int:
             description=args.description, io_type=args.io_type, sample_inputs=samples))
     if args.micro:
         bundles.append(export_micro(artifact, args.micro, sample_inputs=samples, name=name,
-                                    description=args.description, labels=labels))
+                                    description=args.description, labels=labels,
+                                    max_diff=args.max_diff))
     if args.json:
         print(to_json([b.to_dict() for b in bundles]))
     else:
