@@ -1,0 +1,185 @@
+"""What every recipe shares: flags, the optimization step, and the output folder.
+
+The optimization step is one call to ``tfedge.wrap`` (prune / QAT / distill
+as flagged); conversion, validation, benchmarking and export are single calls
+to the tfedge stages. The recipes print (they are scripts); the library logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import shlex
+import sys
+import time
+from typing import Any, Iterator
+
+import tfedge
+from tfedge._keras import keras
+from tfedge.card import model_card, write_model_card
+from tfedge.report import format_table
+
+DEFAULT_OUTPUT_DIR = "tflite_models"
+
+
+def add_common_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int,
+                     name: str) -> None:
+    """Flags every recipe has: training length, optimizations, outputs."""
+    parser.add_argument("--epochs", type=int, default=epochs,
+                        help=f"Epochs of float training (default {epochs}). With --weights "
+                             "imagenet this is fine-tuning.")
+    parser.add_argument("--batch_size", type=int, default=batch_size,
+                        help=f"Training batch size (default {batch_size}).")
+    parser.add_argument("--prune", type=float, default=None, metavar="SPARSITY",
+                        help="Prune to this fraction of zero weights (e.g. 0.5) during the "
+                             "optimization fine-tune (tfedge.wrap(prune=...)). Default: no "
+                             "pruning.")
+    parser.add_argument("--qat", action="store_true",
+                        help="Quantization-aware training during the optimization fine-tune "
+                             "(tfedge.wrap(quantize=True)), so the int8 model keeps the float "
+                             "accuracy. Default: post-training quantization only.")
+    parser.add_argument("--distill_from", default=None, metavar="PATH",
+                        help="A trained Keras model file (.keras, .h5 or SavedModel folder; "
+                             "e.g. one this recipe saved with --save_keras) to distill from "
+                             "during the optimization fine-tune (tfedge.wrap(teacher=...)). "
+                             "It must output logits for the same classes.")
+    parser.add_argument("--finetune_epochs", type=int, default=None,
+                        help="Epochs of the optimization fine-tune that runs after float "
+                             "training when --prune, --qat or --distill_from is given "
+                             "(default: a third of --epochs, at least 2).")
+    parser.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR,
+                        help="Folder that receives <name>/ with model.tflite, model_card.json, "
+                             f"labels.txt and README.md (default {DEFAULT_OUTPUT_DIR}).")
+    parser.add_argument("--name", default=None,
+                        help=f"Name of the model and of its output folder (default: {name}, "
+                             "or derived from the dataset and model).")
+    parser.add_argument("--save_keras", action="store_true",
+                        help="Also save the trained float Keras model as keras_model.keras in "
+                             "the output folder (usable later with --distill_from).")
+    parser.add_argument("--quick", action="store_true",
+                        help="Smoke run: a small slice of the data, tiny model and 1 epoch. "
+                             "Checks the pipeline end to end in well under a minute; the "
+                             "accuracy means nothing.")
+    parser.add_argument("--data_dir", default=None,
+                        help="tensorflow_datasets data folder for the real datasets (default: "
+                             "tfds' own, ~/tensorflow_datasets).")
+    parser.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
+    parser.add_argument("--verbose", type=int, default=None, choices=(0, 1, 2),
+                        help="Keras fit verbosity: 1 progress bars, 2 one line per epoch, 0 "
+                             "silent (default: 1 on a terminal, 2 otherwise).")
+
+
+def fit_verbosity(args: argparse.Namespace) -> int:
+    if args.verbose is not None:
+        return args.verbose
+    return 1 if sys.stdout.isatty() else 2
+
+
+@contextlib.contextmanager
+def stage(title: str, timings: dict[str, float] | None = None) -> Iterator[None]:
+    """Prints a stage header and, at the end, how long it took."""
+    print(f"\n== {title} ==", flush=True)
+    start = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - start
+    if timings is not None:
+        timings[title] = round(seconds, 1)
+    print(f"   ({title}: {seconds:.1f} s)", flush=True)
+
+
+def cosine_schedule(learning_rate: float, total_steps: int) -> Any:
+    """Cosine decay from ``learning_rate`` to 0 over ``total_steps``."""
+    return keras.optimizers.schedules.CosineDecay(learning_rate, max(1, total_steps))
+
+
+def load_teacher(path: str) -> Any:
+    """Loads the --distill_from model, with an error that says what was expected."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--distill_from {path!r}: no such file or folder. Pass a "
+                                "trained Keras model, e.g. one saved with --save_keras.")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(f"--distill_from {path!r} is not a Keras model tf_keras can load "
+                         f"({err}). Save the teacher with tf_keras (model.save('t.keras')).") \
+            from err
+
+
+def wants_optimization(args: argparse.Namespace) -> bool:
+    return bool(args.prune or args.qat or args.distill_from)
+
+
+def finetune_epochs(args: argparse.Namespace) -> int:
+    if args.finetune_epochs is not None:
+        return max(1, args.finetune_epochs)
+    return max(2, math.ceil(args.epochs / 3))
+
+
+def wrap_for_flags(model: Any, args: argparse.Namespace, epochs: int) -> Any:
+    """The one ``tfedge.wrap`` call for --prune / --qat / --distill_from.
+
+    Pruning runs over the first 60% of the fine-tune; QAT follows it (or runs
+    throughout when alone); distillation spans the whole fine-tune.
+
+    Returns:
+        A ``tfedge.EdgeModel`` to compile and fit.
+    """
+    kwargs: dict[str, Any] = {}
+    if args.prune:
+        end = max(1, math.ceil(0.6 * epochs)) if args.qat and epochs > 1 else None
+        kwargs["prune"] = tfedge.PruneConfig(args.prune, end_epoch=end)
+    if args.qat:
+        kwargs["quantize"] = True
+    if args.distill_from:
+        kwargs["teacher"] = load_teacher(args.distill_from)
+    return tfedge.wrap(model, **kwargs)
+
+
+def plain_model(model: Any) -> Any:
+    """The finished plain Keras model of a wrapped one (or the model itself)."""
+    return model.finish() if isinstance(model, tfedge.EdgeModel) else model
+
+
+def write_outputs(out_dir: str, artifact: Any, *, name: str, description: str,
+                  labels: list[str], report: str, validation: Any = None,
+                  benchmark: Any = None, extra: dict[str, Any] | None = None) -> dict[str, str]:
+    """Writes the handoff folder: model.tflite, model_card.json, labels.txt, README.md.
+
+    Returns:
+        ``{kind: path}`` of the files written.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"tflite": artifact.save(os.path.join(out_dir, "model.tflite"))}
+    labels_path = os.path.join(out_dir, "labels.txt")
+    with open(labels_path, "w") as f:
+        f.write("\n".join(labels) + "\n")
+    paths["labels"] = labels_path
+    card = model_card(artifact, name=name, description=description, labels=labels,
+                      validation=validation, benchmark=benchmark, extra=extra)
+    paths["card"] = write_model_card(out_dir, card)
+    readme = os.path.join(out_dir, "README.md")
+    with open(readme, "w") as f:
+        f.write(report.rstrip() + "\n")
+    paths["report"] = readme
+    return paths
+
+
+def command_line() -> str:
+    """The command that is running, for the report (``python -m recipes.x ...``)."""
+    module = sys.argv[0]
+    if module.endswith(".py") and os.sep + "recipes" + os.sep in os.path.abspath(module):
+        module = "-m recipes." + os.path.splitext(os.path.basename(module))[0]
+    return "python " + " ".join([module] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def io_table(artifact: Any) -> str:
+    """The flatbuffer's inputs and outputs with their int8 parameters, as a table."""
+    rows = []
+    for kind, tensors in (("input", artifact.inputs), ("output", artifact.outputs)):
+        for t in tensors:
+            rows.append([kind, t.name, "x".join(map(str, t.shape)), t.dtype,
+                         f"{t.scale[0]:.6g}" if t.scale else "-",
+                         t.zero_point[0] if t.zero_point else "-"])
+    return format_table(["", "tensor", "shape", "dtype", "scale", "zero point"], rows)
