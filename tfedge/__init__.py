@@ -18,6 +18,10 @@ from tfedge.quantize import QATConfig, QuantizationPlan
 from tfedge.distill import DistillConfig
 from tfedge.cluster import ClusterConfig
 from tfedge.validate import TFLiteRunner, ValidationReport, validate
+from tfedge import bench  # callable module: tfedge.bench(...), tfedge.bench.estimate_latency
+from tfedge.bench import BenchReport, CompareReport, HostResult, LatencyEstimate, TargetResult
+from tfedge.cost import ModelCost, model_cost
+from tfedge.devices import PROFILES, DeviceProfile
 from tfedge.tune import Budget, SearchSpace, TuneResult, tune
 from tfedge.wrap import EdgeModel, wrap
 
@@ -31,6 +35,8 @@ __all__ = [
     "VerificationError", "export_android", "export_micro", "check_bundle", "Bundle",
     "BundleCheck",
     "tune", "Budget", "SearchSpace", "TuneResult",
+    "bench", "BenchReport", "CompareReport", "HostResult", "TargetResult", "LatencyEstimate",
+    "model_cost", "ModelCost", "DeviceProfile", "PROFILES",
     "QATConfig", "QuantizationPlan", "DistillConfig", "ClusterConfig",
     "keras", "__version__",
 ]

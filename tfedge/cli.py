@@ -258,6 +258,61 @@ def _run_check(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="Benchmark a .tflite on this machine and on emulated ARM cores.",
+        description="Time the model in LiteRT on this machine (init, first run, warm-up, "
+                    "min/p50/p90/p99/mean/std, XNNPACK delegation, peak memory) and, for "
+                    "each --target, run LiteRT's aarch64 build under qemu-aarch64: exact "
+                    "instructions per inference, bit-exact output check against this "
+                    "machine, and latency estimates for the device (labelled estimates). "
+                    "First ARM use prepares a cached sysroot (as root; see "
+                    "'python -m tfedge.arm').")
+    p.add_argument("model", metavar="MODEL.tflite", help="The .tflite file to benchmark.")
+    p.add_argument("--target", nargs="+", action="extend", default=None, metavar="TARGET",
+                   help="ARM targets: device profiles (rpi3, rpi4, rpi5, phone, cortex-m7) "
+                        "or qemu CPU models (cortex-a53, cortex-a72, cortex-a76, "
+                        "neoverse-n1, max, ...). Default: this machine only.")
+    p.add_argument("--compare", nargs="+", default=None, metavar="OTHER.tflite",
+                   help="Other models to benchmark the same way, shown side by side with "
+                        "ratios to MODEL.tflite.")
+    p.add_argument("--runs", type=int, default=100, help="Timed runs on this machine "
+                                                         "(default 100).")
+    p.add_argument("--warmup", type=int, default=10,
+                   help="Untimed runs after the first, before timing (default 10).")
+    p.add_argument("--threads", type=int, default=1,
+                   help="Interpreter threads on this machine (default 1; ARM counts always "
+                        "use one).")
+    p.add_argument("--no-xnnpack", action="store_true",
+                   help="Use LiteRT's builtin kernels without the XNNPACK delegate.")
+    p.add_argument("--no-emulation", action="store_true",
+                   help="Skip qemu: device targets get MAC-based estimates only.")
+    p.add_argument("--emulation-runs", type=int, default=2,
+                   help="Counted inferences per ARM target (default 2; two or more show "
+                        "whether the count repeats).")
+    p.add_argument("--seed", type=int, default=0, help="Seed of the random inputs.")
+    p.add_argument("--timeout", type=float, default=900.0,
+                   help="Seconds allowed per process, host or emulated (default 900).")
+    p.add_argument("--output", metavar="FILE.json", help="Also write the report as JSON here.")
+    p.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from tfedge import bench
+
+    report = bench.bench(args.model, target=["host"] + (args.target or []),
+                         compare=args.compare, runs=args.runs, warmup=args.warmup,
+                         num_threads=args.threads, xnnpack=not args.no_xnnpack,
+                         emulate=not args.no_emulation, emulation_runs=args.emulation_runs,
+                         seed=args.seed, timeout=args.timeout)
+    if args.output:
+        report.save(args.output)
+    print(report.to_json() if args.json else report)
+    reports = getattr(report, "reports", [report])
+    return 1 if any(r.outputs_match is False for r in reports) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfedge",
@@ -267,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tune(sub)
     _add_export(sub)
     _add_check(sub)
+    _add_bench(sub)
     return parser
 
 

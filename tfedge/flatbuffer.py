@@ -231,6 +231,11 @@ class FlatbufferModel:
         """True if the tensor uses TFLite's sparse encoding."""
         return self._subgraph.tensors[tensor_index].sparsity is not None
 
+    def is_constant(self, tensor_index: int) -> bool:
+        """True if the tensor's values are stored in the file (weights, biases, shapes)."""
+        data = self._model.buffers[self._subgraph.tensors[tensor_index].buffer].data
+        return data is not None and len(data) > 0
+
     def float_ops(self, ignore_io_boundary: bool = True) -> list[OpInfo]:
         """Operators that read or write a floating-point tensor.
 
