@@ -91,17 +91,11 @@ def test_scale_model_scales_hidden_layers_and_keeps_the_classes(make_digits_cnn)
     assert model.layers[1].filters == 16  # the user's model is untouched
 
 
-def test_latency_budget_without_the_harness_says_what_is_missing(digits):
-    try:
-        from tfedge import bench
-        if hasattr(bench, "estimate_latency"):
-            pytest.skip("the benchmark harness is present")
-    except ImportError:
-        pass
+def test_unknown_target_fails_before_training_and_lists_the_devices(digits):
     (x, y), _ = digits
-    with pytest.raises(TFEdgeError, match="benchmark harness"):
+    with pytest.raises(ValueError, match="rpi4"):
         tfedge.tune(build_cnn, (x, y), loss=LOSS,
-                    budget=tfedge.Budget(max_latency_ms=1.0, target="rpi4"), max_trials=1)
+                    budget=tfedge.Budget(max_latency_ms=1.0, target="nokia-3310"), max_trials=1)
 
 
 def test_tune_rejects_bad_data_and_missing_loss(digits):
@@ -128,7 +122,8 @@ def _search(digits, directory, max_trials):
     # sparsity 0.5 at width 1.0.
     return tfedge.tune(
         build_cnn, (x[:-n_val], y[:-n_val]), validation_data=(x[-n_val:], y[-n_val:]),
-        budget=tfedge.Budget(max_size_bytes=30_000, min_accuracy=0.6),
+        budget=tfedge.Budget(max_size_bytes=30_000, min_accuracy=0.6, max_latency_ms=100.0,
+                             target="rpi4"),
         space=tfedge.SearchSpace(final_sparsity=[0.75, 0.5], prune_end=[0.5],
                                  width=[1.0, 0.5]),
         loss=LOSS, learning_rate=5e-3, epochs=3, batch_size=32, max_trials=max_trials,
@@ -160,10 +155,15 @@ def test_search_scores_int8_marks_infeasible_and_writes_front(digits, search_dir
     int8_acc = float(np.mean(TFLiteRunner(artifact.content).predict(x_val).argmax(1) == y[-300:]))
     assert int8_acc == pytest.approx(best.metrics["accuracy"], abs=1e-9)
     assert best.metrics["sparsity"] == pytest.approx(0.75, abs=0.05)  # read from the flatbuffer
+    # Latency is the benchmark harness's estimate for the target, per trial.
+    from tfedge import bench
+    assert best.metrics["latency_ms"] == pytest.approx(
+        bench.estimate_latency(artifact, "rpi4").latency_ms)
+    assert big.metrics["latency_ms"] > best.metrics["latency_ms"]  # twice as wide, more MACs
 
     # Table, JSON, plot and the best bundle's card.
     assert result.front == [best.trial_id]
-    assert "infeasible" not in str(result) and "size_bytes" in result.table()
+    assert "size_bytes 4" in result.table() and "latency ms" in result.table()
     with open(result.files["json"]) as f:
         saved = json.load(f)
     assert [t["feasible"] for t in saved["trials"]] == [False, True]
@@ -219,9 +219,32 @@ def test_cli_tune_runs_a_tiny_search(tmp_path, capsys):
         "    return keras.Model(inputs, keras.layers.Dense(10)(h))\n")
     status = main(["tune", "--builder", f"{builder}:build", "--data", "digits",
                    "--sparsity", "0.5", "--width", "1.0", "--epochs", "1", "--max-trials", "1",
-                   "--max-size-bytes", "100000", "--directory", str(tmp_path / "runs"),
-                   "--no-plot", "--json"])
+                   "--max-size-bytes", "100000", "--max-arena-bytes", "100000",
+                   "--directory", str(tmp_path / "runs"), "--no-plot", "--json"])
     assert status == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["trials"]) == 1 and out["trials"][0]["feasible"] is True
     assert out["best"] == out["trials"][0]["trial_id"]
+    # The arena was measured in TFLite Micro's interpreter.
+    assert 0 < out["trials"][0]["metrics"]["arena_bytes"] < 100_000
+
+
+@pytest.mark.slow
+def test_qat_and_distillation_trial_runs_the_whole_pipeline(digits, trained_digits_cnn, tmp_path):
+    import inspect
+    if not {"quantize", "teacher"} <= set(inspect.signature(tfedge.wrap).parameters):
+        pytest.skip("this tfedge.wrap has no QAT / distillation yet")
+    (x, y), _ = digits
+    result = tfedge.tune(
+        build_cnn, (x[:-300], y[:-300]), validation_data=(x[-300:], y[-300:]),
+        budget=tfedge.Budget(max_size_bytes=30_000),
+        space=tfedge.SearchSpace(final_sparsity=[0.5], prune_end=[0.5], quantize=[True],
+                                 distill=[True], width=[0.5]),
+        teacher=trained_digits_cnn, loss=LOSS, learning_rate=5e-3, epochs=2, max_trials=1,
+        directory=str(tmp_path), plot=False)
+    trial = result.trials[0]
+    assert trial.status == "COMPLETED", trial.message
+    assert trial.settings["quantize"] and trial.settings["distill"]
+    # Sparsity survives prune-preserving QAT into the int8 flatbuffer.
+    assert trial.metrics["sparsity"] == pytest.approx(0.5, abs=0.05)
+    assert trial.metrics["accuracy"] > 0.5

@@ -60,9 +60,11 @@ class Budget:
     Args:
         max_size_bytes: largest allowed ``.tflite`` file, in bytes.
         max_latency_ms: largest allowed estimated latency on ``target``.
-        target: a device profile name of the benchmark harness (e.g.
-            ``"rpi4"``); needed for ``max_latency_ms``. Given alone, latency
-            is measured and reported without a limit.
+        target: a device profile of the benchmark harness
+            (``tfedge.devices.PROFILES``: rpi3, rpi4, rpi5, phone, cortex-m7);
+            needed for ``max_latency_ms``. Given alone, latency is estimated
+            and reported without a limit. Latencies are the harness's
+            single-thread estimates (:func:`tfedge.bench.estimate_latency`).
         max_arena_bytes: largest allowed TFLite-Micro tensor arena, in bytes.
         min_accuracy: smallest allowed top-1 accuracy of the int8 model on
             the validation data, in [0, 1].
@@ -390,21 +392,16 @@ def resize_images(x: np.ndarray, resolution: int | None) -> np.ndarray:
 # ----------------------------------------------------------------------------
 # Measurements that belong to other stages
 # ----------------------------------------------------------------------------
-def _latency_ms(artifact: Any, target: str) -> float:
-    """Estimated latency on ``target``, from the benchmark harness."""
-    try:
-        from tfedge import bench  # noqa: F401
-    except ImportError as err:
-        raise TFEdgeError(
-            "A latency budget (Budget(target=...)) needs tfedge's benchmark harness "
-            "(tfedge.bench, device profiles and latency estimates), which this version of "
-            "tfedge does not have yet. Leave target/max_latency_ms unset for now.") from err
-    estimate = getattr(bench, "estimate_latency", None)
-    if estimate is None:
-        raise TFEdgeError("tfedge.bench has no estimate_latency(); a latency budget cannot be "
-                          "checked with this version of tfedge.")
-    result = estimate(artifact, target=target)
-    return float(getattr(result, "latency_ms", result))
+def _latency_ms(artifact: Any, target: str, method: str = "macs") -> float:
+    """Estimated single-thread latency on ``target``, from the benchmark harness.
+
+    ``method="macs"`` is the harness's fast estimate (MACs over the device's
+    calibrated MAC rate); ``"instructions"`` emulates one inference under
+    qemu (exact instruction count / IPC / clock), seconds to minutes a trial.
+    """
+    from tfedge import bench
+
+    return float(bench.estimate_latency(artifact, target, method=method).latency_ms)
 
 
 def _arena_bytes(artifact: Any) -> int:
@@ -425,14 +422,16 @@ def _arena_bytes(artifact: Any) -> int:
 
 
 def check_measurable(budget: Budget) -> None:
-    """Fails fast, before any training, if the budget needs a missing stage."""
+    """Fails fast, before any training, if the budget cannot be measured.
+
+    Raises:
+        ValueError: an unknown target device (the message lists the profiles).
+        TFEdgeError: an arena budget without TensorFlow Lite Micro installed.
+    """
     if budget.measures_latency:
-        try:
-            from tfedge import bench
-        except ImportError:
-            bench = None
-        if bench is None or not hasattr(bench, "estimate_latency"):
-            _latency_ms(None, budget.target)
+        from tfedge import devices
+
+        devices.get_profile(budget.target)
     if budget.measures_arena:
         from tfedge import micro
 
@@ -569,8 +568,9 @@ def _tuner_class():
         """
 
         def __init__(self, oracle, *, pipeline: dict[str, Any], budget: Budget,
-                     epochs: int, seed: int, **kwargs):
+                     epochs: int, seed: int, latency_method: str = "macs", **kwargs):
             self.pipeline = pipeline
+            self.latency_method = latency_method
             self.budget = budget
             self.epochs = epochs
             self.seed = seed
@@ -597,7 +597,8 @@ def _tuner_class():
                            "compressed_bytes": float(len(zlib.compress(artifact.content, 9))),
                            "sparsity": float(_weight_sparsity(artifact))}
                 if self.budget.measures_latency:
-                    metrics["latency_ms"] = _latency_ms(artifact, self.budget.target)
+                    metrics["latency_ms"] = _latency_ms(artifact, self.budget.target,
+                                                        self.latency_method)
                 if self.budget.measures_arena:
                     metrics["arena_bytes"] = float(_arena_bytes(artifact))
             except Exception as err:  # recorded, then keras-tuner marks the trial failed
@@ -832,8 +833,8 @@ def plot_pareto(result: TuneResult, path: str) -> str:
                        key=lambda t: t.metrics[key])
         if front:
             ax.plot([t.metrics[key] * unit for t in front],
-                    [100 * t.metrics["accuracy"] for t in front], "-", color="tab:green",
-                    label="Pareto front", zorder=0)
+                    [100 * t.metrics["accuracy"] for t in front], "-o", color="tab:green",
+                    markersize=11, markerfacecolor="none", label="Pareto front", zorder=0)
         if limit is not None:
             ax.axvline(limit * unit, linestyle="--", color="gray", label="budget")
         if result.budget.min_accuracy is not None:
@@ -1007,7 +1008,8 @@ def tune(build_fn: Any, data: Any, *, validation_data: Any = None,
          oracle: str = "bayesian", teacher: Any = None, directory: str = "tfedge_tune",
          project_name: str = "search", overwrite: bool = False, output_dir: str | None = None,
          plot: bool = True, seed: int = 0, distribution_strategy: Any = None,
-         num_calibration_samples: int = 300, verbose: int = 0) -> TuneResult:
+         num_calibration_samples: int = 300, latency_method: str = "macs",
+         verbose: int = 0) -> TuneResult:
     """Searches compression settings whose int8 model fits a device budget.
 
     Each trial builds a candidate, trains it with ``tfedge.wrap`` (pruning,
@@ -1056,6 +1058,10 @@ def tune(build_fn: Any, data: Any, *, validation_data: Any = None,
         distribution_strategy: a ``tf.distribute`` strategy each trial trains
             under (e.g. ``MirroredStrategy`` over the local devices).
         num_calibration_samples: representative samples for int8 conversion.
+        latency_method: how ``tfedge.bench.estimate_latency`` estimates the
+            latency on ``budget.target``: ``"macs"`` (fast, from the MACs in
+            the flatbuffer) or ``"instructions"`` (one run of LiteRT's aarch64
+            build under qemu per trial; exact instruction count / IPC).
         verbose: keras-tuner's progress display (0 silent, 1 per trial).
 
     Returns:
@@ -1064,7 +1070,8 @@ def tune(build_fn: Any, data: Any, *, validation_data: Any = None,
 
     Raises:
         ValueError: bad data, settings or oracle name.
-        TFEdgeError: a budget that needs a stage this tfedge does not have.
+        TFEdgeError: an arena budget without TFLite Micro, or QAT/distillation
+            asked of a ``wrap`` that lacks them.
         ImportError: keras-tuner is missing (``pip install 'tfedge[tune]'``).
 
     Example:
@@ -1091,6 +1098,9 @@ def tune(build_fn: Any, data: Any, *, validation_data: Any = None,
     space = space or SearchSpace()
     if oracle not in ORACLES:
         raise ValueError(f"Unknown oracle {oracle!r}; use one of {', '.join(ORACLES)}.")
+    if latency_method not in ("macs", "instructions"):
+        raise ValueError(f"latency_method={latency_method!r}; use 'macs' (fast estimate) or "
+                         "'instructions' (emulated under qemu).")
     if int(epochs) != epochs or epochs < 1:
         raise ValueError(f"epochs={epochs} must be a positive whole number.")
     if max_trials < 1:
@@ -1143,6 +1153,7 @@ def tune(build_fn: Any, data: Any, *, validation_data: Any = None,
         tuner = _tuner_class()(
             _make_oracle(oracle, hp=hp, max_trials=max_trials, epochs=epochs, seed=seed),
             pipeline=pipeline, budget=budget, epochs=int(epochs), seed=seed,
+            latency_method=latency_method,
             directory=directory, project_name=project_name, overwrite=overwrite,
             distribution_strategy=distribution_strategy)
     role = ("single" if not dist_utils.has_chief_oracle() else
