@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         facts = micro_bundle.card["bundle"]
         result = {
             "width": width, "model_bytes": artifact.size_bytes,
-            "arena_bytes": facts["arena_bytes"], "arena_is_minimal": facts["arena_is_minimal"],
+            "arena_bytes": facts["arena_bytes"],
             "tflm_default_arena_guess_bytes": 10 * artifact.size_bytes,
             "micro_bundle_bytes": sum(micro_bundle.files.values()),
             "model_data_cc_bytes": micro_bundle.files[export.MODEL_DATA_SOURCE],

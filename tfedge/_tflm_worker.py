@@ -22,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-_FIRST_ARENA = 16 * 1024
+_FIRST_ARENA = 64 << 20
 _MAX_ARENA = 1 << 30
 _TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
 
@@ -47,13 +47,14 @@ class _StderrCapture:
         return False
 
 
-def _stage(name):
+def _stage(name, arena_size=None):
     """Says on stdout what runs next, so a parent can tell where a crash happened."""
-    print(f"stage {name}", flush=True)
+    print(f"stage {name}" + (f" {arena_size}" if arena_size else ""), flush=True)
 
 
-def _interpreter(runtime, content, arena_size):
+def _interpreter(runtime, content, arena_size, stage="load"):
     """(interpreter or None, TFLM's messages)."""
+    _stage(stage, arena_size)
     with _StderrCapture() as capture:
         try:
             interpreter = runtime.Interpreter.from_bytes(content, arena_size=arena_size)
@@ -97,7 +98,6 @@ def main(request_path):
             inputs = [data[f"input_{i}"] for i in range(len(data.files))]
 
     result = {"ok": False}
-    _stage("load")
     arena = request.get("arena_size")
     if arena:
         interpreter, log = _interpreter(runtime, content, int(arena))
@@ -105,7 +105,8 @@ def main(request_path):
             result.update(stage="allocate", arena_size=int(arena), log=log)
             return result
     else:
-        arena = _FIRST_ARENA
+        # Start large: TFLM can crash (not fail) on some arenas that are too small.
+        arena = max(_FIRST_ARENA, 16 * len(content))
         while True:
             interpreter, log = _interpreter(runtime, content, arena)
             if interpreter is not None:
@@ -114,19 +115,23 @@ def main(request_path):
                 result.update(stage="allocate", arena_size=arena, log=log)
                 return result
             arena *= 2
-        # The recording allocator reports what the arena really holds after a run.
-        _stage("measure")
-        if inputs:
-            for i, batch in enumerate(inputs):
-                interpreter.set_input(batch[:1], i)
+        # The recording allocator reports what the arena really holds after a run;
+        # the samples then run in exactly that arena.
+        _stage("measure", arena)
+        for i, batch in enumerate(inputs):
+            interpreter.set_input(batch[:1], i)
         interpreter.invoke()
         total = _recorded_total(interpreter)
-        if total:
-            smallest, _ = _interpreter(runtime, content, total)
-            below, _ = _interpreter(runtime, content, total - 1)
-            if smallest is not None:
-                interpreter, arena = smallest, total
-                result["arena_is_minimal"] = below is None
+        if total is None:
+            result.update(stage="measure", log="TFLM did not report its arena use.")
+            return result
+        interpreter, log = _interpreter(runtime, content, total, "measure")
+        if interpreter is None:
+            result.update(stage="allocate", arena_size=total,
+                          log=f"TFLM recorded {total} bytes of arena use but cannot allocate "
+                              f"the model in exactly {total} bytes:\n{log}")
+            return result
+        arena = total
     result["arena_size"] = int(arena)
 
     _stage("invoke")

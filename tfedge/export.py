@@ -611,7 +611,8 @@ def export_micro(artifact: Any, out_dir: str | os.PathLike, *, sample_inputs: An
                     "xnnpack_vs_builtin_kernels": xnnpack}
     return _finish("micro", out_dir, artifact, files, {
         "tflm_version": micro.tflm_version(), "arena_bytes": run.arena_bytes,
-        "arena_is_minimal": run.arena_is_minimal,
+        "arena_measured_by": "TFLM's RecordingMicroAllocator total after a run; the samples "
+                             "then ran in exactly this arena",
         "ops": [{"op": op, "method": m, "count": counts.get(op, 0)} for op, m in methods],
         "symbols": micro.c_symbols(name),
         "samples": {"file": SAMPLES_FILE, "count": len(inputs[0]), "source": source},
@@ -681,9 +682,9 @@ def check_bundle(bundle_dir: str | os.PathLike) -> BundleCheck:
     if content is None:
         return result
     digest = hashlib.sha256(content).hexdigest()
-    result.add("model hash", digest == card["model"]["sha256"],
-               "model.tflite is the model the card describes"
-               if digest == card["model"]["sha256"] else "model.tflite differs from the card")
+    described = card.get("sha256") or (card.get("model") or {}).get("sha256")
+    result.add("model hash", digest == described, "model.tflite is the model the card "
+               "describes" if digest == described else "model.tflite differs from the card")
     artifact = _guard(result, "model", _as_artifact, content)
     if artifact is None:
         return result

@@ -271,15 +271,13 @@ class TFLMRun:
     """What one TFLM run measured.
 
     Attributes:
-        arena_bytes: the tensor arena the model ran in; when measured, the
-            total TFLM's recording allocator reported, which is the smallest
-            arena that works.
-        arena_is_minimal: True if one byte less was tried and failed.
+        arena_bytes: the tensor arena the samples ran in. When measured, it is
+            the total TFLM's recording allocator reports after a run in a
+            large arena; on the digits CNN one byte less fails to allocate.
         outputs: raw output tensors, one array per output, samples first.
     """
 
     arena_bytes: int
-    arena_is_minimal: bool | None
     outputs: list[np.ndarray]
 
 
@@ -296,7 +294,8 @@ def run_tflm(content: bytes, inputs: Sequence[np.ndarray], *, num_outputs: int =
         inputs: one array per model input, samples first, in the input
             tensor's dtype (quantized already).
         num_outputs: number of model outputs.
-        arena_size: tensor arena bytes; None measures the smallest that works.
+        arena_size: tensor arena bytes; None measures what the model needs
+            (TFLM's recorded arena use) and runs the samples in exactly that.
         timeout: seconds before the run is abandoned.
 
     Returns:
@@ -328,16 +327,19 @@ def run_tflm(content: bytes, inputs: Sequence[np.ndarray], *, num_outputs: int =
         except subprocess.TimeoutExpired:
             raise VerificationError(f"TFLM ({version}) did not finish within {timeout:.0f} s "
                                     "on this model.") from None
-        stages = [line[6:] for line in proc.stdout.splitlines() if line.startswith("stage ")]
-        stage = stages[-1] if stages else "start"
+        stages = [line.split()[1:] for line in proc.stdout.splitlines()
+                  if line.startswith("stage ")]
+        stage, *arena = stages[-1] if stages else ["start"]
         if proc.returncode != 0:
             if proc.returncode < 0:
                 how = f"was killed by {signal.Signals(-proc.returncode).name}"
             else:
                 how = f"exited with status {proc.returncode}"
+            where = _STAGES.get(stage, stage) + (f" (arena {int(arena[0]):,} bytes)"
+                                                 if arena else "")
             raise VerificationError(
                 f"The TFLM interpreter (tflite-micro {version}) {how} while "
-                f"{_STAGES.get(stage, stage)}, with no Python error: TFLM cannot run this "
+                f"{where}, with no Python error: TFLM cannot run this "
                 "model, although LiteRT may. The embedded team would hit the same crash. "
                 "Simplify the model (fewer or more common ops, smaller tensors) or report "
                 "the .tflite to tflite-micro.\nTFLM's last messages:\n"
@@ -358,7 +360,7 @@ def run_tflm(content: bytes, inputs: Sequence[np.ndarray], *, num_outputs: int =
         with np.load(request["outputs"]) as data:
             outputs = [data[f"output_{k}"] for k in range(len(data.files))]
     return TFLMRun(arena_bytes=int(result["arena_size"]),
-                   arena_is_minimal=result.get("arena_is_minimal"), outputs=outputs)
+                   outputs=outputs)
 
 
 _STAGES = {"start": "starting", "load": "loading the model and allocating its tensors",
