@@ -365,7 +365,6 @@ class EdgeModel(keras.Model):
         histories = []
         for begin, end in zip(bounds[:-1], bounds[1:]):
             if begin != first:
-                self._check_pruning_done()
                 self._enter_phase(self._phase_index + 1)
             ours = [cb for cb in self.optimization_callbacks()
                     if not any(type(u) is type(cb) for u in user)]
@@ -387,20 +386,6 @@ class EdgeModel(keras.Model):
             return keras.callbacks.History()
         self.history = _merge_histories(histories, self)
         return self.history
-
-    def _check_pruning_done(self) -> None:
-        if self.phase != "prune" or self._resolver.resolved is None:
-            return
-        wrapper = next(l for l in prune_lib.iter_layers(self.network)
-                       if isinstance(l, prune_lib.PruneLowMagnitude))
-        step = int(wrapper.pruning_step.numpy())
-        end = self._resolver.resolved[1]
-        if step < end:
-            raise ValueError(
-                f"Pruning ends at step {end} but only {step} steps ran before "
-                f"{self.phases[self._phase_index + 1].name} starts at epoch "
-                f"{self._epochs_done}: the target sparsity was not reached. End pruning "
-                "earlier (PruneConfig(end_epoch=...)) or start the next phase later.")
 
     # -- distillation -------------------------------------------------------------
     @property
