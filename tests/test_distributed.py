@@ -75,8 +75,37 @@ MIRRORED = """
                 "sparsity": {r["layer"]: r["sparsity"] for r in report.rows},
                 "accuracy": plain.evaluate(x_test, y_test, verbose=0)[1]}
 
-    result = {"mirrored": train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])),
-              "single": train(tf.distribute.get_strategy())}
+    def all_phases(strategy):
+        # Distillation from a teacher, pruning in epoch 0, sparsity-preserving QAT in
+        # epoch 1: wrap rebuilds the network between phases, inside the strategy.
+        xs, ys = x[:640], y[:640]
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            teacher = compile_for_digits(build_digits_cnn(32, "teacher"))
+        teacher.fit(xs, ys, epochs=2, batch_size=64, verbose=0)
+        with strategy.scope():
+            edge = tfedge.wrap(build_digits_cnn(16, "student"), teacher=teacher,
+                               prune=tfedge.PruneConfig(0.5, end_epoch=1), quantize=True)
+            compile_for_digits(edge)
+        history = edge.fit(xs, ys, epochs=2, batch_size=64, verbose=0)
+        kernels_equal = all(
+            all(np.array_equal(v[0].numpy(), r.numpy()) for r in v[1:])
+            for v in (strategy.experimental_local_results(w) for w in edge.network.weights))
+        plain = edge.finish()
+        artifact = tfedge.convert(plain, representative_data=xs[:200])
+        report = tfedge.validate(artifact, plain, x_test, y_test)
+        return {"phases": [p.name for p in edge.phases], "kernels_equal": kernels_equal,
+                "losses": sorted(history.history), "sparsity": tfedge.sparsity_report(plain).overall,
+                "int8_sparsity": [r["sparsity"] for r in artifact.flatbuffer.weight_sparsity()
+                                  if len(r["shape"]) > 1],
+                "int8_agreement": report.agreement}
+
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    result = {"mirrored": train(mirrored), "single": train(tf.distribute.get_strategy())}
+    import inspect
+    if {"quantize", "teacher"} <= set(inspect.signature(tfedge.wrap).parameters):
+        result["all_phases"] = all_phases(mirrored)
     json.dump(result, open(sys.argv[1], "w"))
 """
 
@@ -96,6 +125,16 @@ def test_pruning_under_mirrored_strategy_equals_single_device(tmp_path):
     # Same data, same global batch, same initial weights: accuracy within tolerance.
     assert mirrored["accuracy"] == pytest.approx(single["accuracy"], abs=0.04)
     assert mirrored["accuracy"] > 0.7
+
+    # Distillation + pruning + QAT phases, switched inside the strategy.
+    phased = result.get("all_phases")
+    if phased is None:
+        pytest.skip("this tfedge.wrap has no QAT / distillation")
+    assert phased["phases"] == ["prune", "quantize"] and phased["kernels_equal"]
+    assert {"hard_loss", "soft_loss"} <= set(phased["losses"])
+    assert phased["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert all(s >= 0.49 for s in phased["int8_sparsity"])  # survived QAT and conversion
+    assert phased["int8_agreement"] >= 0.9  # the int8 model computes what was trained
 
 
 WORKER = """

@@ -506,7 +506,9 @@ def sparsity_report(model: Any) -> SparsityReport:
         if isinstance(layer, keras.Model):
             continue
         target = getattr(layer, "layer", layer)  # a pruning wrapper's inner layer
-        for weight in target.weights:
+        # A wrapper's weights include its inner layer's (a QAT wrapper even holds
+        # the kernel the inner layer no longer tracks).
+        for weight in layer.weights:
             short = weight.name.split("/")[-1].split(":")[0]
             if not (short.endswith("kernel") or short == "embeddings"):
                 continue
