@@ -287,6 +287,12 @@ class EdgeModel(keras.Model):
                                                self._preserve())[1]
 
     def _enter_phase(self, index: int) -> None:
+        """Enters phase ``index`` in the distribution strategy the model was built
+        under: the new wrappers' variables must be mirrored like the others."""
+        with self.distribute_strategy.scope():
+            self._switch_phase(index)
+
+    def _switch_phase(self, index: int) -> None:
         """Strips the current phase's wrappers and applies those of phase ``index``."""
         network = self.network
         if self.phase == "prune":
