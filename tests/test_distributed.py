@@ -24,6 +24,12 @@ for _var in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_P
     ENV.pop(_var, None)
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _run(script: str, tmp_path, timeout: float = 240) -> dict:
     path = tmp_path / "script.py"
     out = tmp_path / "out.json"
@@ -137,6 +143,62 @@ def test_pruning_under_mirrored_strategy_equals_single_device(tmp_path):
     assert phased["int8_agreement"] >= 0.9  # the int8 model computes what was trained
 
 
+MULTI_WORKER = """
+    import json, os, sys
+    import numpy as np
+    import tfedge
+    import tensorflow as tf
+    from tfedge import keras
+    from conftest import build_digits_cnn, compile_for_digits
+    from tfedge.data import load_digits
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()  # cluster from TF_CONFIG
+    (x, y), (x_test, y_test) = load_digits()
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        edge = tfedge.wrap(build_digits_cnn(), prune=tfedge.PruneConfig(0.75, end_epoch=1))
+        compile_for_digits(edge)
+    data = tf.data.Dataset.from_tensor_slices((x[:640], y[:640])).batch(64)  # global batch
+    edge.fit(data, epochs=2, verbose=0)
+    plain = compile_for_digits(edge.finish())
+    json.dump({"workers": strategy.num_replicas_in_sync,
+               "sparsity": tfedge.sparsity_report(plain).overall,
+               "weights_sum": float(sum(np.abs(w).sum() for w in plain.get_weights())),
+               "accuracy": plain.evaluate(x_test, y_test, verbose=0)[1]}, open(sys.argv[1], "w"))
+"""
+
+
+@pytest.mark.slow
+def test_pruning_under_multi_worker_mirrored_strategy_on_two_local_workers(tmp_path):
+    script = tmp_path / "multi_worker.py"
+    script.write_text(textwrap.dedent(MULTI_WORKER))
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    try:
+        for index in range(2):
+            env = {**ENV, "TF_CONFIG": json.dumps({"cluster": cluster,
+                                                   "task": {"type": "worker", "index": index}})}
+            procs.append(subprocess.Popen([sys.executable, str(script),
+                                           str(tmp_path / f"worker{index}.json")], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True, start_new_session=True))
+        errors = [proc.communicate(timeout=240)[1] for proc in procs]
+        for index, proc in enumerate(procs):
+            assert proc.returncode == 0, f"worker {index} failed:\n{errors[index][-4000:]}"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+    results = [json.loads((tmp_path / f"worker{i}.json").read_text()) for i in range(2)]
+    assert all(r["workers"] == 2 for r in results)
+    assert all(r["sparsity"] == pytest.approx(0.75, abs=0.01) for r in results)
+    # Both workers end with the same model: same weights, same accuracy.
+    assert results[0]["weights_sum"] == results[1]["weights_sum"]
+    assert results[0]["accuracy"] == results[1]["accuracy"]
+
+
 WORKER = """
     import json, os, sys
     import tfedge
@@ -155,12 +217,6 @@ WORKER = """
            "trials": [t.to_dict() for t in result.trials], "files": result.files}
     json.dump(out, open(sys.argv[1], "w"))
 """
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
