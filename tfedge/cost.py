@@ -140,7 +140,7 @@ def _op_macs(fb: FlatbufferModel, op) -> tuple[int, str]:
         macs = _prod(tensors[x_index].shape) * _prod(w[:3])
     elif op.name == "CONV_3D":            # weights (kd, kh, kw, Cin, Cout)
         macs = _prod(out) * _prod(w[:4])
-    else:                                 # BATCH_MATMUL: out (..., M, N); a (..., M, K) or (..., K, M)
+    else:  # BATCH_MATMUL: out (..., M, N); a (..., M, K), or (..., K, M) when adjointed
         a = tensors[op.inputs[0]].shape
         m = out[-2] if len(out) >= 2 else 1
         macs = _prod(out) * (_prod(a[-2:]) // max(m, 1))

@@ -197,16 +197,20 @@ def _prepare_sysroot() -> str:
             _run(["apt-get", "update"], "run apt-get update", fix)
             _run(cmd, "download the arm64 packages", fix, cwd=debs)
         staging = tempfile.mkdtemp(prefix="sysroot-", dir=_arm_dir())
-        for deb in sorted(glob.glob(os.path.join(debs, "*.deb"))):
-            _run(["dpkg", "-x", deb, staging], f"unpack {os.path.basename(deb)}", fix)
-        if not os.path.exists(_guest_python(staging)):
-            raise ArmEmulationError(f"The arm64 packages contain no python{GUEST_PYTHON}: "
-                                    "this recipe needs Debian bookworm's package set.")
-        _compile_python(os.path.join(staging, "usr", "lib", f"python{GUEST_PYTHON}"))
-        with open(os.path.join(staging, ".complete"), "w") as f:
-            f.write(" ".join(SYSROOT_PACKAGES) + "\n")
-        os.chmod(staging, 0o755)
-        os.rename(staging, sysroot)
+        try:
+            for deb in sorted(glob.glob(os.path.join(debs, "*.deb"))):
+                _run(["dpkg", "-x", deb, staging], f"unpack {os.path.basename(deb)}", fix)
+            if not os.path.exists(_guest_python(staging)):
+                raise ArmEmulationError(f"The arm64 packages contain no python{GUEST_PYTHON}: "
+                                        "this recipe needs Debian bookworm's package set.")
+            _compile_python(os.path.join(staging, "usr", "lib", f"python{GUEST_PYTHON}"))
+            with open(os.path.join(staging, ".complete"), "w") as f:
+                f.write(" ".join(SYSROOT_PACKAGES) + "\n")
+            os.chmod(staging, 0o755)
+            os.rename(staging, sysroot)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     finally:
         shutil.rmtree(debs, ignore_errors=True)
     logging.info("tfedge.arm: aarch64 sysroot ready in %.0f s: %s", time.time() - start, sysroot)
@@ -256,16 +260,18 @@ def _prepare_site() -> str:
              f"Check that pip can reach PyPI and that {', '.join(pins)} publish "
              "manylinux aarch64 wheels for CPython " + GUEST_PYTHON + ".")
         staging = tempfile.mkdtemp(prefix="site-", dir=_arm_dir())
-        for wheel in sorted(glob.glob(os.path.join(wheels, "*.whl"))):
-            with zipfile.ZipFile(wheel) as archive:
-                archive.extractall(staging)
-        # Wheel extraction loses the executable bits; shared objects need none,
-        # but keep directories readable for other users of a shared cache.
-        os.chmod(staging, 0o755)
-        _compile_python(staging)
-        with open(os.path.join(staging, ".complete"), "w") as f:
-            f.write(" ".join(pins) + "\n")
-        os.rename(staging, site)
+        try:
+            for wheel in sorted(glob.glob(os.path.join(wheels, "*.whl"))):
+                with zipfile.ZipFile(wheel) as archive:
+                    archive.extractall(staging)
+            os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide it from other users
+            _compile_python(staging)
+            with open(os.path.join(staging, ".complete"), "w") as f:
+                f.write(" ".join(pins) + "\n")
+            os.rename(staging, site)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     finally:
         shutil.rmtree(wheels, ignore_errors=True)
     logging.info("tfedge.arm: aarch64 wheels ready in %.0f s: %s", time.time() - start, site)
