@@ -55,6 +55,11 @@ def add_common_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_size
     parser.add_argument("--name", default=None,
                         help=f"Name of the model and of its output folder (default: {name}, "
                              "or derived from the dataset and model).")
+    parser.add_argument("--bundles", default="all", choices=("all", "android", "micro", "none"),
+                        help="Handoff bundles to write into <name>/android and <name>/micro "
+                             "(tfedge.export_android / export_micro, each verified in its "
+                             "runtime). A bundle the runtime cannot take (e.g. TFLM lacks a "
+                             "kernel) is reported in the README instead of stopping the run.")
     parser.add_argument("--save_keras", action="store_true",
                         help="Also save the trained float Keras model as keras_model.keras in "
                              "the output folder (usable later with --distill_from).")
@@ -164,6 +169,57 @@ def write_outputs(out_dir: str, artifact: Any, *, name: str, description: str,
         f.write(report.rstrip() + "\n")
     paths["report"] = readme
     return paths
+
+
+def export_bundles(artifact: Any, out_dir: str, *, which: str, name: str, description: str,
+                   labels: list[str] | None, sample_inputs: Any, validation: Any = None
+                   ) -> dict[str, dict[str, Any]]:
+    """The Android and microcontroller bundles (``tfedge.export_*``) under ``out_dir``.
+
+    Returns:
+        ``{"android": {...}, "micro": {...}}``: each the bundle's directory
+        and verification summary, or ``{"error": reason}`` when the runtime
+        could not take the model.
+    """
+    results: dict[str, dict[str, Any]] = {}
+    kinds = ("android", "micro") if which == "all" else (() if which == "none" else (which,))
+    for kind in kinds:
+        directory = os.path.join(out_dir, kind)
+        try:
+            if kind == "android":
+                bundle = tfedge.export_android(
+                    artifact, directory, labels=labels, norm_mean=0.0, norm_std=255.0,
+                    name=name, description=description, sample_inputs=sample_inputs,
+                    validation=validation)
+            else:
+                bundle = tfedge.export_micro(
+                    artifact, directory, sample_inputs=sample_inputs, name=name,
+                    description=description, labels=labels, max_diff=1, validation=validation)
+        except (tfedge.TFEdgeError, ValueError, RuntimeError) as err:
+            results[kind] = {"error": str(err).strip().splitlines()[0][:300]}
+            print(f"   {kind} bundle not written: {results[kind]['error']}")
+            continue
+        facts = bundle.card["bundle"]
+        results[kind] = {"directory": directory, "verified": facts["verification"]["summary"]}
+        if kind == "micro":
+            results[kind]["arena_bytes"] = bundle.arena_bytes
+        print(f"   {kind} bundle: {directory} ({results[kind]['verified']})")
+    return results
+
+
+def bundles_section(bundles: dict[str, dict[str, Any]]) -> list[str]:
+    """README lines about the bundles."""
+    if not bundles:
+        return []
+    lines = ["## Handoff bundles", ""]
+    for kind, facts in bundles.items():
+        if "error" in facts:
+            lines.append(f"- `{kind}/`: not produced: {facts['error']}")
+        else:
+            arena = (f"; tensor arena {facts['arena_bytes']:,} bytes"
+                     if facts.get("arena_bytes") else "")
+            lines.append(f"- `{kind}/`: {facts['verified']}{arena}")
+    return lines + [""]
 
 
 def command_line() -> str:

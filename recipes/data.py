@@ -409,6 +409,7 @@ def load_detection(name: str = "shapes", *, input_size: int = 96, num_train: int
         test_classes.append(classes[keep])
     calib = np.stack([x for x, _, _ in train_ds.take(300).as_numpy_iterator()])
     labels = list(builder_info.features["objects"]["label"].names)
+    num_train = int(train_ds.reduce(0, lambda n, _: n + 1))  # the split may be shorter
     return DetectionData(name, train_ds.map(_flip_boxes), num_train, calib,
                          np.stack(test_images), test_boxes, test_classes, labels, input_size,
                          max_objects)
@@ -424,8 +425,9 @@ def _tfds_detection_example(example: dict[str, Any], size: int, max_objects: int
     if "is_crowd" in objects:  # COCO crowd regions are not objects to detect
         keep = tf.logical_not(objects["is_crowd"])
         boxes, classes = tf.boolean_mask(boxes, keep), tf.boolean_mask(classes, keep)
-    boxes, classes = boxes[:max_objects], classes[:max_objects]
-    pad = max_objects - tf.shape(classes)[0]
+    n = tf.minimum(tf.minimum(tf.shape(boxes)[0], tf.shape(classes)[0]), max_objects)
+    boxes, classes = boxes[:n], classes[:n]
+    pad = max_objects - n
     boxes = tf.pad(boxes, [[0, pad], [0, 0]])
     classes = tf.pad(classes, [[0, pad]], constant_values=-1)
     boxes = tf.ensure_shape(boxes, (max_objects, 4))

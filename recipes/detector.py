@@ -139,6 +139,26 @@ def decode_boxes(raw: Any, anchors: np.ndarray) -> tf.Tensor:
     return tf.stack([yc - h / 2, xc - w / 2, yc + h / 2, xc + w / 2], axis=-1)
 
 
+def encode_boxes(boxes: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """``[ymin, xmin, ymax, xmax]`` boxes -> box numbers: the inverse of :func:`decode_boxes`.
+
+    Args:
+        boxes: [..., A, 4] boxes (fractions) with positive height and width.
+        anchors: [A, 4] ``(ycenter, xcenter, h, w)``.
+
+    Returns:
+        [..., A, 4] float32 ``(ty, tx, th, tw)``.
+    """
+    boxes = np.asarray(boxes, np.float64)
+    ya, xa, ha, wa = np.moveaxis(np.asarray(anchors, np.float64), -1, 0)
+    h = np.maximum(boxes[..., 2] - boxes[..., 0], 1e-6)
+    w = np.maximum(boxes[..., 3] - boxes[..., 1], 1e-6)
+    yc, xc = boxes[..., 0] + h / 2, boxes[..., 1] + w / 2
+    sy, sx, sh, sw = BOX_SCALES
+    return np.stack([sy * (yc - ya) / ha, sx * (xc - xa) / wa, sh * np.log(h / ha),
+                     sw * np.log(w / wa)], -1).astype(np.float32)
+
+
 def encode_targets(boxes: tf.Tensor, classes: tf.Tensor, anchors: Anchors,
                    num_classes: int) -> dict[str, tf.Tensor]:
     """One image's padded ground truth -> dense per-anchor training targets.
@@ -459,7 +479,7 @@ def training_dataset(data: data_lib.DetectionData, anchors: Anchors, batch_size:
 
     return (data.train.shuffle(min(data.num_train, 10_000), seed=seed)
             .map(encode, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -520,7 +540,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"   {model.count_params():,} parameters, {len(anchors)} anchors")
 
     train = training_dataset(data, anchors, args.batch_size, args.seed)
-    steps = max(1, data.num_train // args.batch_size)
+    steps = -(-data.num_train // args.batch_size)
     with common.stage(f"training: {args.epochs} epochs", timings):
         compile_detector(model, anchors, common.cosine_schedule(args.learning_rate,
                                                                 args.epochs * steps))
@@ -586,6 +606,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     np.savetxt(anchors_path, anchors.centers_sizes, fmt="%.6f", delimiter=",",
                header="ycenter,xcenter,h,w", comments="")
     paths["anchors"] = anchors_path
+    with common.stage("export: Android and micro bundles", timings):
+        # labels stay in labels.txt: the bundles' label check expects one output of classes
+        results["bundles"] = common.export_bundles(
+            artifact, out_dir, which=args.bundles, name=name,
+            description=_describe(args, data.num_classes), labels=None,
+            sample_inputs=data.test_images[:8], validation=report)
+    if results["bundles"]:
+        with open(paths["report"], "a") as f:
+            f.write("\n".join(common.bundles_section(results["bundles"])))
     results["files"] = paths
     _print_summary(results)
     return results

@@ -1,0 +1,161 @@
+"""The recipes end to end in --quick mode, on the offline defaults and on mock tfds data.
+
+Quick runs train for one epoch on a slice of the data, so they check the
+pipeline and its outputs (handoff folder, full-int8 model, model card,
+labels, report, mAP), not accuracy: the accuracy acceptance is measured by
+the recipes' full runs and benchmarks/detector.py.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import tfedge
+from tfedge import keras
+
+from recipes import classifier, detector
+from recipes import data as data_lib
+
+
+def _files(folder):
+    return sorted(os.listdir(folder))
+
+
+# ----------------------------------------------------------------------------
+# Classifier
+# ----------------------------------------------------------------------------
+def test_classifier_quick_on_digits_writes_the_handoff_folder(tmp_path):
+    args = classifier.build_parser().parse_args(
+        ["--model", "digits_cnn", "--quick", "--output_dir", str(tmp_path), "--verbose", "0",
+         "--bundles", "none"])
+    results = classifier.run(args)
+
+    folder = tmp_path / "digits_digits_cnn"
+    assert {"model.tflite", "model_card.json", "labels.txt", "README.md"} <= set(_files(folder))
+    artifact = tfedge.load(folder / "model.tflite")
+    tfedge.check_full_integer(artifact)
+    assert artifact.inputs[0].dtype == "INT8" and tuple(artifact.inputs[0].shape[1:]) == (32, 32, 3)
+    card = json.loads((folder / "model_card.json").read_text())
+    assert card["labels"] == [str(d) for d in range(10)]
+    assert card["validation"]["tflite_accuracy"] == pytest.approx(results["int8_accuracy"])
+    assert (folder / "labels.txt").read_text().split() == card["labels"]
+    assert "int8 TFLite" in (folder / "README.md").read_text()
+
+
+def test_classifier_on_mock_tfds_cifar10(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    args = classifier.build_parser().parse_args(
+        ["--dataset", "cifar10", "--model", "digits_cnn", "--quick", "--output_dir",
+         str(tmp_path), "--verbose", "0", "--bundles", "none"])
+    with tfds.testing.mock_data(num_examples=40):
+        results = classifier.run(args)
+    card = json.loads((tmp_path / "cifar10_digits_cnn" / "model_card.json").read_text())
+    assert len(card["labels"]) == 10  # from tfds' ClassLabel (mock data names them "0".."9")
+    assert results["test_samples"] == 40
+
+
+def test_int8_friendly_mobilenet_v3_rebuild_is_qat_ready():
+    from tfedge.quantize import QATConfig, apply_qat
+
+    keras.utils.set_random_seed(0)
+    v3 = classifier.build_classifier("mobilenet_v3_small", 10, input_size=32, alpha=0.75)
+    kinds = {type(layer).__name__ for layer in v3.layers}
+    assert {"TFOpLambda", "Multiply"} <= kinds  # the keras.applications trap is there
+
+    lite = classifier.int8_friendly_mobilenet_v3(v3)
+    lite_kinds = {type(layer).__name__ for layer in lite.layers}
+    assert not lite_kinds & {"TFOpLambda", "Multiply"}
+    assert not any("squeeze_excite" in layer.name for layer in lite.layers)
+    # kept layers keep their weights; the source model is untouched
+    for name in ("Conv", "expanded_conv/depthwise", "logits"):
+        for a, b in zip(v3.get_layer(name).get_weights(), lite.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert "TFOpLambda" in {type(layer).__name__ for layer in v3.layers}
+    assert lite.output_shape == v3.output_shape
+    # every layer but the input Rescaling (calibrated at conversion) gets QAT
+    _, plan = apply_qat(lite, QATConfig(), log=lambda *a: None)
+    assert set(plan.skipped) <= {"to_minus1_1"}
+
+
+@pytest.mark.slow
+def test_mobilenet_v3_small_converts_to_full_int8_and_validates(tmp_path):
+    args = classifier.build_parser().parse_args(
+        ["--model", "mobilenet_v3_small", "--alpha", "0.75", "--quick", "--output_dir",
+         str(tmp_path), "--verbose", "0", "--bundles", "none"])
+    results = classifier.run(args)
+    artifact = tfedge.load(tmp_path / "digits_mobilenet_v3_small" / "model.tflite")
+    tfedge.check_full_integer(artifact)
+    assert "HARD_SWISH" in artifact.ops  # hard-swish kept, as an int8 kernel
+    assert results["agreement"] >= 0.9
+
+
+# ----------------------------------------------------------------------------
+# Detector
+# ----------------------------------------------------------------------------
+def test_postprocess_of_perfect_outputs_scores_map_one():
+    """Ground truth encoded as the body's outputs decodes back to mAP 1.0."""
+    images, boxes, classes = data_lib.generate_shapes(8, size=64, seed=3)
+    anchors = detector.make_anchors(64)
+    raw = np.zeros((8, len(anchors), 4), np.float32)
+    logits = np.full((8, len(anchors), 3), -10.0, np.float32)
+    for i in range(8):
+        targets = detector.encode_targets(*data_lib._pad_objects(boxes[i], classes[i], 8),
+                                          anchors, 3)
+        positive = targets["boxes"][:, 4].numpy() > 0
+        assert positive.sum() >= len(boxes[i])  # every object has anchors
+        target_boxes = targets["boxes"][:, :4].numpy()[positive]
+        raw[i][positive] = detector.encode_boxes(target_boxes, anchors.centers_sizes[positive])
+        decoded = detector.decode_boxes(raw[i][positive], anchors.centers_sizes[positive])
+        np.testing.assert_allclose(decoded.numpy(), target_boxes, atol=1e-5)
+        logits[i][positive] = np.where(targets["scores"].numpy()[positive] > 0, 10.0, -10.0)
+    result = detector.coco_map(detector.postprocess(raw, logits, anchors), boxes, classes, 3, 64)
+    assert result["map50"] == pytest.approx(1.0) and result["map50_95"] == pytest.approx(1.0)
+    # and the wrong classes score nothing
+    wrong = detector.coco_map(detector.postprocess(raw, np.roll(logits, 1, axis=-1), anchors),
+                              boxes, classes, 3, 64)
+    assert wrong["map50"] == pytest.approx(0.0)
+
+
+def test_generated_shapes_are_deterministic_with_boxes_inside_the_image():
+    a = data_lib.generate_shapes(5, size=48, seed=1)
+    b = data_lib.generate_shapes(5, size=48, seed=1)
+    np.testing.assert_array_equal(a[0], b[0])
+    for boxes, classes in zip(a[1], a[2]):
+        assert 1 <= len(boxes) <= 4 and len(boxes) == len(classes)
+        assert (boxes >= 0).all() and (boxes <= 1).all()
+        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+        assert set(classes) <= {0, 1, 2}
+
+
+def test_detector_quick_on_shapes_keeps_boxes_and_scores_apart(tmp_path):
+    args = detector.build_parser().parse_args(
+        ["--quick", "--output_dir", str(tmp_path), "--verbose", "0", "--bundles", "none"])
+    results = detector.run(args)
+    folder = tmp_path / "shapes_detector"
+    assert {"model.tflite", "model_card.json", "labels.txt", "README.md",
+            "anchors.csv"} <= set(_files(folder))
+    artifact = tfedge.load(folder / "model.tflite")
+    tfedge.check_full_integer(artifact)
+    assert len(artifact.outputs) == 2
+    shapes = sorted(t.shape[-1] for t in artifact.outputs)
+    assert shapes == [3, 4]  # scores for 3 classes, 4 box numbers: separate tensors
+    scales = {t.scale[0] for t in artifact.outputs}
+    assert len(scales) == 2  # each with its own int8 scale
+    anchors = np.loadtxt(folder / "anchors.csv", delimiter=",", skiprows=1)
+    assert len(anchors) == artifact.outputs[0].shape[1] == results["anchors"]
+    assert 0.0 <= results["int8_map"]["map50"] <= 1.0
+    assert (folder / "labels.txt").read_text().split() == data_lib.SHAPE_LABELS
+
+
+def test_detector_on_mock_tfds_voc(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    args = detector.build_parser().parse_args(
+        ["--dataset", "voc", "--quick", "--output_dir", str(tmp_path), "--verbose", "0",
+         "--bundles", "none"])
+    with tfds.testing.mock_data(num_examples=20):
+        results = detector.run(args)
+    card = json.loads((tmp_path / "voc_detector" / "model_card.json").read_text())
+    assert len(card["labels"]) == 20
+    assert results["test_images"] == 16
