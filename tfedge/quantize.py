@@ -353,11 +353,16 @@ def apply_qat(model: Any, config: QATConfig, preserve: str = "none",
         :class:`QuantizationPlan` naming what was quantized and skipped.
 
     Raises:
-        UnsupportedModelError: a layer cannot be quantized and ``strict`` is
-            set, unknown layer names in ``skip``/``layer_configs``, nothing to
+        UnsupportedModelError: a subclassed model, a layer that cannot be
+            quantized when ``strict`` is set, unknown layer names in ``skip``/``layer_configs``, nothing to
             quantize, or tfmot failed on the model (its message is kept).
         ValueError: an impossible scheme/preserve combination.
     """
+    if not (_is_graph_model(model) or isinstance(model, keras.Sequential)):
+        raise UnsupportedModelError(
+            f"{model.name!r} is a subclassed keras.Model ({type(model).__name__}): tfmot can "
+            "only quantize functional and Sequential models. Rebuild it with the functional "
+            "API (keras.Input -> layers -> keras.Model(inputs, outputs)), then quantize that.")
     scheme = make_scheme(config.scheme, preserve)
     registry = scheme.get_quantize_registry()
     model, inlined = inline_nested_models(model)
