@@ -14,7 +14,8 @@ from tfedge.wrap import Phase, plan_phases
 from conftest import compile_for_digits
 
 
-def test_prune_then_pqat_keeps_sparsity_in_the_int8_flatbuffer(trained_digits_cnn, digits, tmp_path):
+def test_prune_then_pqat_keeps_sparsity_in_the_int8_flatbuffer(trained_digits_cnn, digits,
+                                                               tmp_path):
     (x, y), (x_test, y_test) = digits
     keras.utils.set_random_seed(0)
     edge = tfedge.wrap(trained_digits_cnn, prune=tfedge.PruneConfig(0.8, end_epoch=2),

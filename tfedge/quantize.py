@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 from typing import Any, Callable, Iterable
@@ -49,6 +50,7 @@ PRESERVE = ("none", "sparsity", "clusters", "sparse_clusters")
 # (folded into the preceding Conv/Dense, or split into supported layers).
 _TRANSFORMED = ("BatchNormalization", "SeparableConv1D", "SeparableConv2D")
 _UNSUPPORTED_RE = re.compile(r"Layer (\S+?):<class")
+_MAX_LISTED = 12  # layers named one by one in the warning
 _KERAS_MODULES = ("tf_keras.", "keras.", "tensorflow_model_optimization.", "tensorflow.")
 
 
@@ -259,8 +261,9 @@ def inline_nested_models(model: Any) -> tuple[Any, list[str]]:
         # Mirrors tf_keras Functional._run_internal_graph, entering nested graphs.
         usage = graph._tensor_usage_count  # pylint: disable=protected-access
         tensors = {str(id(ref)): [t] * usage[str(id(ref))] for ref, t in zip(graph.inputs, inputs)}
-        for depth in sorted(graph._nodes_by_depth, reverse=True):  # pylint: disable=protected-access
-            for node in graph._nodes_by_depth[depth]:  # pylint: disable=protected-access
+        nodes_by_depth = graph._nodes_by_depth  # pylint: disable=protected-access
+        for depth in sorted(nodes_by_depth, reverse=True):
+            for node in nodes_by_depth[depth]:
                 if node.is_input or any(i not in tensors for i in node.flat_input_ids):
                     continue
                 args, kwargs = node.map_arguments(tensors)
@@ -324,6 +327,9 @@ def _skip_reason(layer: Any, registry: Any) -> str | None:
                 "and give it a QuantizeConfig")
     if registry.supports(layer) or cls in _TRANSFORMED:
         return None
+    if cls in ("TFOpLambda", "SlicingOpLambda"):
+        return ("a TensorFlow op applied to a Keras tensor (tfmot cannot quantize it); use "
+                "a Keras layer instead (keras.layers.Add, ...), or ReLU(6.0) for hard-swish")
     if not type(layer).__module__.startswith(_KERAS_MODULES):
         return (f"custom layer {cls}: tfmot has no QuantizeConfig for it; pass "
                 f"layer_configs={{{layer.name!r}: MyQuantizeConfig()}} to quantize it")
@@ -354,8 +360,9 @@ def apply_qat(model: Any, config: QATConfig, preserve: str = "none",
 
     Raises:
         UnsupportedModelError: a subclassed model, a layer that cannot be
-            quantized when ``strict`` is set, unknown layer names in ``skip``/``layer_configs``, nothing to
-            quantize, or tfmot failed on the model (its message is kept).
+            quantized when ``strict`` is set, unknown layer names in
+            ``skip``/``layer_configs``, nothing to quantize, or tfmot failed
+            on the model (its message is kept).
         ValueError: an impossible scheme/preserve combination.
     """
     if not (_is_graph_model(model) or isinstance(model, keras.Sequential)):
@@ -421,7 +428,12 @@ def apply_qat(model: Any, config: QATConfig, preserve: str = "none",
         skipped=skipped, inlined=inlined)
     problems = {n: r for n, r in skipped.items() if n not in config.skip}
     if problems:
-        listing = "\n".join(f"  {n}: {r}" for n, r in problems.items())
+        listing = "\n".join(f"  {n}: {r}" for n, r in list(problems.items())[:_MAX_LISTED])
+        if len(problems) > _MAX_LISTED:
+            kinds = collections.Counter(type(layers[n]).__name__ for n in problems)
+            listing += (f"\n  ... {len(problems) - _MAX_LISTED} more (all: "
+                        + ", ".join(f"{k} x{v}" for k, v in kinds.most_common())
+                        + "; see the EdgeModel's qat_plan.skipped)")
         if config.strict:
             raise UnsupportedModelError(
                 f"QAT cannot quantize {len(problems)} layer(s) of {model.name!r} "
@@ -478,7 +490,8 @@ def strip_qat(model: Any) -> Any:
     for layer in model.layers:
         if isinstance(layer, quantize_layer.QuantizeLayer):
             continue
-        name = layer.layer.name if isinstance(layer, quantize_wrapper.QuantizeWrapper) else layer.name
+        wrapped = isinstance(layer, quantize_wrapper.QuantizeWrapper)
+        name = layer.layer.name if wrapped else layer.name
         target = plain.get_layer(name)
         # The wrapper holds the inner layer's variables (its kernel attribute is
         # swapped for the fake-quantized tensor), named "<inner name>/<weight>".
