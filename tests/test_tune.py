@@ -11,7 +11,6 @@ import pytest
 import tfedge
 from tfedge import keras
 from tfedge.card import read_model_card
-from tfedge.errors import TFEdgeError
 from tfedge.validate import TFLiteRunner
 
 pytest.importorskip("keras_tuner")
@@ -210,15 +209,9 @@ def test_cli_tune_runs_a_tiny_search(tmp_path, capsys):
     from tfedge.cli import main
 
     builder = tmp_path / "models.py"
-    builder.write_text(
-        "from tfedge import keras\n"
-        "def build(width, input_shape):\n"
-        "    inputs = keras.Input(input_shape)\n"
-        "    h = keras.layers.Conv2D(max(1, int(8 * width)), 3, activation='relu')(inputs)\n"
-        "    h = keras.layers.GlobalAveragePooling2D()(h)\n"
-        "    return keras.Model(inputs, keras.layers.Dense(10)(h))\n")
+    builder.write_text("from test_tune import build_cnn as build\n")
     status = main(["tune", "--builder", f"{builder}:build", "--data", "digits",
-                   "--sparsity", "0.5", "--width", "1.0", "--epochs", "1", "--max-trials", "1",
+                   "--sparsity", "0.5", "--width", "0.5", "--epochs", "1", "--max-trials", "1",
                    "--max-size-bytes", "100000", "--max-arena-bytes", "100000",
                    "--directory", str(tmp_path / "runs"), "--no-plot", "--json"])
     assert status == 0

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -224,23 +225,33 @@ class SearchSpace:
                 raise ValueError(f"SearchSpace {name} values {bad} must be {what}.")
 
     def declare(self, hp: Any) -> None:
-        """Declares the choices on a ``keras_tuner.HyperParameters``."""
+        """Declares the choices on a ``keras_tuner.HyperParameters``.
+
+        The pruning length exists only for trials that prune, and the
+        distillation weights only for trials that distill (keras-tuner
+        conditional scopes), so no two trials differ only in a setting that
+        does nothing.
+        """
         def choice(name, values):
-            keys = [_hp_value(v) for v in values]
-            if len(set(keys)) == 1:
+            keys = list(dict.fromkeys(_hp_value(v) for v in values))
+            if len(keys) == 1:
                 hp.Fixed(name, keys[0])
             else:
-                hp.Choice(name, list(dict.fromkeys(keys)), ordered=not isinstance(keys[0], bool))
+                hp.Choice(name, keys, ordered=not isinstance(keys[0], bool))
+
         choice("final_sparsity", self.final_sparsity)
-        if any(s > 0 for s in self.final_sparsity):
-            choice("prune_end", self.prune_end)
+        pruned = sorted({float(v) for v in self.final_sparsity if v > 0})
+        if pruned:
+            with hp.conditional_scope("final_sparsity", pruned):
+                choice("prune_end", self.prune_end)
         choice("quantize", self.quantize)
         choice("width", self.width)
         choice("resolution", self.resolution)
         choice("distill", self.distill)
         if any(self.distill):
-            choice("distill_alpha", self.distill_alpha)
-            choice("temperature", self.temperature)
+            with hp.conditional_scope("distill", [True]):
+                choice("distill_alpha", self.distill_alpha)
+                choice("temperature", self.temperature)
 
     def get_config(self) -> dict[str, Any]:
         return {f.name: list(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -520,7 +531,7 @@ def _wrap_options(settings: TrialSettings, epochs: int, teacher: Any,
 
     Raises:
         ValueError: settings that cannot run in ``epochs`` epochs, or a
-            teacher that does not take this trial's input shape.
+            teacher whose input differs from this trial's by more than size.
     """
     from tfedge import prune as prune_lib
 
@@ -542,17 +553,38 @@ def _wrap_options(settings: TrialSettings, epochs: int, teacher: Any,
     if settings.distill:
         if teacher is None:
             raise ValueError("distill=True needs teacher= (a trained tf_keras model).")
-        teacher_shape = tuple(teacher.inputs[0].shape[1:])
-        if None not in teacher_shape and teacher_shape != tuple(input_shape):
-            raise ValueError(f"The teacher takes inputs of shape {teacher_shape}, but this "
-                             f"trial's inputs are {tuple(input_shape)}: distill only at the "
-                             "teacher's resolution, or give a teacher that accepts any size.")
         from tfedge.distill import DistillConfig
 
-        options["teacher"] = teacher
+        options["teacher"] = _teacher_at(teacher, tuple(input_shape))
         options["distill"] = DistillConfig(temperature=settings.temperature,
                                            alpha=settings.distill_alpha)
     return options
+
+
+def _teacher_at(teacher: Any, input_shape: tuple[int, ...]) -> Any:
+    """The teacher, taking this trial's input size (resized back to its own).
+
+    A student at a lower resolution still learns from the teacher's soft
+    targets: the teacher sees the same low-resolution images, resized to the
+    size it was trained on by a ``Resizing`` layer in front of it.
+
+    Raises:
+        ValueError: the inputs differ by more than height and width.
+    """
+    from tfedge._keras import keras
+
+    own = tuple(teacher.inputs[0].shape[1:])
+    if own == input_shape or (len(own) == len(input_shape) and None in own[:2]
+                               and own[2:] == input_shape[2:]):
+        return teacher
+    if len(own) != 3 or len(input_shape) != 3 or own[2] != input_shape[2] or None in own:
+        raise ValueError(f"The teacher takes inputs of shape {own}, but this trial's inputs "
+                         f"are {input_shape}: tune can only resize images (H, W, C) with the "
+                         "same channels for the teacher.")
+    inputs = keras.Input(input_shape)
+    resized = keras.layers.Resizing(own[0], own[1], name="teacher_resize")(inputs)
+    return keras.Model(inputs, teacher(resized, training=False),
+                       name=f"{teacher.name}_from_{input_shape[0]}x{input_shape[1]}")
 
 
 def _tuner_class():
@@ -687,14 +719,12 @@ def pareto_front(points: Sequence[dict[str, float]], maximize: Sequence[str] = (
     def vector(p):
         return [s * p[k] if p.get(k) is not None else -math.inf for k, s in keys]
 
+    def dominates(b, a):
+        return all(bj >= aj for aj, bj in zip(a, b)) and any(bj > aj for aj, bj in zip(a, b))
+
     vectors = [vector(p) for p in points]
-    front = []
-    for i, a in enumerate(vectors):
-        dominated = any(all(bj >= aj for aj, bj in zip(a, b)) and any(bj > aj for aj, bj in zip(a, b))
-                        for j, b in enumerate(vectors) if j != i)
-        if not dominated:
-            front.append(i)
-    return front
+    return [i for i, a in enumerate(vectors)
+            if not any(dominates(b, a) for j, b in enumerate(vectors) if j != i)]
 
 
 @dataclasses.dataclass
@@ -1184,14 +1214,19 @@ def tune(build_fn: Any, data: Any, *, validation_data: Any = None,
 
 @contextlib.contextmanager
 def _quiet_tuner(verbose: int):
-    """keras-tuner prints; with verbose=0, keep its prints out of stdout."""
+    """With verbose=0, keeps keras-tuner's prints out of stdout and its failed
+    trials' tracebacks out of stderr (tfedge logs a one-line reason instead)."""
     if verbose:
         yield
         return
-    import contextlib as _c
-    import io
-    with _c.redirect_stdout(io.StringIO()):
-        yield
+    from keras_tuner.src import config as kt_config
+
+    debug, kt_config.DEBUG = kt_config.DEBUG, False
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        kt_config.DEBUG = debug
 
 
 def _check_wrap_supports(*, quantize: bool, distill: bool) -> None:
