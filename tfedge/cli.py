@@ -62,8 +62,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     budget.add_argument("--max-latency-ms", type=float,
                         help="Largest allowed estimated latency on --target, in ms.")
     budget.add_argument("--target",
-                        help="Device profile of the benchmark harness the latency is "
-                             "estimated for (e.g. rpi4).")
+                        help="Device profile the latency is estimated for by the benchmark "
+                             "harness: rpi3, rpi4, rpi5, phone or cortex-m7.")
     budget.add_argument("--max-arena-bytes", type=int,
                         help="Largest allowed TFLite-Micro tensor arena, in bytes.")
     budget.add_argument("--min-accuracy", type=float,
