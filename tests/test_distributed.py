@@ -102,7 +102,8 @@ MIRRORED = """
         artifact = tfedge.convert(plain, representative_data=xs[:200])
         report = tfedge.validate(artifact, plain, x_test, y_test)
         return {"phases": [p.name for p in edge.phases], "kernels_equal": kernels_equal,
-                "losses": sorted(history.history), "sparsity": tfedge.sparsity_report(plain).overall,
+                "losses": sorted(history.history),
+                "sparsity": tfedge.sparsity_report(plain).overall,
                 "int8_sparsity": [r["sparsity"] for r in artifact.flatbuffer.weight_sparsity()
                                   if len(r["shape"]) > 1],
                 "int8_agreement": report.agreement}
@@ -256,4 +257,4 @@ def test_chief_and_worker_complete_a_search_together(tmp_path):
     assert chief["front"] == ["1"]
     assert os.path.exists(chief["files"]["json"]) and os.path.exists(chief["files"]["best"])
     for trial in chief["trials"]:
-        assert trial["message"] == "tuner tuner0"  # recorded by the worker that ran it
+        assert trial["message"].startswith("tuner tuner0")  # the worker that ran it

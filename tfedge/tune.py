@@ -415,21 +415,39 @@ def _latency_ms(artifact: Any, target: str, method: str = "macs") -> float:
     return float(bench.estimate_latency(artifact, target, method=method).latency_ms)
 
 
-def _arena_bytes(artifact: Any) -> int:
+def _arena_bytes(artifact: Any, limit: int | None) -> tuple[int | None, str | None]:
     """Tensor-arena bytes TFLite Micro needs, measured by :mod:`tfedge.micro`.
 
-    Runs the flatbuffer once in TFLM's interpreter (in a subprocess, as the
-    micro export does) on one all-zero input; the arena does not depend on
-    the values.
+    Runs the flatbuffer in TFLM's interpreter (in a subprocess, as the micro
+    export does) on one all-zero input; the arena does not depend on the
+    values. When TFLM cannot report the smallest arena, the budget's own
+    question is answered directly: does the model run in ``limit`` bytes?
+
+    Returns:
+        ``(bytes, note)``: the measured arena and None; or, when only the
+        limit could be checked, ``(limit, note)`` if the model runs in it
+        (an upper bound) and ``(None, note)`` if it does not.
     """
     from tfedge import micro
+    from tfedge.errors import VerificationError
 
     if micro.tflm_version() is None:
         raise TFEdgeError("An arena budget (Budget(max_arena_bytes=...)) is measured in "
                           "TensorFlow Lite for Microcontrollers: pip install tflite-micro")
     inputs = [np.zeros((1,) + tuple(t.shape[1:]), dtype=t.numpy_dtype) for t in artifact.inputs]
-    return int(micro.run_tflm(artifact.content, inputs,
-                              num_outputs=len(artifact.outputs)).arena_bytes)
+    outputs = len(artifact.outputs)
+    try:
+        return int(micro.run_tflm(artifact.content, inputs, num_outputs=outputs).arena_bytes), None
+    except VerificationError as err:
+        if limit is None:
+            raise
+        reason = _short_error(err)
+    try:
+        micro.run_tflm(artifact.content, inputs, num_outputs=outputs, arena_size=int(limit))
+    except VerificationError as err:
+        return None, f"arena: does not run in {int(limit)} bytes ({_short_error(err)})"
+    return int(limit), (f"arena: runs in the budget's {int(limit)} bytes; smallest not "
+                        f"measured ({reason})")
 
 
 def check_measurable(budget: Budget) -> None:
@@ -467,7 +485,8 @@ class TrialRecord:
             ``latency_ms`` and ``arena_bytes``; ``score`` is the objective.
         violations: the budget limits broken (empty when feasible).
         artifact_path: the trial's ``.tflite`` file, if it was kept.
-        message: why a failed trial failed.
+        message: why a failed trial failed; for a completed one, which
+            tuner ran it and any measurement notes (``"tuner tuner0; arena: ..."``).
         seconds: wall time of the trial.
     """
 
@@ -620,6 +639,7 @@ def _tuner_class():
             self.ran.append(trial.trial_id)
             trial_dir = self.get_trial_dir(trial.trial_id)
             record = TrialRecord(trial.trial_id, "RUNNING", settings.to_dict())
+            notes: list[str] = []
             try:
                 artifact, report, _ = run_pipeline(
                     settings, strategy=self.distribution_strategy, **self.pipeline)
@@ -632,7 +652,11 @@ def _tuner_class():
                     metrics["latency_ms"] = _latency_ms(artifact, self.budget.target,
                                                         self.latency_method)
                 if self.budget.measures_arena:
-                    metrics["arena_bytes"] = float(_arena_bytes(artifact))
+                    arena, note = _arena_bytes(artifact, self.budget.max_arena_bytes)
+                    if arena is not None:
+                        metrics["arena_bytes"] = float(arena)
+                    if note:
+                        notes.append(note)
             except Exception as err:  # recorded, then keras-tuner marks the trial failed
                 record.status, record.message = "FAILED", _short_error(err)
                 record.seconds = time.time() - start
@@ -649,7 +673,7 @@ def _tuner_class():
             record.validation = report.to_dict()
             record.artifact_path = artifact.save(os.path.join(trial_dir, MODEL_FILENAME))
             record.seconds = time.time() - start
-            record.message = f"tuner {self.tuner_id}"
+            record.message = "; ".join([f"tuner {self.tuner_id}"] + notes)
             _write_json(os.path.join(trial_dir, TRIAL_FILENAME), record.to_dict())
             logging.info("tfedge tune: trial %s: int8 accuracy %.4f, %d bytes, %s",
                          trial.trial_id, metrics["accuracy"], metrics["size_bytes"],
@@ -777,14 +801,8 @@ class TuneResult:
                    _fmt(m.get("size_bytes"), int), _fmt(m.get("compressed_bytes"), int)]
             row += [_fmt(m.get("latency_ms"))] * has_latency
             row += [_fmt(m.get("arena_bytes"), int)] * has_arena
-            note = ("; ".join(f"{k} {_fmt(v['value'], _KINDS.get(k, float))} > "
-                              f"{_fmt(v['limit'], _KINDS.get(k, float))}" if k != "accuracy"
-                              else f"accuracy {_fmt(v['value'])} < {_fmt(v['limit'])}"
-                              for k, v in t.violations.items())
-                    if t.status == "COMPLETED" else (t.message or "").splitlines()[0][:60]
-                    if t.message else "")
             row += ["yes" if t.feasible else ("no" if t.status == "COMPLETED" else t.status),
-                    "*" if t.trial_id in self.front else "", note]
+                    "*" if t.trial_id in self.front else "", _note(t)]
             rows.append(row)
         return format_table(headers, rows, title=f"tfedge tune: {len(self.trials)} trials, "
                                                   f"budget {_budget_text(self.budget)}")
@@ -809,6 +827,24 @@ class TuneResult:
 
 
 _KINDS = {"size_bytes": int, "arena_bytes": int, "compressed_bytes": int}
+
+
+def _note(trial: TrialRecord, width: int = 70) -> str:
+    """The table's note: broken limits and measurement notes, or why it failed."""
+    if trial.status != "COMPLETED":
+        return (trial.message or "").splitlines()[0][:width] if trial.message else ""
+    parts = []
+    for key, v in trial.violations.items():
+        kind = _KINDS.get(key, float)
+        if v["value"] is None:
+            parts.append(f"{key} over {_fmt(v['limit'], kind)}")
+        elif key == "accuracy":
+            parts.append(f"accuracy {_fmt(v['value'])} < {_fmt(v['limit'])}")
+        else:
+            parts.append(f"{key} {_fmt(v['value'], kind)} > {_fmt(v['limit'], kind)}")
+    parts += [m.split(";")[0].split(" (")[0] for m in (trial.message or "").split("; ")
+              if m.startswith("arena:")]
+    return "; ".join(parts)[:width]
 
 
 def _fmt(value: Any, kind: type = float) -> Any:
