@@ -79,6 +79,18 @@ def test_search_space_rejects_out_of_range_choices():
         tfedge.SearchSpace(width=[])
 
 
+def test_search_space_has_no_settings_that_do_nothing():
+    import keras_tuner as kt
+
+    hp = kt.HyperParameters()
+    tfedge.SearchSpace(final_sparsity=[0.0, 0.5], distill=[False, True]).declare(hp)
+    by_name = {p.name: p for p in hp.space}
+    hp.values.update(final_sparsity=0.0, distill=False)
+    assert not hp.is_active(by_name["prune_end"]) and not hp.is_active(by_name["temperature"])
+    hp.values.update(final_sparsity=0.5, distill=True)
+    assert hp.is_active(by_name["prune_end"]) and hp.is_active(by_name["temperature"])
+
+
 def test_scale_model_scales_hidden_layers_and_keeps_the_classes(make_digits_cnn):
     model = make_digits_cnn(width=16)
     scaled = tune_lib.scale_model(model, width=0.5, input_shape=(6, 6, 1))

@@ -785,7 +785,7 @@ class TuneResult:
         """All trials as a text table (Pareto members marked ``*``)."""
         has_latency = any("latency_ms" in t.metrics for t in self.trials)
         has_arena = any("arena_bytes" in t.metrics for t in self.trials)
-        headers = ["trial", "sparsity", "prune end", "qat", "width", "res", "distill",
+        headers = ["trial", "sparsity", "prune end", "qat", "width", "res", "distill", "epochs",
                    "int8 acc", "float acc", "size B", "zlib B"]
         headers += ["latency ms"] * has_latency + ["arena B"] * has_arena
         headers += ["feasible", "pareto", "note"]
@@ -796,7 +796,7 @@ class TuneResult:
                    if s.get("final_sparsity") else "-", "on" if s.get("quantize") else "off",
                    s.get("width"), s.get("resolution") or "native",
                    f"a={s.get('distill_alpha')} T={s.get('temperature'):g}"
-                   if s.get("distill") else "-",
+                   if s.get("distill") else "-", s.get("epochs") or "-",
                    _fmt(m.get("accuracy")), _fmt(m.get("keras_accuracy")),
                    _fmt(m.get("size_bytes"), int), _fmt(m.get("compressed_bytes"), int)]
             row += [_fmt(m.get("latency_ms"))] * has_latency
