@@ -35,6 +35,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 import zlib
 from typing import Any, Callable, Sequence
 
@@ -956,23 +957,24 @@ def _collect(tuner: Any) -> list[TrialRecord]:
 
 
 def _report(trials: list[TrialRecord], budget: Budget, out_dir: str, *, plot: bool,
-            name: str) -> tuple[list[str], TrialRecord | None, dict[str, str], TuneResult]:
+            name: str, **fields: Any) -> TuneResult:
+    """Builds the result and writes pareto.txt / .json / .png and best/ into ``out_dir``."""
     feasible = [t for t in trials if t.feasible]
     front = [feasible[i].trial_id for i in pareto_front([t.metrics for t in feasible])]
-    best = _best(trials)
-    result = TuneResult(trials, front, best, budget)
+    result = TuneResult(trials, front, _best(trials), budget, **fields)
     os.makedirs(out_dir, exist_ok=True)
     files = {"table": os.path.join(out_dir, "pareto.txt"),
              "json": os.path.join(out_dir, "pareto.json")}
     if plot:
         files["plot"] = plot_pareto(result, os.path.join(out_dir, "pareto.png"))
+    best = result.best
     if best is not None and best.artifact_path and os.path.exists(best.artifact_path):
         files["best"] = _write_best(best, budget, os.path.join(out_dir, "best"), name)
     result.files = files
     with open(files["table"], "w") as f:
         f.write(str(result) + "\n")
     _write_json(files["json"], result.to_dict())
-    return front, best, files, result
+    return result
 
 
 def _write_best(best: TrialRecord, budget: Budget, directory: str, name: str) -> str:
@@ -1240,12 +1242,8 @@ def tune(build_fn: Any, data: Any, *, validation_data: Any = None,
                 trials.append(TrialRecord(**saved))
         return TuneResult(trials, [], None, budget, ran=list(tuner.ran), role=role,
                           seconds=time.time() - start)
-    trials = _collect(tuner)
-    out_dir = output_dir or tuner.project_dir
-    _, _, _, result = _report(trials, budget, out_dir, plot=plot, name=name)
-    result.ran, result.role, result.seconds = list(tuner.ran), role, time.time() - start
-    _write_json(result.files["json"], result.to_dict())
-    return result
+    return _report(_collect(tuner), budget, output_dir or tuner.project_dir, plot=plot,
+                   name=name, ran=list(tuner.ran), role=role, seconds=time.time() - start)
 
 
 @contextlib.contextmanager
@@ -1259,7 +1257,9 @@ def _quiet_tuner(verbose: int):
 
     debug, kt_config.DEBUG = kt_config.DEBUG, False
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            # The Bayesian oracle's Gaussian process warns on every fit of few points.
+            warnings.filterwarnings("ignore", module="sklearn.gaussian_process")
             yield
     finally:
         kt_config.DEBUG = debug
