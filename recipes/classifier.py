@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--learning_rate", type=float, default=None,
                         help="Peak learning rate of Adam with cosine decay (default 3e-3 from "
                              "random init, 5e-4 from ImageNet weights).")
+    parser.add_argument("--max_test", type=int, default=2000,
+                        help="Held-out images used for validation and the report (they are "
+                             "held in memory).")
     parser.add_argument("--int8_friendly", action="store_true",
                         help="For mobilenet_v3_small: rebuild it without hard-swish and "
                              "squeeze-excite (int8_friendly_mobilenet_v3). Implied by --qat.")
@@ -299,17 +302,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     name = args.name or f"{args.dataset}_{args.model}"
     out_dir = os.path.join(args.output_dir, name)
     timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     verbose = common.fit_verbosity(args)
 
-    with common.stage(f"data: {args.dataset}", timings):
+    with common.stage(f"data: {args.dataset}", timings, cpu):
         data = data_lib.load_classification(
             args.dataset, input_size=args.input_size, batch_size=args.batch_size,
-            max_train=256 if args.quick else None, max_test=128 if args.quick else None,
+            max_train=256 if args.quick else None, max_test=128 if args.quick else args.max_test,
             seed=args.seed, data_dir=args.data_dir)
         print(f"   {data.steps_per_epoch * args.batch_size} training / {len(data.x_test)} test "
               f"images, {data.num_classes} classes, {args.input_size}x{args.input_size} RGB")
 
-    with common.stage(f"model: {args.model}", timings):
+    with common.stage(f"model: {args.model}", timings, cpu):
         model = build_classifier(args.model, data.num_classes, input_size=args.input_size,
                                  alpha=args.alpha, weights=weights, name=name)
         rebuilt = args.model == "mobilenet_v3_small" and (args.int8_friendly or args.qat)
@@ -321,7 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"   {model.count_params():,} parameters")
 
     lr = args.learning_rate or (5e-4 if weights else 3e-3)
-    with common.stage(f"float training: {args.epochs} epochs", timings):
+    with common.stage(f"float training: {args.epochs} epochs", timings, cpu):
         _compile(model, lr, args.epochs * data.steps_per_epoch)
         validation = (data.x_test, data.y_test) if len(data.x_test) <= 5000 else None
         model.fit(data.train, epochs=args.epochs, validation_data=validation, verbose=verbose)
@@ -338,18 +342,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         optimizations = [f for f, on in (("prune", args.prune), ("qat", args.qat),
                                          ("distill", args.distill_from)) if on]
         with common.stage(f"optimization fine-tune ({', '.join(optimizations)}): "
-                          f"{epochs} epochs", timings):
+                          f"{epochs} epochs", timings, cpu):
             edge = common.wrap_for_flags(model, args, epochs)
             _compile(edge, lr / 10, epochs * data.steps_per_epoch)
             edge.fit(data.train, epochs=epochs, verbose=verbose)
             final = common.plain_model(edge)
 
-    with common.stage("convert: full int8", timings):
+    with common.stage("convert: full int8", timings, cpu):
         artifact = tfedge.convert(final, representative_data=data.x_calib)
         print(f"   {artifact.size_bytes:,} bytes; ops: "
               + ", ".join(f"{k} x{v}" for k, v in artifact.ops.items()))
 
-    with common.stage("validate: LiteRT vs Keras", timings):
+    with common.stage("validate: LiteRT vs Keras", timings, cpu):
         report = tfedge.validate(artifact, final, data.x_test, data.y_test)
         print(report)
 
@@ -361,7 +365,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "float_accuracy": float_acc, "keras_accuracy": report.keras_accuracy,
         "int8_accuracy": report.tflite_accuracy, "agreement": report.agreement,
         "size_bytes": artifact.size_bytes, "parameters": int(final.count_params()),
-        "seconds": timings,
+        "seconds": timings, "cpu_seconds": cpu,
     }
     paths = common.write_outputs(
         out_dir, artifact, name=name, description=_describe(args, rebuilt),
@@ -373,7 +377,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                "training": {k: results[k] for k in ("dataset", "model", "alpha", "input_size",
                                                      "weights", "epochs", "optimizations",
                                                      "int8_friendly_rebuild")}})
-    with common.stage("export: Android and micro bundles", timings):
+    with common.stage("export: Android and micro bundles", timings, cpu):
         results["bundles"] = common.export_bundles(
             artifact, out_dir, which=args.bundles, name=name,
             description=_describe(args, rebuilt), labels=data.labels,

@@ -83,15 +83,22 @@ def fit_verbosity(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def stage(title: str, timings: dict[str, float] | None = None) -> Iterator[None]:
-    """Prints a stage header and, at the end, how long it took."""
+def stage(title: str, timings: dict[str, float] | None = None,
+          cpu_timings: dict[str, float] | None = None) -> Iterator[None]:
+    """Prints a stage header and, at the end, how long it took.
+
+    Records the wall-clock seconds in ``timings`` and this process's CPU
+    seconds (all threads) in ``cpu_timings``, under ``title``.
+    """
     print(f"\n== {title} ==", flush=True)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     yield
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     if timings is not None:
         timings[title] = round(seconds, 1)
-    print(f"   ({title}: {seconds:.1f} s)", flush=True)
+    if cpu_timings is not None:
+        cpu_timings[title] = round(cpu, 1)
+    print(f"   ({title}: {seconds:.1f} s, CPU {cpu:.1f} s)", flush=True)
 
 
 def cosine_schedule(learning_rate: float, total_steps: int) -> Any:

@@ -122,9 +122,13 @@ def _train_pipeline(ds: tf.data.Dataset, batch_size: int, seed: int, shuffle: in
 
 
 def load_classification(name: str = "digits", *, input_size: int = 32, batch_size: int = 32,
-                        max_train: int | None = None, max_test: int | None = None,
+                        max_train: int | None = None, max_test: int | None = 2000,
                         seed: int = 0, data_dir: str | None = None) -> ClassificationData:
     """Loads a classification dataset, resized to ``input_size``, in [0, 1].
+
+    The training split of a tfds dataset is streamed (decode, resize,
+    shuffle, augment, batch in ``tf.data``); only the test images and 500
+    calibration images are held in memory.
 
     Args:
         name: one of :data:`CLASSIFICATION_DATASETS`.
@@ -139,62 +143,65 @@ def load_classification(name: str = "digits", *, input_size: int = 32, batch_siz
         A :class:`ClassificationData`.
 
     Raises:
-        ValueError: unknown dataset name.
+        ValueError: unknown dataset name, or an empty split.
     """
     if name == "digits":
         (x_train, y_train), (x_test, y_test) = load_digits(seed=seed)
         x_train, x_test = digits_rgb(x_train, input_size), digits_rgb(x_test, input_size)
-        labels = list(DIGIT_LABELS)
+        if max_train:
+            x_train, y_train = x_train[:max_train], y_train[:max_train]
+        if max_test:
+            x_test, y_test = x_test[:max_test], y_test[:max_test]
         # a mirrored digit is not the same digit; shift by at most 1 source pixel
-        augment = dict(flip=False, pad_fraction=1 / 16, pad_mode="CONSTANT")
-    elif name in _TFDS_CLASSIFICATION:
-        tfds_name, train_split, test_split = _TFDS_CLASSIFICATION[name]
-        x_train, y_train, labels = _tfds_classification(tfds_name, train_split, input_size,
-                                                         max_train, data_dir)
-        x_test, y_test, _ = _tfds_classification(tfds_name, test_split, input_size, max_test,
-                                                 data_dir)
-        augment = dict(flip=True)
-    else:
+        train = _train_pipeline(tf.data.Dataset.from_tensor_slices((x_train, y_train)),
+                                batch_size, seed, shuffle=len(x_train), flip=False,
+                                pad_fraction=1 / 16, pad_mode="CONSTANT")
+        return ClassificationData(
+            name=name, train=train, steps_per_epoch=-(-len(x_train) // batch_size),
+            x_calib=x_train[:500], x_test=x_test, y_test=y_test.astype(np.int64),
+            labels=list(DIGIT_LABELS), input_size=input_size)
+    if name not in _TFDS_CLASSIFICATION:
         raise ValueError(f"Unknown classification dataset {name!r}; use one of "
                          f"{', '.join(CLASSIFICATION_DATASETS)}.")
-    if max_train:
-        x_train, y_train = x_train[:max_train], y_train[:max_train]
-    if max_test:
-        x_test, y_test = x_test[:max_test], y_test[:max_test]
-    train = _train_pipeline(tf.data.Dataset.from_tensor_slices((x_train, y_train)),
-                            batch_size, seed, shuffle=len(x_train), **augment)
+    tfds = _tfds()
+    tfds_name, train_split, test_split = _TFDS_CLASSIFICATION[name]
+
+    def read(split, limit):
+        ds, info = tfds.load(tfds_name, split=split, as_supervised=True, with_info=True,
+                             data_dir=data_dir)
+        ds = ds.take(limit) if limit else ds
+        return ds.map(lambda x, y: (_resize(x, input_size), y),
+                      num_parallel_calls=tf.data.AUTOTUNE), info
+
+    train_ds, info = read(train_split, max_train)
+    num_train = int(train_ds.cardinality())
+    if num_train < 0:  # unknown: count once
+        num_train = int(train_ds.reduce(0, lambda n, _: n + 1))
+    x_calib, _ = _to_arrays(train_ds.take(500))
+    x_test, y_test = _to_arrays(read(test_split, max_test)[0])
+    if num_train == 0 or len(x_test) == 0:
+        raise ValueError(f"tfds {tfds_name}: the {train_split} or {test_split} split is empty.")
+    train = _train_pipeline(train_ds, batch_size, seed, shuffle=min(num_train, 2000), flip=True)
     return ClassificationData(
-        name=name, train=train, steps_per_epoch=int(np.ceil(len(x_train) / batch_size)),
-        x_calib=x_train[:500], x_test=x_test, y_test=y_test.astype(np.int64), labels=labels,
+        name=name, train=train, steps_per_epoch=-(-num_train // batch_size), x_calib=x_calib,
+        x_test=x_test, y_test=y_test, labels=list(info.features["label"].names),
         input_size=input_size)
 
 
-def _tfds_classification(tfds_name: str, split: str, size: int, limit: int | None,
-                         data_dir: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Reads one split of a tfds image classification set into resized arrays.
+def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
+    """uint8 image of any size -> float32 [size, size, 3] in [0, 1]."""
+    image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, (size, size), antialias=True)
+    return tf.clip_by_value(image, 0.0, 1.0)
 
-    The images are resized once and kept in memory: the recipes' inputs are
-    small (at most a few hundred pixels a side), so even imagenette fits.
-    """
-    tfds = _tfds()
-    ds, info = tfds.load(tfds_name, split=split, as_supervised=True, with_info=True,
-                         data_dir=data_dir)
-    if limit:
-        ds = ds.take(limit)
 
-    def prep(image, label):
-        image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, (size, size),
-                                antialias=True)
-        return tf.clip_by_value(image, 0.0, 1.0), label
-
+def _to_arrays(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
-    for x, y in ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).batch(256):
-        xs.append(x.numpy())
-        ys.append(y.numpy())
+    for x, y in ds.batch(256).as_numpy_iterator():
+        xs.append(x)
+        ys.append(y)
     if not xs:
-        raise ValueError(f"tfds split {tfds_name}:{split} is empty.")
-    return (np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64),
-            list(info.features["label"].names))
+        return np.zeros((0,), np.float32), np.zeros((0,), np.int64)
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------
@@ -400,7 +407,10 @@ def load_detection(name: str = "shapes", *, input_size: int = 96, num_train: int
                                                                      max_objects),
                                   num_parallel_calls=tf.data.AUTOTUNE)
 
-    train_ds = read(train_split, num_train).cache()
+    # cache the resized images as uint8 (a quarter of float32), once
+    train_ds = (read(train_split, num_train)
+                .map(lambda x, b, c: (tf.cast(tf.round(x * 255.0), tf.uint8), b, c)).cache()
+                .map(lambda x, b, c: (tf.cast(x, tf.float32) / 255.0, b, c)))
     test_images, test_boxes, test_classes = [], [], []
     for image, boxes, classes in read(test_split, num_test).as_numpy_iterator():
         keep = classes >= 0
@@ -417,8 +427,7 @@ def load_detection(name: str = "shapes", *, input_size: int = 96, num_train: int
 
 def _tfds_detection_example(example: dict[str, Any], size: int, max_objects: int):
     """A tfds detection example -> (image [S,S,3] in [0,1], boxes [M,4], classes [M])."""
-    image = tf.image.resize(tf.cast(example["image"], tf.float32) / 255.0, (size, size),
-                            antialias=True)
+    image = _resize(example["image"], size)
     objects = example["objects"]
     boxes = tf.reshape(tf.cast(objects["bbox"], tf.float32), (-1, 4))
     classes = tf.cast(objects["label"], tf.int64)
@@ -432,4 +441,4 @@ def _tfds_detection_example(example: dict[str, Any], size: int, max_objects: int
     classes = tf.pad(classes, [[0, pad]], constant_values=-1)
     boxes = tf.ensure_shape(boxes, (max_objects, 4))
     classes = tf.ensure_shape(classes, (max_objects,))
-    return tf.clip_by_value(image, 0.0, 1.0), boxes, classes
+    return image, boxes, classes

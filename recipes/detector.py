@@ -183,7 +183,8 @@ def encode_targets(boxes: tf.Tensor, classes: tf.Tensor, anchors: Anchors,
     acy = anchors.centers_sizes[:, 0:1]
     acx = anchors.centers_sizes[:, 1:2]
     stride = anchors.strides[:, None]
-    in_level = (size[None] >= anchors.level_min[:, None]) & (size[None] < anchors.level_max[:, None])
+    in_level = ((size[None] >= anchors.level_min[:, None])
+                & (size[None] < anchors.level_max[:, None]))
     near = (tf.abs(acy - gcy[None]) < stride) & (tf.abs(acx - gcx[None]) < stride)
     match = in_level & near & valid[None]  # [A, M]
     distance = tf.where(match, (acy - gcy[None]) ** 2 + (acx - gcx[None]) ** 2, np.inf)
@@ -501,12 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Channel multiplier of the network (model size).")
     parser.add_argument("--anchor_scale", type=float, default=3.0,
                         help="Anchor side in strides (one square anchor per grid cell).")
-    parser.add_argument("--num_train", type=int, default=4000,
+    parser.add_argument("--num_train", type=int, default=3000,
                         help="Training images (generated, or the first N of the tfds split).")
     parser.add_argument("--num_test", type=int, default=500, help="Test images.")
     parser.add_argument("--learning_rate", type=float, default=4e-3,
                         help="Peak learning rate (AdamW, cosine decay).")
-    common.add_common_flags(parser, epochs=30, batch_size=32, name="<dataset>_detector")
+    common.add_common_flags(parser, epochs=20, batch_size=32, name="<dataset>_detector")
     return parser
 
 
@@ -524,9 +525,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     name = args.name or f"{args.dataset}_detector"
     out_dir = os.path.join(args.output_dir, name)
     timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     verbose = common.fit_verbosity(args)
 
-    with common.stage(f"data: {args.dataset}", timings):
+    with common.stage(f"data: {args.dataset}", timings, cpu):
         data = data_lib.load_detection(args.dataset, input_size=args.input_size,
                                        num_train=args.num_train, num_test=args.num_test,
                                        seed=args.seed, data_dir=args.data_dir)
@@ -534,14 +536,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"{data.num_classes} classes, {args.input_size}x{args.input_size} RGB")
 
     anchors = make_anchors(args.input_size, anchor_scale=args.anchor_scale)
-    with common.stage("model: YOLO-style detector", timings):
+    with common.stage("model: YOLO-style detector", timings, cpu):
         model = build_detector(data.num_classes, input_size=args.input_size, width=args.width,
                                anchor_scale=args.anchor_scale, name=name)
         print(f"   {model.count_params():,} parameters, {len(anchors)} anchors")
 
     train = training_dataset(data, anchors, args.batch_size, args.seed)
     steps = -(-data.num_train // args.batch_size)
-    with common.stage(f"training: {args.epochs} epochs", timings):
+    with common.stage(f"training: {args.epochs} epochs", timings, cpu):
         compile_detector(model, anchors, common.cosine_schedule(args.learning_rate,
                                                                 args.epochs * steps))
         model.fit(train, epochs=args.epochs, verbose=verbose)
@@ -558,19 +560,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         epochs = common.finetune_epochs(args)
         optimizations = [f for f, on in (("prune", args.prune), ("qat", args.qat)) if on]
         with common.stage(f"optimization fine-tune ({', '.join(optimizations)}): "
-                          f"{epochs} epochs", timings):
+                          f"{epochs} epochs", timings, cpu):
             edge = common.wrap_for_flags(model, args, epochs)
             compile_detector(edge, anchors, common.cosine_schedule(args.learning_rate / 10,
                                                                    epochs * steps))
             edge.fit(train, epochs=epochs, verbose=verbose)
             final = common.plain_model(edge)
 
-    with common.stage("convert: full-int8 body", timings):
+    with common.stage("convert: full-int8 body", timings, cpu):
         artifact = tfedge.convert(final, representative_data=data.x_calib)
         print(f"   {artifact.size_bytes:,} bytes; ops: "
               + ", ".join(f"{k} x{v}" for k, v in artifact.ops.items()))
 
-    with common.stage("validate: same post-processing on Keras and LiteRT outputs", timings):
+    with common.stage("validate: Keras vs LiteRT, same post-processing", timings, cpu):
         keras_out = final.predict(data.test_images, batch_size=64, verbose=0)
         tflite_out = tfedge.TFLiteRunner(artifact.content).predict(
             data.test_images, output_names=list(final.output_names))
@@ -588,7 +590,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "optimizations": optimizations,
         "float_map": float_map, "keras_map": keras_map, "int8_map": int8_map,
         "size_bytes": artifact.size_bytes, "parameters": int(final.count_params()),
-        "anchors": len(anchors), "seconds": timings,
+        "anchors": len(anchors), "seconds": timings, "cpu_seconds": cpu,
     }
     paths = common.write_outputs(
         out_dir, artifact, name=name, description=_describe(args, data.num_classes),
@@ -606,7 +608,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     np.savetxt(anchors_path, anchors.centers_sizes, fmt="%.6f", delimiter=",",
                header="ycenter,xcenter,h,w", comments="")
     paths["anchors"] = anchors_path
-    with common.stage("export: Android and micro bundles", timings):
+    with common.stage("export: Android and micro bundles", timings, cpu):
         # labels stay in labels.txt: the bundles' label check expects one output of classes
         results["bundles"] = common.export_bundles(
             artifact, out_dir, which=args.bundles, name=name,

@@ -56,6 +56,26 @@ def test_classifier_on_mock_tfds_cifar10(tmp_path):
     assert results["test_samples"] == 40
 
 
+def test_classifier_prune_qat_and_distill_flags_go_through_tfedge_wrap(tmp_path):
+    teacher_args = classifier.build_parser().parse_args(
+        ["--model", "digits_cnn", "--quick", "--output_dir", str(tmp_path), "--name", "teacher",
+         "--verbose", "0", "--bundles", "none", "--save_keras"])
+    classifier.run(teacher_args)
+    teacher = tmp_path / "teacher" / "keras_model.keras"
+    assert teacher.exists()
+
+    args = classifier.build_parser().parse_args(
+        ["--model", "digits_cnn", "--alpha", "0.25", "--quick", "--output_dir", str(tmp_path),
+         "--name", "student", "--verbose", "0", "--bundles", "none", "--prune", "0.5", "--qat",
+         "--distill_from", str(teacher), "--finetune_epochs", "2"])
+    results = classifier.run(args)
+    assert results["optimizations"] == ["prune", "qat", "distill"]
+    artifact = tfedge.load(tmp_path / "student" / "model.tflite")
+    tfedge.check_full_integer(artifact)
+    sparsities = [row["sparsity"] for row in artifact.flatbuffer.weight_sparsity()]
+    assert max(sparsities) >= 0.45  # the pruned kernels survive QAT and conversion
+
+
 def test_int8_friendly_mobilenet_v3_rebuild_is_qat_ready():
     from tfedge.quantize import QATConfig, apply_qat
 
