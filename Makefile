@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.tfedge-installed
 # harness; a C/C++ compiler builds its qemu plugin and checks micro bundles.
 APT_PACKAGES := qemu-user gcc g++ make
 
-.PHONY: install system-deps demo test test-fast clean
+.PHONY: install system-deps arm-emulation demo test test-fast clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +29,19 @@ system-deps:
 		echo "Missing system packages; run: sudo apt-get install -y $(APT_PACKAGES)" >&2; exit 1; \
 	fi
 
+# LiteRT's aarch64 build, an arm64 sysroot and the qemu plugin, cached under
+# ~/.cache/tfedge/arm (about 15-40 s the first time, then instant).
+arm-emulation: install system-deps
+	@if [ "$$(id -u)" = 0 ]; then \
+		$(BIN)/python -m tfedge.arm > /dev/null && echo "ARM emulation ready"; \
+	else \
+		echo "Not root: the ARM emulation tests use an existing cache or are skipped."; \
+	fi
+
 demo: install
 	$(BIN)/python -m recipes.classifier
 
-test: install system-deps
+test: install system-deps arm-emulation
 	$(BIN)/python -m pytest
 
 test-fast: install
