@@ -9,7 +9,9 @@ TensorFlow Model Optimization Toolkit requires; see :mod:`tfedge._keras`.
 """
 
 from tfedge._keras import keras  # noqa: F401  (must come first: sets TF_USE_LEGACY_KERAS)
-from tfedge.convert import MODES, TFLiteArtifact, check_full_integer, convert, load
+from tfedge.convert import (MODES, TFLiteArtifact, check_full_integer, convert, load,
+                            representative_from_dataset, runtime_settings)
+from tfedge.quant_debug import QuantizationDebugReport, debug_quantization
 from tfedge.errors import (ConversionError, InvalidModelFileError, TFEdgeError,
                            UnsupportedModelError, VerificationError)
 from tfedge.export import Bundle, BundleCheck, check_bundle, export_android, export_micro
@@ -31,6 +33,8 @@ __all__ = [
     "wrap", "EdgeModel", "PruneConfig", "PolynomialDecay", "ConstantSparsity",
     "sparsity_report", "SparsityReport", "convert", "load", "check_full_integer",
     "TFLiteArtifact", "MODES", "validate", "ValidationReport", "TFLiteRunner",
+    "representative_from_dataset", "runtime_settings", "debug_quantization",
+    "QuantizationDebugReport",
     "TFEdgeError", "ConversionError", "InvalidModelFileError", "UnsupportedModelError",
     "VerificationError", "export_android", "export_micro", "check_bundle", "Bundle",
     "BundleCheck",

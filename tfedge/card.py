@@ -2,8 +2,11 @@
 
 A card records what the receiving team needs to trust and use the model:
 versions of the tools that made it, conversion mode, size and sha256 of the
-flatbuffer, input/output quantization, op list, per-layer weight sparsity
+flatbuffer, input/output quantization, op list, signatures, the runtime
+settings it needs (op resolver), per-layer weight sparsity and encoding
 (read back from the flatbuffer), and any validation or benchmark results.
+``TFLiteArtifact.save`` writes it beside the ``.tflite`` (``model.tflite`` ->
+``model_card.json``, ``digits.tflite`` -> ``digits_card.json``).
 Framework-neutral: reading TF's version is done without importing it.
 """
 
@@ -46,21 +49,39 @@ def model_card(artifact: Any, *, name: str, description: str = "",
         name: model name for humans and file names.
         description: one or two sentences on what the model does.
         labels: class labels, in output order.
-        validation: a ValidationReport (or dict) from ``tfedge.validate``.
+        validation: a ValidationReport (or dict) from ``tfedge.validate``;
+            default: the artifact's last validation, if any.
         benchmark: a benchmark report (or dict) from ``tfedge.bench``.
         extra: anything else to record (training settings, dataset, ...).
 
     Returns:
-        The card as a JSON-ready dict.
+        The card as a JSON-ready dict: ``name``, ``mode``, ``sha256``,
+        ``size_bytes``, ``runtime`` (the LiteRT settings it needs),
+        ``io_quantization``, ``model`` (tensors, ops, signatures, how it was
+        converted), ``weight_sparsity`` (per layer, with its encoding),
+        ``validation``, ``benchmark``, ``tools``.
     """
     def as_dict(value):
         return value.to_dict() if hasattr(value, "to_dict") else value
 
+    if validation is None:
+        validation = getattr(artifact, "validation", None)
+    runtime = artifact.runtime_settings() if hasattr(artifact, "runtime_settings") else None
     return {
         "name": name,
         "description": description,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "tools": tool_versions(),
+        "mode": artifact.mode,
+        "sha256": artifact.sha256,
+        "size_bytes": artifact.size_bytes,
+        "runtime": runtime,
+        "io_quantization": [
+            {"role": role, "name": t.name, "dtype": t.dtype, "shape": list(t.shape),
+             "scale": t.scale[0] if t.scale else None,
+             "zero_point": t.zero_point[0] if t.zero_point else None}
+            for role, tensors in (("input", artifact.inputs), ("output", artifact.outputs))
+            for t in tensors],
         "model": artifact.to_dict(),
         "weight_sparsity": artifact.flatbuffer.weight_sparsity(),
         "labels": labels,
@@ -68,6 +89,23 @@ def model_card(artifact: Any, *, name: str, description: str = "",
         "benchmark": as_dict(benchmark),
         **({"extra": extra} if extra else {}),
     }
+
+
+def card_path(tflite_path: str | os.PathLike) -> str:
+    """Where the card of a ``.tflite`` file goes: beside it.
+
+    ``dir/model.tflite`` -> ``dir/model_card.json`` (the bundle convention,
+    :data:`CARD_FILENAME`); ``dir/x.tflite`` -> ``dir/x_card.json``.
+    """
+    path = os.fspath(tflite_path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join(os.path.dirname(path), f"{stem}_card.json")
+
+
+def write_card_beside(tflite_path: str | os.PathLike, card: dict[str, Any]) -> str:
+    """Writes ``card`` beside ``tflite_path`` (see :func:`card_path`); returns its path."""
+    path = card_path(tflite_path)
+    return write_model_card(os.path.dirname(path) or ".", card, os.path.basename(path))
 
 
 def write_model_card(directory: str | os.PathLike, card: dict[str, Any],
@@ -81,9 +119,11 @@ def write_model_card(directory: str | os.PathLike, card: dict[str, Any],
 
 
 def read_model_card(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a card written by :func:`write_model_card` (a file or its folder)."""
+    """Reads a card: its file, its folder (``model_card.json``), or its ``.tflite`` file."""
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, CARD_FILENAME)
+    elif path.endswith(".tflite"):
+        path = card_path(path)
     with open(path) as f:
         return json.load(f)

@@ -313,12 +313,140 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 1 if any(r.outputs_match is False for r in reports) else 0
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    from tfedge.convert import MODES
+
+    p = sub.add_parser(
+        "convert", help="Convert a Keras model or SavedModel to a checked .tflite file.",
+        description="Convert a .keras / .h5 file or a SavedModel directory to TFLite in one "
+                    "of the quantization modes, check it (full-int8 check, runtime settings, "
+                    "optional validation and accuracy-aware float fallback) and write the "
+                    ".tflite file with its model card beside it.")
+    p.add_argument("model", help="A .keras or .h5 file, or a SavedModel directory.")
+    p.add_argument("-o", "--output", required=True,
+                   help="The .tflite file to write; its card goes beside it "
+                        "(model.tflite -> model_card.json).")
+    p.add_argument("--mode", choices=MODES, default="int8",
+                   help="int8: full integer (default); int16x8: int16 activations, int8 "
+                        "weights; float16: float16 weights; dynamic_range: int8 weights, float "
+                        "activations; float32: no quantization.")
+    p.add_argument("--representative-data", metavar="FILE",
+                   help="Calibration inputs for int8/int16x8: a .npy array of samples (or a "
+                        ".npz with an 'x' array), preprocessed as for training.")
+    p.add_argument("--num-samples", type=int, default=300,
+                   help="Use at most this many representative samples (default 300).")
+    p.add_argument("--input-type", choices=("int8", "uint8", "float32"),
+                   help="Model input type in int8 mode (default int8; float32 keeps float I/O "
+                        "around the int8 body).")
+    p.add_argument("--output-type", choices=("int8", "uint8", "float32"),
+                   help="Model output type in int8 mode (default int8).")
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--batch-size", type=int, default=1,
+                       help="Fixed batch dimension of the .tflite model (default 1, what "
+                            "microcontrollers and most apps run).")
+    batch.add_argument("--dynamic-batch", action="store_true",
+                       help="Keep the batch dimension dynamic instead.")
+    p.add_argument("--signature", metavar="KEY",
+                   help="For a SavedModel with several signatures, the one to convert.")
+    p.add_argument("--per-tensor", action="store_true",
+                   help="One weight scale per tensor instead of per output channel.")
+    p.add_argument("--sparse", action="store_true",
+                   help="Encode pruned weights in TFLite's sparse format (smaller file; the "
+                        "model then needs LiteRT without default delegates, see the card).")
+    p.add_argument("--allow-float-ops", action="store_true",
+                   help="In integer modes, accept ops left in float (warn instead of failing).")
+    p.add_argument("--eval-data", metavar="FILE",
+                   help="Evaluation inputs (.npy, or .npz with 'x' and 'y'): the model is "
+                        "validated on them and the result goes into the card.")
+    p.add_argument("--eval-labels", metavar="FILE",
+                   help="Labels for --eval-data given as .npy (integers or one-hot).")
+    p.add_argument("--tolerance", type=float,
+                   help="Accuracy-aware int8: the largest accepted loss vs the float model "
+                        "on --eval-data (accuracy points with labels, e.g. 0.01); the fewest "
+                        "layers needed are kept in float.")
+    p.add_argument("--debug-report", metavar="FILE.json",
+                   help="Also measure the layer-wise int8 quantization error (TFLite's "
+                        "QuantizationDebugger), print it as a table and save it as JSON.")
+    p.add_argument("--name", help="Model name in the card (default: the model's own name).")
+    p.add_argument("--json", action="store_true",
+                   help="Print the artifact's facts as JSON instead of tables.")
+    p.set_defaults(func=_run_convert)
+
+
+def _load_arrays(path: str | None, what: str) -> tuple:
+    """(x, y) from a .npy file (y None) or a .npz file with 'x' (and 'y')."""
+    import numpy as np
+
+    if path is None:
+        return None, None
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{what}: cannot read {path!r} as a .npy/.npz array ({err}).") from None
+    if isinstance(data, np.ndarray):
+        return data, None
+    if "x" not in data.files:
+        raise ValueError(f"{what}: {path!r} has arrays {', '.join(data.files)}; name the "
+                         "inputs 'x' (and labels 'y'): np.savez(path, x=x, y=y).")
+    return data["x"], (data["y"] if "y" in data.files else None)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from tfedge.convert import convert
+
+    representative, _ = _load_arrays(args.representative_data, "--representative-data")
+    eval_x, eval_y = _load_arrays(args.eval_data, "--eval-data")
+    if args.eval_labels:
+        eval_y = np.load(args.eval_labels, allow_pickle=False)
+    if args.tolerance is not None and eval_x is None:
+        raise ValueError("--tolerance needs --eval-data (and, for accuracy, labels).")
+    eval_data = None if eval_x is None else (eval_x, eval_y)
+    artifact = convert(args.model, representative, mode=args.mode,
+                       input_type=args.input_type, output_type=args.output_type,
+                       num_samples=args.num_samples, allow_float_ops=args.allow_float_ops,
+                       batch_size=None if args.dynamic_batch else args.batch_size,
+                       signature=args.signature, per_channel=not args.per_tensor,
+                       sparse=args.sparse, tolerance=args.tolerance, eval_data=eval_data)
+    path = artifact.save(args.output, name=args.name)
+    report = None
+    if args.debug_report:
+        from tfedge.quant_debug import debug_quantization
+
+        report = debug_quantization(args.model, representative, eval_data,
+                                    num_samples=args.num_samples, signature=args.signature,
+                                    per_channel=not args.per_tensor)
+        report.save(args.debug_report)
+    if args.json:
+        print(json.dumps({**artifact.to_dict(), "path": path,
+                          "validation": artifact.validation.to_dict()
+                          if artifact.validation else None,
+                          "quant_debug": report.to_dict() if report else None},
+                         indent=2, default=str))
+        return 0
+    print(artifact)
+    fallback = artifact.details.get("float_fallback")
+    if fallback:
+        print(fallback["message"])
+    if artifact.validation is not None:
+        print(artifact.validation)
+    if report is not None:
+        print(report)
+        print(f"quantization debug report: {args.debug_report}")
+    from tfedge.card import card_path
+
+    print(f"wrote {path} and {card_path(path)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfedge",
         description="tfedge: Keras models to validated int8 TFLite models for the edge.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_inspect(sub)
+    _add_convert(sub)
     _add_tune(sub)
     _add_export(sub)
     _add_check(sub)

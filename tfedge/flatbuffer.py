@@ -112,22 +112,143 @@ def check_bytes(content: bytes) -> None:
     _parse(bytes(content))
 
 
+def _decoded(name: Any) -> None:
+    if isinstance(name, bytes):
+        name.decode()  # a flipped bit in a name: UnicodeDecodeError
+
+
+_MAX_RANK = 16
+_MAX_TENSOR_ELEMENTS = 1 << 31  # LiteRT sizes tensors in int32 bytes in many kernels
+
+
+def _sparse_vector(vector: Any) -> np.ndarray:
+    values = getattr(vector, "values", None)
+    if values is None:
+        raise ValueError("a sparse dimension has no segment or index array")
+    return np.asarray(values, dtype=np.int64).reshape(-1)
+
+
+def _check_sparsity(tensor: Any, shape: list[int], stored_bytes: int, itemsize: int) -> None:
+    """Checks a sparse tensor's encoding as TFLite's own verifier does.
+
+    Walks the dimensions in traversal order: a dense dimension multiplies
+    the number of nodes by its size; a CSR dimension must have one segment
+    boundary per node plus one, non-decreasing from 0 to the number of
+    indices, and indices inside the dimension. The stored values must be
+    exactly the nodes left at the end (DENSIFY reads that many).
+    """
+    sparsity = tensor.sparsity
+    order = [int(v) for v in (sparsity.traversalOrder if sparsity.traversalOrder is not None
+                              else [])]
+    block_map = [int(v) for v in (sparsity.blockMap if sparsity.blockMap is not None else [])]
+    dims = list(sparsity.dimMetadata or [])
+    rank = len(shape)
+    n = rank + len(block_map)
+    if sorted(order) != list(range(n)) or len(dims) != n or any(
+            not 0 <= d < rank for d in block_map) or len(set(block_map)) != len(block_map):
+        raise ValueError("inconsistent sparse encoding (traversal order, block map, dimensions)")
+    block = {d: 1 for d in range(rank)}
+    for j, d in enumerate(block_map):
+        size = int(dims[order.index(rank + j)].denseSize)
+        if size < 1 or shape[d] % size:
+            raise ValueError("sparse block size does not divide the tensor's shape")
+        block[d] = size
+    nodes = 1
+    for level, d in enumerate(order):
+        size = shape[d] // block[d] if d < rank else block[block_map[d - rank]]
+        meta = dims[level]
+        if meta.format == 0:  # DENSE
+            if int(meta.denseSize) != size:
+                raise ValueError("a dense dimension of the sparse encoding has the wrong size")
+            nodes *= size
+        elif meta.format == 1:  # SPARSE_CSR
+            segments = _sparse_vector(meta.arraySegments)
+            indices = _sparse_vector(meta.arrayIndices)
+            if len(segments) != nodes + 1 or segments[0] != 0 or np.any(np.diff(segments) < 0) \
+                    or segments[-1] != len(indices):
+                raise ValueError("corrupt sparse segments")
+            if len(indices) and (indices.min() < 0 or indices.max() >= size):
+                raise ValueError("sparse index outside its dimension")
+            nodes = len(indices)
+        else:
+            raise ValueError(f"unknown sparse dimension format {meta.format}")
+        if nodes > 1 << 40:
+            raise ValueError("sparse encoding too large")
+    if itemsize and stored_bytes != nodes * itemsize:
+        raise ValueError(f"sparse tensor stores {stored_bytes} bytes for {nodes} values")
+
+
+def _check_structure(model: "schema.ModelT") -> None:
+    """Raises on references and sizes a runtime would follow blindly.
+
+    Every index must point inside its table; model inputs must be distinct,
+    non-constant tensors (LiteRT writes into them); constant data must have
+    exactly the size its tensor's shape and type say (LiteRT reads that
+    much); names must be text. A damaged file that passes this loads without
+    crashing the interpreter in our fuzzing (truncations and bit flips of
+    real models, run in a child process).
+    """
+    n_buffers = len(model.buffers or [])
+    n_codes = len(model.operatorCodes or [])
+    if not model.subgraphs:
+        raise IndexError("the model has no subgraph")
+    for subgraph in model.subgraphs:
+        if subgraph.tensors is None or subgraph.inputs is None or subgraph.outputs is None:
+            raise ValueError("a subgraph has no tensor, input or output table")
+        tensors = subgraph.tensors
+        n_tensors = len(tensors)
+        for op in subgraph.operators or []:
+            for t in list(op.inputs if op.inputs is not None else []) + list(
+                    op.outputs if op.outputs is not None else []):
+                if t >= n_tensors or t < -1:
+                    raise IndexError(f"operator refers to tensor {t} of {n_tensors}")
+            if not 0 <= op.opcodeIndex < n_codes:
+                raise IndexError("operator refers to a missing op code")
+        inputs = list(subgraph.inputs if subgraph.inputs is not None else [])
+        outputs = list(subgraph.outputs if subgraph.outputs is not None else [])
+        for t in inputs + outputs:
+            if not 0 <= t < n_tensors:
+                raise IndexError(f"model input/output refers to tensor {t} of {n_tensors}")
+        if len(set(inputs)) != len(inputs):
+            raise ValueError("the same tensor is listed twice as a model input")
+        for t in inputs:
+            data = model.buffers[tensors[t].buffer].data if tensors[t].buffer < n_buffers else None
+            if data is not None and len(data):
+                raise ValueError(f"model input {t} is a constant tensor")
+        for tensor in tensors:
+            if not 0 <= tensor.buffer < n_buffers:
+                raise IndexError(f"tensor refers to buffer {tensor.buffer} of {n_buffers}")
+            _decoded(tensor.name)
+            if tensor.type not in _TYPE_NAMES:
+                raise ValueError(f"unknown tensor type {tensor.type}")
+            shape = [int(d) for d in (tensor.shape if tensor.shape is not None else [])]
+            if len(shape) > _MAX_RANK or any(d < 0 for d in shape):
+                raise ValueError(f"tensor shape {shape[:8]} is not a valid shape")
+            if int(np.prod(shape, dtype=object)) > _MAX_TENSOR_ELEMENTS:
+                raise ValueError(f"tensor shape {shape[:8]} is implausibly large")
+            data = model.buffers[tensor.buffer].data
+            dtype = _NUMPY_TYPES.get(_TYPE_NAMES.get(tensor.type, ""))
+            if tensor.sparsity is not None:
+                _check_sparsity(tensor, shape, 0 if data is None else len(data),
+                                np.dtype(dtype).itemsize if dtype is not None else 0)
+            elif data is not None and len(data) and dtype is not None:
+                expected = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+                if len(data) != expected:
+                    raise ValueError(f"constant tensor of shape {shape} has {len(data)} bytes "
+                                     f"of data, not {expected}")
+    for sig in model.signatureDefs or []:
+        _decoded(sig.signatureKey)
+        for item in list(sig.inputs or []) + list(sig.outputs or []):
+            _decoded(item.name)
+    for entry in model.metadata or []:
+        _decoded(entry.name)
+
+
 @functools.lru_cache(maxsize=8)
 def _parse(content: bytes) -> "schema.ModelT":
     try:
         model = schema.ModelT.InitFromPackedBuf(content, 0)
-        subgraph = model.subgraphs[0]
-        n_tensors = len(subgraph.tensors)
-        n_buffers = len(model.buffers or [])
-        for op in subgraph.operators or []:
-            for t in list(op.inputs) + list(op.outputs):
-                if t >= n_tensors:
-                    raise IndexError(f"operator refers to tensor {t} of {n_tensors}")
-            if op.opcodeIndex >= len(model.operatorCodes):
-                raise IndexError("operator refers to a missing op code")
-        for tensor in subgraph.tensors:
-            if tensor.buffer >= n_buffers:
-                raise IndexError(f"tensor refers to buffer {tensor.buffer} of {n_buffers}")
+        _check_structure(model)
     except InvalidModelFileError:
         raise
     except Exception as err:  # any parse failure means a damaged file
@@ -186,7 +307,8 @@ class FlatbufferModel:
         self.tensors = [_tensor_info(t, i) for i, t in enumerate(self._subgraph.tensors)]
         self.ops = [
             OpInfo(i, _op_name(self._model.operatorCodes[op.opcodeIndex]),
-                   tuple(int(t) for t in op.inputs), tuple(int(t) for t in op.outputs))
+                   tuple(int(t) for t in (op.inputs if op.inputs is not None else [])),
+                   tuple(int(t) for t in (op.outputs if op.outputs is not None else [])))
             for i, op in enumerate(self._subgraph.operators or [])
         ]
 
@@ -224,6 +346,8 @@ class FlatbufferModel:
         if data is None or len(data) == 0 or tensor.sparsity is not None:
             return None
         info = self.tensors[tensor_index]
+        if info.numpy_dtype.itemsize == 0:  # a type NumPy has no match for (e.g. INT4)
+            return None
         raw = np.asarray(data, dtype=np.uint8).tobytes()
         return np.frombuffer(raw, dtype=info.numpy_dtype).reshape(info.shape)
 
@@ -264,20 +388,87 @@ class FlatbufferModel:
                 pairs.append((op, self.tensors[op.inputs[1]]))
         return pairs
 
+    def stored_tensor(self, tensor_index: int) -> int:
+        """The tensor whose values the file stores behind ``tensor_index``.
+
+        A weight read through DENSIFY (sparse weights) or DEQUANTIZE (float16
+        weights) is computed at load time from a stored tensor; this follows
+        such ops back to it. Other tensors are returned as they are.
+        """
+        producers = {t: op for op in self.ops if op.name in ("DENSIFY", "DEQUANTIZE")
+                     for t in op.outputs}
+        seen = set()
+        while tensor_index in producers and tensor_index not in seen:
+            seen.add(tensor_index)
+            tensor_index = producers[tensor_index].inputs[0]
+        return tensor_index
+
+    def sparse_encoding(self, tensor_index: int) -> dict[str, Any] | None:
+        """How a sparse-encoded tensor is stored, or None for a dense one.
+
+        Returns:
+            ``{"block": [rows, cols] or None, "stored_values": n,
+            "stored_bytes": b, "index_bytes": i, "nonzero": k}``: the block
+            shape when the converter encoded blocks (e.g. ``[1, 4]``), the
+            number of values the buffer holds (non-zeros plus block padding),
+            their size, the size of the index arrays, and how many of the
+            values are non-zero.
+        """
+        tensor = self._subgraph.tensors[tensor_index]
+        sparsity = tensor.sparsity
+        if sparsity is None:
+            return None
+        info = self.tensors[tensor_index]
+        data = self._model.buffers[tensor.buffer].data
+        raw = np.asarray(data if data is not None else [], dtype=np.uint8).tobytes()
+        itemsize = info.numpy_dtype.itemsize
+        values = (np.frombuffer(raw[:len(raw) - len(raw) % itemsize], dtype=info.numpy_dtype)
+                  if itemsize else np.zeros(0, np.int8))
+        block = None
+        block_map = list(sparsity.blockMap) if sparsity.blockMap is not None else []
+        dims = sparsity.dimMetadata or []
+        if block_map and len(dims) >= len(info.shape) + len(block_map):
+            block = [1] * len(info.shape)
+            for i, axis in enumerate(block_map):
+                block[int(axis)] = int(dims[len(info.shape) + i].denseSize)
+        index_bytes = 0
+        for dim in dims:
+            for vector in (getattr(dim, "arraySegments", None), getattr(dim, "arrayIndices", None)):
+                items = getattr(vector, "values", None)
+                if items is not None:
+                    index_bytes += np.asarray(items).nbytes
+        zp = info.zero_point[0] if info.zero_point else 0
+        return {"block": block, "stored_values": int(values.size), "stored_bytes": len(raw),
+                "index_bytes": int(index_bytes), "nonzero": int(np.count_nonzero(values != zp))}
+
     def weight_sparsity(self) -> list[dict[str, Any]]:
         """Fraction of exact zeros in each weight tensor, read from the file.
 
         For int8 weights a zero is the stored value 0 (symmetric weight
         quantization has zero point 0), so pruned weights read back as zeros.
+        Weights stored in TFLite's sparse encoding are counted from their
+        stored values; ``encoding`` says which kind each tensor uses,
+        ``block`` the block shape of a block-sparse encoding, and
+        ``stored_bytes`` what the tensor takes in the file (values plus
+        sparse indices), to compare with ``size`` x item size when dense.
         """
         rows = []
-        for op, info in self.weight_tensors():
-            data = self.constant(info.index)
-            if data is None:
-                continue
-            zp = info.zero_point[0] if info.zero_point else 0
-            zeros = int(np.count_nonzero(data == zp))
+        for op, weight in self.weight_tensors():
+            info = self.tensors[self.stored_tensor(weight.index)]
+            size = int(np.prod(info.shape)) if info.shape else 0
+            sparse = self.sparse_encoding(info.index)
+            if sparse is not None:
+                zeros = size - sparse["nonzero"]
+                extra = {"encoding": "sparse", "block": sparse["block"],
+                         "stored_bytes": sparse["stored_bytes"] + sparse["index_bytes"]}
+            else:
+                data = self.constant(info.index)
+                if data is None:
+                    continue
+                zp = info.zero_point[0] if info.zero_point else 0
+                zeros = int(np.count_nonzero(data == zp))
+                extra = {"encoding": "dense", "block": None, "stored_bytes": int(data.nbytes)}
             rows.append({"op": op.name, "tensor": info.name, "shape": list(info.shape),
-                         "dtype": info.dtype, "size": int(data.size),
-                         "sparsity": zeros / max(int(data.size), 1)})
+                         "dtype": info.dtype, "size": size,
+                         "sparsity": zeros / max(size, 1), **extra})
         return rows

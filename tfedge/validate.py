@@ -29,8 +29,45 @@ def _make_interpreter(content: bytes, num_threads: int | None = None,
                 "builtin": litert.OpResolverType.BUILTIN,
                 "reference": litert.OpResolverType.BUILTIN_REF,
                 "no_delegates": litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    if op_resolver not in resolver:
+        raise ValueError(f"op_resolver={op_resolver!r}; use one of {', '.join(resolver)}.")
     return litert.Interpreter(model_content=content, num_threads=num_threads,
                               experimental_op_resolver_type=resolver[op_resolver])
+
+
+def _xnnpack_rejects(err: Exception) -> bool:
+    return "delegate" in str(err).lower()
+
+
+def _signature_interpreter(content: bytes, num_threads: int | None,
+                           op_resolver: str | None) -> tuple[Any, str]:
+    """(interpreter, resolver used); op_resolver None picks what the model needs.
+
+    A model that LiteRT's default XNNPACK delegate rejects (sparse int8 and
+    sparse dynamic-range models) then runs without default delegates, with a
+    warning, as :func:`tfedge.convert.runtime_settings` records it.
+    """
+    chosen = op_resolver or "auto"
+    try:
+        interpreter = _make_interpreter(content, num_threads, chosen)
+        interpreter.allocate_tensors()
+        return interpreter, chosen
+    except RuntimeError as err:
+        if not _xnnpack_rejects(err):
+            raise
+        if op_resolver is not None:
+            raise RuntimeError(
+                f"LiteRT's XNNPACK delegate rejects this model ({str(err).strip()}). Run it "
+                "with op_resolver='no_delegates' (OpResolverType."
+                "BUILTIN_WITHOUT_DEFAULT_DELEGATES), as its artifact's runtime settings "
+                "say.") from None
+        logging.warning("tfedge: XNNPACK rejects this model (%s); running it with "
+                        "op_resolver='no_delegates'. On device, disable default delegates "
+                        "(Android: Interpreter.Options().setUseXNNPACK(false)).",
+                        str(err).strip().splitlines()[0])
+    interpreter = _make_interpreter(content, num_threads, "no_delegates")
+    interpreter.allocate_tensors()
+    return interpreter, "no_delegates"
 
 
 def quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
@@ -65,7 +102,9 @@ class TFLiteRunner:
         content: the flatbuffer bytes.
         num_threads: interpreter threads (None: LiteRT's default).
         op_resolver: ``"auto"`` (XNNPACK), ``"builtin"``, ``"reference"``,
-            or ``"no_delegates"``.
+            ``"no_delegates"``, or None (default): ``"auto"``, unless XNNPACK
+            rejects the model (sparse int8), then ``"no_delegates"`` with a
+            warning. ``self.op_resolver`` says which one runs.
 
     Example:
 
@@ -74,11 +113,11 @@ class TFLiteRunner:
     """
 
     def __init__(self, content: bytes, num_threads: int | None = None,
-                 op_resolver: str = "auto"):
+                 op_resolver: str | None = None):
         self.content = content
         self.num_threads = num_threads
-        self.op_resolver = op_resolver
-        self.interpreter = _make_interpreter(content, num_threads, op_resolver)
+        self.interpreter, self.op_resolver = _signature_interpreter(content, num_threads,
+                                                                    op_resolver)
         signatures = self.interpreter.get_signature_list()
         if not signatures:
             raise ValueError("The model has no signature; convert it with tfedge.convert (or "
@@ -154,6 +193,7 @@ class ValidationReport:
         snr_db: signal-to-noise ratio of the TFLite outputs against the Keras
             outputs, in dB (inf when identical).
         mode: conversion mode of the artifact, when known.
+        op_resolver: the LiteRT op resolver the flatbuffer ran with.
         per_output: for models with several outputs, max abs error and SNR
             of each output by name (the fields above then cover them all;
             agreement and accuracy are left out, as top-1 is not defined).
@@ -168,6 +208,7 @@ class ValidationReport:
     snr_db: float
     mode: str = "unknown"
     per_output: dict[str, dict[str, float]] | None = None
+    op_resolver: str = "auto"
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -186,6 +227,7 @@ class ValidationReport:
         def pct(v):
             return "-" if v is None else f"{100 * v:.2f}%"
         rows = [["samples", self.num_samples], ["mode", self.mode],
+                ["op resolver", self.op_resolver],
                 ["keras accuracy", pct(self.keras_accuracy)],
                 ["tflite accuracy", pct(self.tflite_accuracy)],
                 ["top-1 agreement", pct(self.agreement)],
@@ -267,21 +309,27 @@ def compare_outputs(reference: Any, candidate: Any, y: Any = None, mode: str = "
 
 
 def validate(artifact: Any, keras_model: Any, x: Any, y: Any = None, *,
-             batch_size: int = 64, op_resolver: str = "auto") -> ValidationReport:
+             batch_size: int = 64, op_resolver: str | None = None) -> ValidationReport:
     """Runs the flatbuffer in LiteRT and compares it with the Keras model.
 
     Args:
         artifact: a :class:`~tfedge.convert.TFLiteArtifact`, flatbuffer bytes,
-            or a path to a ``.tflite`` file.
+            or a path to a ``.tflite`` file (bytes and files are checked and
+            first run in a child process, so a corrupt file cannot crash
+            this one; see :func:`tfedge.convert.load`).
         keras_model: the Keras model it was converted from (an EdgeModel is
             accepted as is).
         x: float inputs, preprocessed as for training (array of samples).
         y: optional labels, integers or one-hot, for accuracy.
         batch_size: samples per interpreter call when the batch is dynamic.
-        op_resolver: LiteRT op resolver (``"auto"`` uses XNNPACK).
+        op_resolver: LiteRT op resolver (``"auto"`` uses XNNPACK); None
+            (default) uses the settings the artifact needs (a sparse int8
+            model runs with ``"no_delegates"``, see
+            :meth:`~tfedge.convert.TFLiteArtifact.runtime_settings`).
 
     Returns:
         A :class:`ValidationReport` (prints as a table, ``to_dict``/``to_json``).
+        It is also kept as ``artifact.validation``, for the model card.
 
     Raises:
         InvalidModelFileError: the artifact is not a readable TFLite model.
@@ -292,10 +340,10 @@ def validate(artifact: Any, keras_model: Any, x: Any, y: Any = None, *,
     >>> report = tfedge.validate(artifact, model, x_test, y_test)  # doctest: +SKIP
     >>> print(report)  # doctest: +SKIP
     """
-    from tfedge.convert import TFLiteArtifact, load
+    from tfedge.convert import TFLiteArtifact, load, load_bytes
 
     if isinstance(artifact, (bytes, bytearray)):
-        artifact = TFLiteArtifact(bytes(artifact))
+        artifact = load_bytes(bytes(artifact))  # checked, and probed in a child process
     elif not isinstance(artifact, TFLiteArtifact):
         artifact = load(artifact)
     x = np.asarray(x, dtype=np.float32)
@@ -304,12 +352,16 @@ def validate(artifact: Any, keras_model: Any, x: Any, y: Any = None, *,
     if y is not None and len(y) != len(x):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)} labels.")
     reference = keras_model.predict(x, batch_size=batch_size, verbose=0)
+    if op_resolver is None and hasattr(artifact, "runtime_settings"):
+        op_resolver = artifact.runtime_settings()["op_resolver"]
     runner = TFLiteRunner(artifact.content, op_resolver=op_resolver)
     names = list(getattr(keras_model, "output_names", None) or [])
     if sorted(names) != sorted(runner.output_names):
         names = runner.output_names  # e.g. a wrapper model: trust the signature's order
     candidate = runner.predict(x, batch_size=batch_size, output_names=names)
     report = compare_outputs(reference, candidate, y, mode=artifact.mode, names=names)
+    report.op_resolver = runner.op_resolver
+    artifact.validation = report
     logging.info("tfedge: validation on %d samples: agreement %s, SNR %.1f dB",
                  report.num_samples, report.agreement, report.snr_db)
     return report
