@@ -44,6 +44,7 @@ from absl import logging
 
 from tfedge import cluster as cluster_lib
 from tfedge import distill as distill_lib
+from tfedge import keras3 as keras3_lib
 from tfedge import prune as prune_lib
 from tfedge import quantize as quantize_lib
 from tfedge._keras import is_keras3_model, keras
@@ -55,11 +56,6 @@ _PRUNED_SOURCE_SPARSITY = 0.5
 
 
 def _check_model(model: Any, role: str = "model") -> None:
-    if is_keras3_model(model):
-        raise UnsupportedModelError(
-            f"{model.name!r} is a Keras 3 model, and tfmot works only on tf_keras (Keras 2) "
-            "models. Build the model with tf_keras (`import tf_keras as keras`, or "
-            "`tf.keras` after `import tfedge`) for now.")
     if not isinstance(model, keras.Model):
         raise UnsupportedModelError(
             f"wrap expects a tf_keras Sequential or functional Model as the {role}, got "
@@ -340,9 +336,14 @@ class EdgeModel(keras.Model):
         return self.network(inputs, training=training)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
-        """Keras ``compile``; the arguments are kept to compile later phases."""
-        self._compile_args = dict(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        """Keras ``compile``; the arguments are kept to compile later phases.
+
+        Keras 3 optimizers, losses and metrics are accepted (translated by
+        :func:`tfedge.keras3.compile_arguments`).
+        """
+        self._compile_args = keras3_lib.compile_arguments(
+            optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        super().compile(**self._compile_args)
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
@@ -360,7 +361,7 @@ class EdgeModel(keras.Model):
         if self._compile_args is None:
             raise RuntimeError("Compile the wrapped model before fit: "
                                "edge.compile(optimizer, loss, metrics).")
-        user = list(callbacks or [])
+        user = keras3_lib.fit_callbacks(callbacks)  # Keras 3 callbacks adapted
         first = self._epochs_done
         last = first + max(epochs - initial_epoch, 0)
         starts = [p.start_epoch for p in self.phases]
@@ -482,6 +483,8 @@ class EdgeModel(keras.Model):
         if self.prune_config is not None:
             logging.info("tfedge: finished; overall kernel sparsity %.1f%%",
                          100 * prune_lib.sparsity_report(plain).overall)
+        if getattr(self, "keras3_bridge", None) is not None:
+            return self.keras3_bridge.finish(plain)  # the user gave Keras 3: give it back
         return plain
 
     def summary(self, *args, **kwargs):
@@ -508,8 +511,10 @@ def wrap(model: Any, *, prune: Any = None, quantize: Any = None, cluster: Any = 
 
     Args:
         model: a tf_keras Sequential or functional model (nested models are
-            supported). Keras 3 and subclassed models raise an error that
-            says what to do.
+            supported), or a Keras 3 one: it is carried to tf_keras (checked
+            numerically) and ``finish()`` gives Keras 3 back; see
+            :mod:`tfedge.keras3`. Subclassed models raise an error that says
+            what to do.
         prune: a :class:`~tfedge.prune.PruneConfig`, a final sparsity such as
             ``0.8`` (polynomial decay over the first ``fit``), a dict of
             PruneConfig arguments, or None.
@@ -543,6 +548,9 @@ def wrap(model: Any, *, prune: Any = None, quantize: Any = None, cluster: Any = 
     >>> edge.fit(x, y, epochs=6)  # doctest: +SKIP
     >>> plain = edge.finish()  # doctest: +SKIP
     """
+    # tfmot needs tf_keras: a Keras 3 model is carried across (checked) and back at finish().
+    bridge = keras3_lib.Keras3Bridge(model) if is_keras3_model(model) else None
+    model = bridge.tf_keras_model if bridge else model
     _check_model(model)
     prune_config = prune_lib.PruneConfig.coerce(prune)
     qat_config = quantize_lib.QATConfig.coerce(quantize)
@@ -552,6 +560,7 @@ def wrap(model: Any, *, prune: Any = None, quantize: Any = None, cluster: Any = 
                          "model> too.")
     distill_config = distill_lib.DistillConfig.coerce(distill) if teacher is not None else None
     if teacher is not None:
+        teacher = keras3_lib.to_tf_keras(teacher) if is_keras3_model(teacher) else teacher
         _check_model(teacher, role="teacher")
     if prune_config is None and qat_config is None and cluster_config is None and teacher is None:
         raise ValueError("wrap was asked for no optimization: pass prune=... (e.g. "
@@ -564,7 +573,9 @@ def wrap(model: Any, *, prune: Any = None, quantize: Any = None, cluster: Any = 
     source_sparsity = 0.0
     if qat_config is not None and prune_config is None:
         source_sparsity = prune_lib.sparsity_report(model).overall
-    return EdgeModel(clone_model(model), source_name=model.name, prune_config=prune_config,
+    edge = EdgeModel(clone_model(model), source_name=model.name, prune_config=prune_config,
                      cluster_config=cluster_config, qat_config=qat_config, teacher=teacher,
                      distill_config=distill_config, log_dir=log_dir,
                      source_sparsity=source_sparsity)
+    edge.keras3_bridge = bridge
+    return edge
