@@ -26,6 +26,7 @@ from tfedge.cost import ModelCost, model_cost
 from tfedge.devices import PROFILES, DeviceProfile
 from tfedge.tune import Budget, SearchSpace, TuneResult, tune
 from tfedge.wrap import EdgeModel, wrap
+from tfedge import keras3  # Keras 3 models: to_tf_keras / to_keras3 (wrap uses them)
 
 __version__ = "0.1.0"
 
@@ -42,5 +43,5 @@ __all__ = [
     "bench", "BenchReport", "CompareReport", "HostResult", "TargetResult", "LatencyEstimate",
     "model_cost", "ModelCost", "DeviceProfile", "PROFILES",
     "QATConfig", "QuantizationPlan", "DistillConfig", "ClusterConfig",
-    "keras", "__version__",
+    "keras", "keras3", "__version__",
 ]
