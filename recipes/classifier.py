@@ -296,7 +296,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the recipe for parsed flags; returns the measured results."""
     if args.quick:
         args.epochs = min(args.epochs, 1)
-        args.finetune_epochs = 1
+        args.finetune_epochs = 2 if args.prune and args.qat else 1
     keras.utils.set_random_seed(args.seed)
     weights = None if args.weights == "none" else args.weights
     name = args.name or f"{args.dataset}_{args.model}"
@@ -357,6 +357,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report = tfedge.validate(artifact, final, data.x_test, data.y_test)
         print(report)
 
+    with common.stage("benchmark: tfedge.bench", timings, cpu):
+        bench_report = common.benchmark(artifact, args, name)
+
     results = {
         "name": name, "dataset": args.dataset, "model": args.model, "alpha": args.alpha,
         "input_size": args.input_size, "weights": args.weights,
@@ -369,7 +372,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     paths = common.write_outputs(
         out_dir, artifact, name=name, description=_describe(args, rebuilt),
-        labels=data.labels, validation=report, report=_report(results, artifact, args),
+        labels=data.labels, validation=report, benchmark=bench_report,
+        report=_report(results, artifact, args) + common.bench_section(bench_report),
         extra={"recipe": "recipes.classifier", "command": common.command_line(),
                "input": "RGB float32 in [0, 1] (pixel / 255); the int8 input tensor's scale "
                         "and zero point map uint8 pixels directly",
@@ -381,10 +385,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["bundles"] = common.export_bundles(
             artifact, out_dir, which=args.bundles, name=name,
             description=_describe(args, rebuilt), labels=data.labels,
-            sample_inputs=data.x_test[:16], validation=report)
+            sample_inputs=data.x_test[:16], validation=report, benchmark=bench_report)
     if results["bundles"]:
         with open(paths["report"], "a") as f:
-            f.write("\n".join(common.bundles_section(results["bundles"])))
+            f.write("\n" + "\n".join(common.bundles_section(results["bundles"])))
     results["files"] = paths
     _print_summary(results)
     return results

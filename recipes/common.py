@@ -60,6 +60,14 @@ def add_common_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_size
                              "(tfedge.export_android / export_micro, each verified in its "
                              "runtime). A bundle the runtime cannot take (e.g. TFLM lacks a "
                              "kernel) is reported in the README instead of stopping the run.")
+    parser.add_argument("--bench_targets", default="rpi4,cortex-m7",
+                        help="Comma-separated device profiles for tfedge.bench's latency "
+                             "estimates next to the host timing (rpi3, rpi4, rpi5, phone, "
+                             "cortex-m7), or 'none' to skip benchmarking.")
+    parser.add_argument("--emulate", action="store_true",
+                        help="Run the ARM targets in LiteRT's aarch64 build under qemu for "
+                             "exact instruction counts (slow; needs qemu-user and "
+                             "tfedge.arm.prepare). Default: estimates from MACs only.")
     parser.add_argument("--save_keras", action="store_true",
                         help="Also save the trained float Keras model as keras_model.keras in "
                              "the output folder (usable later with --distill_from).")
@@ -132,17 +140,27 @@ def finetune_epochs(args: argparse.Namespace) -> int:
 def wrap_for_flags(model: Any, args: argparse.Namespace, epochs: int) -> Any:
     """The one ``tfedge.wrap`` call for --prune / --qat / --distill_from.
 
-    Pruning runs over the first 60% of the fine-tune; QAT follows it (or runs
-    throughout when alone); distillation spans the whole fine-tune.
+    Pruning runs over the whole fine-tune, or, with QAT, over its first 60%
+    (at least one epoch) with QAT in the remaining epochs; QAT alone runs
+    throughout; distillation spans the whole fine-tune.
 
     Returns:
         A ``tfedge.EdgeModel`` to compile and fit.
+
+    Raises:
+        ValueError: --prune with --qat in a one-epoch fine-tune.
     """
     kwargs: dict[str, Any] = {}
-    if args.prune:
-        end = max(1, math.ceil(0.6 * epochs)) if args.qat and epochs > 1 else None
-        kwargs["prune"] = tfedge.PruneConfig(args.prune, end_epoch=end)
-    if args.qat:
+    if args.prune and args.qat:
+        if epochs < 2:
+            raise ValueError("--prune with --qat needs a fine-tune of at least 2 epochs "
+                             "(pruning first, then QAT): pass --finetune_epochs 2 or more.")
+        prune_end = min(epochs - 1, max(1, math.ceil(0.6 * epochs)))
+        kwargs["prune"] = tfedge.PruneConfig(args.prune, end_epoch=prune_end)
+        kwargs["quantize"] = tfedge.QATConfig(start_epoch=prune_end)
+    elif args.prune:
+        kwargs["prune"] = tfedge.PruneConfig(args.prune)
+    elif args.qat:
         kwargs["quantize"] = True
     if args.distill_from:
         kwargs["teacher"] = load_teacher(args.distill_from)
@@ -178,9 +196,38 @@ def write_outputs(out_dir: str, artifact: Any, *, name: str, description: str,
     return paths
 
 
+def benchmark(artifact: Any, args: argparse.Namespace, name: str) -> Any:
+    """``tfedge.bench`` of the int8 model: host latency plus device estimates.
+
+    Returns:
+        The BenchReport, or None when --bench_targets is 'none' or the
+        benchmark could not run (the reason is printed).
+    """
+    if args.bench_targets.strip().lower() == "none":
+        return None
+    targets = ["host"] + [t.strip() for t in args.bench_targets.split(",") if t.strip()]
+    try:
+        report = tfedge.bench(artifact, target=targets, runs=10 if args.quick else 50,
+                              emulate=args.emulate, name=name)
+    except (tfedge.TFEdgeError, ValueError, RuntimeError, OSError) as err:
+        print(f"   benchmark not run: {str(err).strip().splitlines()[0][:300]}")
+        return None
+    print(report)
+    return report
+
+
+def bench_section(report: Any) -> str:
+    """README lines with the benchmark tables (empty without a benchmark)."""
+    if report is None:
+        return ""
+    return ("\n## Benchmark (tfedge.bench)\n\nHost timings are from the machine that ran the "
+            "recipe; device figures are estimates (see tfedge.bench).\n\n```\n"
+            f"{report}\n```\n")
+
+
 def export_bundles(artifact: Any, out_dir: str, *, which: str, name: str, description: str,
-                   labels: list[str] | None, sample_inputs: Any, validation: Any = None
-                   ) -> dict[str, dict[str, Any]]:
+                   labels: list[str] | None, sample_inputs: Any, validation: Any = None,
+                   benchmark: Any = None) -> dict[str, dict[str, Any]]:
     """The Android and microcontroller bundles (``tfedge.export_*``) under ``out_dir``.
 
     Returns:
@@ -197,13 +244,15 @@ def export_bundles(artifact: Any, out_dir: str, *, which: str, name: str, descri
                 bundle = tfedge.export_android(
                     artifact, directory, labels=labels, norm_mean=0.0, norm_std=255.0,
                     name=name, description=description, sample_inputs=sample_inputs,
-                    validation=validation)
+                    validation=validation, benchmark=benchmark)
             else:
                 bundle = tfedge.export_micro(
                     artifact, directory, sample_inputs=sample_inputs, name=name,
-                    description=description, labels=labels, max_diff=1, validation=validation)
+                    description=description, labels=labels, max_diff=1, validation=validation,
+                    benchmark=benchmark)
         except (tfedge.TFEdgeError, ValueError, RuntimeError) as err:
-            results[kind] = {"error": str(err).strip().splitlines()[0][:300]}
+            reason = " ".join(line.strip() for line in str(err).strip().splitlines()[:3])
+            results[kind] = {"error": reason[:400]}
             print(f"   {kind} bundle not written: {results[kind]['error']}")
             continue
         facts = bundle.card["bundle"]

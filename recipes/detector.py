@@ -514,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the recipe for parsed flags; returns the measured results."""
     if args.quick:
-        args.epochs, args.finetune_epochs = min(args.epochs, 1), 1
+        args.epochs = min(args.epochs, 1)
+        args.finetune_epochs = 2 if args.prune and args.qat else 1
         args.num_train, args.num_test = min(args.num_train, 64), min(args.num_test, 16)
         args.input_size = min(args.input_size, 64)
         args.width = min(args.width, 0.5)
@@ -583,6 +584,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            [["Keras (float)", keras_map["map50"], keras_map["map50_95"]],
                             ["TFLite int8", int8_map["map50"], int8_map["map50_95"]]]))
 
+    with common.stage("benchmark: tfedge.bench", timings, cpu):
+        bench_report = common.benchmark(artifact, args, name)
+
     results = {
         "name": name, "dataset": args.dataset, "input_size": args.input_size,
         "width": args.width, "epochs": args.epochs, "num_train": data.num_train,
@@ -594,7 +598,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     paths = common.write_outputs(
         out_dir, artifact, name=name, description=_describe(args, data.num_classes),
-        labels=data.labels, validation=report, report=_report(results, artifact, args),
+        labels=data.labels, validation=report, benchmark=bench_report,
+        report=_report(results, artifact, args) + common.bench_section(bench_report),
         extra={"recipe": "recipes.detector", "command": common.command_line(),
                "input": "RGB float32 in [0, 1] (pixel / 255)",
                "outputs": {"boxes": "[1, A, 4] (ty, tx, th, tw) relative to anchors.csv, "
@@ -613,10 +618,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["bundles"] = common.export_bundles(
             artifact, out_dir, which=args.bundles, name=name,
             description=_describe(args, data.num_classes), labels=None,
-            sample_inputs=data.test_images[:8], validation=report)
+            sample_inputs=data.test_images[:8], validation=report, benchmark=bench_report)
     if results["bundles"]:
         with open(paths["report"], "a") as f:
-            f.write("\n".join(common.bundles_section(results["bundles"])))
+            f.write("\n" + "\n".join(common.bundles_section(results["bundles"])))
     results["files"] = paths
     _print_summary(results)
     return results

@@ -29,11 +29,12 @@ def _files(folder):
 def test_classifier_quick_on_digits_writes_the_handoff_folder(tmp_path):
     args = classifier.build_parser().parse_args(
         ["--model", "digits_cnn", "--quick", "--output_dir", str(tmp_path), "--verbose", "0",
-         "--bundles", "none"])
+         "--save_keras"])
     results = classifier.run(args)
 
     folder = tmp_path / "digits_digits_cnn"
-    assert {"model.tflite", "model_card.json", "labels.txt", "README.md"} <= set(_files(folder))
+    assert {"model.tflite", "model_card.json", "labels.txt", "README.md",
+            "keras_model.keras"} <= set(_files(folder))
     artifact = tfedge.load(folder / "model.tflite")
     tfedge.check_full_integer(artifact)
     assert artifact.inputs[0].dtype == "INT8" and tuple(artifact.inputs[0].shape[1:]) == (32, 32, 3)
@@ -41,14 +42,18 @@ def test_classifier_quick_on_digits_writes_the_handoff_folder(tmp_path):
     assert card["labels"] == [str(d) for d in range(10)]
     assert card["validation"]["tflite_accuracy"] == pytest.approx(results["int8_accuracy"])
     assert (folder / "labels.txt").read_text().split() == card["labels"]
-    assert "int8 TFLite" in (folder / "README.md").read_text()
+    readme = (folder / "README.md").read_text()
+    assert "int8 TFLite" in readme and "tfedge.bench" in readme
+    assert card["benchmark"]["host"]["latency_ms"]["p50"] > 0
+    for kind in ("android", "micro"):  # handoff bundles, each verified in its runtime
+        assert (folder / kind / "model.tflite").exists(), results["bundles"][kind]
 
 
 def test_classifier_on_mock_tfds_cifar10(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     args = classifier.build_parser().parse_args(
         ["--dataset", "cifar10", "--model", "digits_cnn", "--quick", "--output_dir",
-         str(tmp_path), "--verbose", "0", "--bundles", "none"])
+         str(tmp_path), "--verbose", "0", "--bundles", "none", "--bench_targets", "none"])
     with tfds.testing.mock_data(num_examples=40):
         results = classifier.run(args)
     card = json.loads((tmp_path / "cifar10_digits_cnn" / "model_card.json").read_text())
@@ -56,18 +61,16 @@ def test_classifier_on_mock_tfds_cifar10(tmp_path):
     assert results["test_samples"] == 40
 
 
+@pytest.mark.slow
 def test_classifier_prune_qat_and_distill_flags_go_through_tfedge_wrap(tmp_path):
-    teacher_args = classifier.build_parser().parse_args(
-        ["--model", "digits_cnn", "--quick", "--output_dir", str(tmp_path), "--name", "teacher",
-         "--verbose", "0", "--bundles", "none", "--save_keras"])
-    classifier.run(teacher_args)
-    teacher = tmp_path / "teacher" / "keras_model.keras"
-    assert teacher.exists()
+    keras.utils.set_random_seed(0)
+    teacher = tmp_path / "teacher.keras"  # any tf_keras model with the same classes will do
+    classifier.build_classifier("digits_cnn", 10, alpha=0.5).save(teacher)
 
     args = classifier.build_parser().parse_args(
         ["--model", "digits_cnn", "--alpha", "0.25", "--quick", "--output_dir", str(tmp_path),
-         "--name", "student", "--verbose", "0", "--bundles", "none", "--prune", "0.5", "--qat",
-         "--distill_from", str(teacher), "--finetune_epochs", "2"])
+         "--name", "student", "--verbose", "0", "--bundles", "none", "--bench_targets", "none",
+         "--prune", "0.5", "--qat", "--distill_from", str(teacher)])
     results = classifier.run(args)
     assert results["optimizations"] == ["prune", "qat", "distill"]
     artifact = tfedge.load(tmp_path / "student" / "model.tflite")
@@ -103,7 +106,7 @@ def test_int8_friendly_mobilenet_v3_rebuild_is_qat_ready():
 def test_mobilenet_v3_small_converts_to_full_int8_and_validates(tmp_path):
     args = classifier.build_parser().parse_args(
         ["--model", "mobilenet_v3_small", "--alpha", "0.75", "--quick", "--output_dir",
-         str(tmp_path), "--verbose", "0", "--bundles", "none"])
+         str(tmp_path), "--verbose", "0", "--bundles", "none", "--bench_targets", "none"])
     results = classifier.run(args)
     artifact = tfedge.load(tmp_path / "digits_mobilenet_v3_small" / "model.tflite")
     tfedge.check_full_integer(artifact)
@@ -149,9 +152,11 @@ def test_generated_shapes_are_deterministic_with_boxes_inside_the_image():
         assert set(classes) <= {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_detector_quick_on_shapes_keeps_boxes_and_scores_apart(tmp_path):
     args = detector.build_parser().parse_args(
-        ["--quick", "--output_dir", str(tmp_path), "--verbose", "0", "--bundles", "none"])
+        ["--quick", "--output_dir", str(tmp_path), "--verbose", "0", "--bundles", "none",
+         "--bench_targets", "none"])
     results = detector.run(args)
     folder = tmp_path / "shapes_detector"
     assert {"model.tflite", "model_card.json", "labels.txt", "README.md",
@@ -169,11 +174,12 @@ def test_detector_quick_on_shapes_keeps_boxes_and_scores_apart(tmp_path):
     assert (folder / "labels.txt").read_text().split() == data_lib.SHAPE_LABELS
 
 
+@pytest.mark.slow
 def test_detector_on_mock_tfds_voc(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     args = detector.build_parser().parse_args(
         ["--dataset", "voc", "--quick", "--output_dir", str(tmp_path), "--verbose", "0",
-         "--bundles", "none"])
+         "--bundles", "none", "--bench_targets", "none"])
     with tfds.testing.mock_data(num_examples=20):
         results = detector.run(args)
     card = json.loads((tmp_path / "voc_detector" / "model_card.json").read_text())
