@@ -42,7 +42,8 @@ def _warnings(caplog):
 @pytest.mark.parametrize("mode,io_type,in_type,out_type,act_type", MODE_CASES,
                          ids=[f"{c[0]}-{c[1] or 'default'}" for c in MODE_CASES])
 def test_each_mode_runs_in_litert_with_expected_types(trained_digits_cnn, digits, mode,
-                                                      io_type, in_type, out_type, act_type):
+                                                      io_type, in_type, out_type, act_type,
+                                                      tmp_path):
     (x_train, _), (x_test, y_test) = digits
     art = tfedge.convert(trained_digits_cnn, x_train[:200], mode=mode, input_type=io_type,
                          output_type=io_type)
@@ -59,6 +60,7 @@ def test_each_mode_runs_in_litert_with_expected_types(trained_digits_cnn, digits
     report = tfedge.validate(art, trained_digits_cnn, x_test, y_test)
     assert report.agreement >= 0.97, report
     assert art.runtime_settings()["op_resolver"] == "auto"
+    assert load(art.save(tmp_path / "model.tflite")).mode == mode  # read back from the file
 
 
 def test_dynamic_batch_on_request_and_card_beside_the_file(trained_digits_cnn, digits, tmp_path):

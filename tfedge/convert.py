@@ -56,7 +56,8 @@ MODE_DESCRIPTIONS = {
     "float16": "float16 weights, float32 compute",
     "dynamic_range": "int8 weights, float activations (quantized on the fly)",
     "float32": "float32, not quantized",
-    "unknown": "read from a file",
+    "mixed": "int8 with some ops in float",
+    "unknown": "not known",
 }
 _INTEGER_MODES = ("int8", "int16x8")
 _IO_TYPES = ("int8", "uint8", "float32")
@@ -67,7 +68,6 @@ _KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 SPARSE_REPORT_THRESHOLD = 0.1
 _ITEM_BYTES = {"INT8": 1, "UINT8": 1, "INT16": 2, "FLOAT16": 2, "FLOAT32": 4, "INT32": 4}
 
-OP_RESOLVERS = ("auto", "builtin", "reference", "no_delegates")
 _NO_DELEGATES_ADVICE = (
     "Run it with LiteRT's OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES (Python: "
     "Interpreter(..., experimental_op_resolver_type=OpResolverType."
@@ -132,8 +132,9 @@ class TFLiteArtifact:
 
     Attributes:
         content: the ``.tflite`` flatbuffer.
-        mode: the conversion mode (see :data:`MODES`), or ``"unknown"`` for a
-            file loaded from disk.
+        mode: the conversion mode (see :data:`MODES`); for a file, read
+            from its tensors by :func:`load` (``"mixed"``: int8 with float
+            ops), ``"unknown"`` when built from bytes directly.
         num_calibration_samples: representative samples used (0 if none).
         details: how it was made: input/output types, per-channel, batch,
             signatures, calibration data, sparse encoding, float fallback,
@@ -204,8 +205,8 @@ class TFLiteArtifact:
         kept = (self.details.get("float_fallback") or {}).get("kept_layers")
         if kept:
             text += f", {len(kept)} layer(s) kept in float: {', '.join(kept)}"
-        sparse = self.details.get("sparse") or {}
-        if sparse.get("encoded"):
+        fb = self.flatbuffer
+        if any(fb.is_sparse(fb.stored_tensor(w.index)) for _, w in fb.weight_tensors()):
             text += ", sparse-encoded weights"
         return text
 
@@ -372,6 +373,7 @@ def load_bytes(content: bytes, *, probe: bool = True) -> TFLiteArtifact:
             crashes on.
     """
     artifact = TFLiteArtifact(bytes(content))
+    artifact.mode = infer_mode(artifact.flatbuffer)
     if probe:
         probe_in_child(artifact.content)
     return artifact
@@ -405,11 +407,32 @@ def load(path: str | os.PathLike, *, probe: bool = True) -> TFLiteArtifact:
         content = f.read()
     try:
         artifact = TFLiteArtifact(content)
+        artifact.mode = infer_mode(artifact.flatbuffer)
         if probe and not _card_vouches_for(path, artifact.sha256):
             probe_in_child(content)
     except InvalidModelFileError as err:
         raise InvalidModelFileError(f"{path}: {err}") from None
     return artifact
+
+
+def infer_mode(fb: flatbuffer.FlatbufferModel) -> str:
+    """The conversion mode a flatbuffer was made with, read from its tensors.
+
+    Returns:
+        One of :data:`MODES`, or ``"mixed"`` for an int8 model with float ops.
+    """
+    activations = {fb.tensors[t].dtype for op in fb.ops for t in op.outputs
+                   if t >= 0 and op.name not in ("DEQUANTIZE", "DENSIFY")}
+    weights = {fb.tensors[fb.stored_tensor(w.index)].dtype for _, w in fb.weight_tensors()}
+    if "INT16" in activations:
+        return "int16x8"
+    if activations & {"INT8", "UINT8"}:
+        return "mixed" if fb.float_ops() else "int8"
+    if "FLOAT16" in weights:
+        return "float16"
+    if weights & {"INT8", "UINT8"}:
+        return "dynamic_range"
+    return "float32"
 
 
 def _card_vouches_for(path: str, sha256: str) -> bool:
@@ -634,32 +657,39 @@ def _check_eval_range(eval_x: np.ndarray, calibration: dict[str, float]) -> None
 # Model sources: Keras models, SavedModels, model files
 # ----------------------------------------------------------------------------
 @contextlib.contextmanager
-def _stdout_fd_silenced() -> Iterator[None]:
-    """Sends file descriptor 1 to /dev/null (the quantizer's C++ code prints there)."""
+def _fds_silenced(fds: tuple[int, ...] = (1, 2)) -> Iterator[None]:
+    """Sends file descriptors 1 and 2 to /dev/null (the quantizer's C++ code prints there)."""
     try:
         sys.stdout.flush()
-        saved = os.dup(1)
-    except (OSError, ValueError, AttributeError):  # no real stdout (embedded interpreter)
+        sys.stderr.flush()
+        saved = [os.dup(fd) for fd in fds]
+    except (OSError, ValueError, AttributeError):  # no real stdout/stderr (embedded Python)
         yield
         return
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
+    for fd in fds:
+        os.dup2(devnull, fd)
     try:
         yield
     finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+        for fd, copy in zip(fds, saved):
+            os.dup2(copy, fd)
+            os.close(copy)
         os.close(devnull)
 
 
 @contextlib.contextmanager
 def quiet_converter() -> Iterator[None]:
-    """Hides the converter's Python and C++ chatter unless verbose logging."""
+    """Hides the converter's Python and C++ chatter unless verbose logging.
+
+    Its errors are not lost: the converter raises them as exceptions, which
+    :func:`run_converter` turns into a ConversionError with their message.
+    """
     if logging.get_verbosity() >= logging.DEBUG:
         yield
         return
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            _stdout_fd_silenced():
+            _fds_silenced():
         warnings.filterwarnings("ignore", module="tensorflow")
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -946,10 +976,10 @@ def model_source(model: Any, *, batch_size: int | None = 1, signature: str | Non
             f"{type(model).__module__}.{type(model).__name__}.")
     sig = _keras_signature(model, batch_size)
     kind = "keras3" if is_keras3_model(model) else "keras"
-    trackable = model
-    if kind == "keras3":  # the converter freezes only variables it sees as tf.Variables
-        from tfedge.keras3 import variable_holder
-        trackable = variable_holder(model)
+    # The converter gets the variables only: it does not see Keras 3's, and
+    # saving a whole tf_keras model traces every layer (minutes for MobileNetV2).
+    from tfedge.keras3 import variable_holder
+    trackable = variable_holder(model)
     return ModelSource(getattr(model, "name", "model"), kind, {sig.key: sig}, trackable,
                        keras_model=model, path=path, batch_size=batch_size)
 
