@@ -310,11 +310,14 @@ class _Translator:
         for key, value in config.items():
             if key in accepted:
                 out[key] = value
-            elif (value is None or value is False or key in _SPEED_ONLY
-                  or (key in k3_defaults and _same(value, k3_defaults[key]))
-                  or (key == "data_format" and value == "channels_last")):
-                continue  # a Keras 3 option at its default: tf_keras behaves so already
-            else:
+            elif key in _SPEED_ONLY or (key == "data_format" and value == "channels_last"):
+                continue  # tf_keras computes the same without it
+            elif key in k3_defaults:
+                if not _same(value, k3_defaults[key]):
+                    self.problems.append(f"{where}: Keras 3 option {key}={value!r} has no "
+                                         f"tf_keras equivalent in {name}.")
+                # at its Keras 3 default it means what tf_keras does anyway
+            elif value is not None and value is not False:
                 self.problems.append(f"{where}: Keras 3 option {key}={value!r} has no tf_keras "
                                      f"equivalent in {name}.")
         return out
@@ -390,6 +393,8 @@ class _Translator:
                 outputs[data["name"]].append([created[data["name"]]])
             elif data["inbound_nodes"]:
                 pending.append((data["name"], list(data["inbound_nodes"])))
+        import tensorflow as tf  # noqa: PLC0415
+
         while pending:
             progressed = False
             for name, nodes in pending:
@@ -398,8 +403,6 @@ class _Translator:
                         args, kwargs = self.node_arguments(nodes[0], outputs, where)
                     except _NotReady:
                         break
-                    import tensorflow as tf  # noqa: PLC0415
-
                     result = created[name](*args, **kwargs)
                     outputs[name].append(tf.nest.flatten(result))
                     nodes.pop(0)
@@ -823,18 +826,34 @@ class Keras3Bridge:
 
 
 def variable_holder(model: Any) -> Any:
-    """A ``tf.Module`` holding a Keras 3 model's variables as TensorFlow variables.
+    """A ``tf.Module`` holding a Keras model's variables and resources, nothing else.
 
     Give it to ``tf.lite.TFLiteConverter.from_concrete_functions`` as the
-    trackable of a function traced over a Keras 3 model: the converter
-    freezes the variables it finds in that object, and does not see through
-    Keras 3's variable wrappers (the model itself leaves ``READ_VARIABLE``
-    ops that fail at calibration).
+    trackable of a function traced over the model. The converter saves that
+    object as a SavedModel and freezes the variables it finds there:
+
+    * given a Keras 3 model it does not see through Keras 3's variable
+      wrappers, and leaves ``READ_VARIABLE`` ops that fail at calibration;
+    * given a tf_keras model it also traces every layer's call for the
+      SavedModel: minutes for a QAT MobileNetV2 (216 s vs 27 s measured on 2
+      shared cores), for the same flatbuffer bytes.
+
+    Lookup tables and other resources the model owns are held too.
+
+    Args:
+        model: a tf_keras or Keras 3 (TensorFlow backend) model.
+
+    Returns:
+        The holder.
     """
     import tensorflow as tf  # noqa: PLC0415
+    from tensorflow.python.trackable.resource import TrackableResource  # noqa: PLC0415
 
-    holder = tf.Module(name=f"{model.name}_variables".replace(".", "_"))
-    holder.keras3_variables = [getattr(v, "value", v) for v in model.variables]
+    holder = tf.Module(name=f"{model.name}_variables".replace(".", "_").replace("-", "_"))
+    holder.model_variables = [v if isinstance(v, tf.Variable) else v.value
+                              for v in model.variables]
+    holder.model_resources = [t for t in tf.train.TrackableView(model).descendants()
+                              if isinstance(t, TrackableResource)]
     return holder
 
 
