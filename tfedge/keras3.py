@@ -16,18 +16,29 @@ and quantization-aware training, works only on tf_keras (Keras 2) models
    is the Keras 2 behaviour) and reported otherwise. The graph is rebuilt
    call by call from the config (Sequential, functional, nested models,
    shared layers, ``keras.applications`` models), every weight is copied,
-   and both models are run on the same random inputs: if any output differs
-   beyond float tolerance, nothing trains and the error names the layers
-   that compute differently.
+   and both models are run on the same random inputs: if the output of any
+   layer differs beyond float tolerance (every layer is compared, not only
+   the model's outputs, which for an untrained network can hardly depend on
+   its input), nothing trains and the error names the layers that compute
+   differently.
 2. **tf_keras -> Keras 3** (:func:`to_keras3`). The trained tf_keras model
    is poured back into a clone of the user's own Keras 3 model (same classes,
    same config), weight by weight, and checked the same way, so the user
    gets back the kind of model they gave.
 
-``tfedge.convert`` and ``tfedge.validate`` need no bridge: the TFLite
-converter exports Keras 3 models itself and ``validate`` only calls
+``tfedge.convert`` and ``tfedge.validate`` need no bridge: ``convert``
+traces the Keras 3 model into a ``tf.function`` and hands the converter its
+variables through :func:`variable_holder` (the converter does not see
+through Keras 3's variable wrappers), and ``validate`` only calls
 ``predict``. :func:`as_functional` gives a subclassed Keras 3 model the
 functional form ``convert`` needs by tracing its ``call`` once.
+
+``wrap`` also accepts Keras 3 training objects: ``EdgeModel.compile`` takes
+Keras 3 optimizers, losses and metrics (:func:`compile_arguments`), ``fit``
+Keras 3 callbacks (:class:`Keras3Callback`), and a Keras 3 ``teacher=`` is
+carried across like the student. After QAT, ``finish()`` returns the tf_keras
+model: tfmot's fake-quant layers hold the learned int8 ranges and exist only
+in tf_keras (see :meth:`Keras3Bridge.finish`).
 
 Why a bridge and not native Keras 3 pruning/QAT
 -----------------------------------------------
