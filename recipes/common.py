@@ -151,17 +151,21 @@ def wrap_for_flags(model: Any, args: argparse.Namespace, epochs: int) -> Any:
         ValueError: --prune with --qat in a one-epoch fine-tune.
     """
     kwargs: dict[str, Any] = {}
+    # The input Rescaling has no tfmot quantize config: it stays float in QAT and
+    # is calibrated at conversion like any other op.
+    rescaling = [layer.name for layer in model.layers
+                 if isinstance(layer, keras.layers.Rescaling)]
     if args.prune and args.qat:
         if epochs < 2:
             raise ValueError("--prune with --qat needs a fine-tune of at least 2 epochs "
                              "(pruning first, then QAT): pass --finetune_epochs 2 or more.")
         prune_end = min(epochs - 1, max(1, math.ceil(0.6 * epochs)))
         kwargs["prune"] = tfedge.PruneConfig(args.prune, end_epoch=prune_end)
-        kwargs["quantize"] = tfedge.QATConfig(start_epoch=prune_end)
+        kwargs["quantize"] = tfedge.QATConfig(start_epoch=prune_end, skip=rescaling)
     elif args.prune:
         kwargs["prune"] = tfedge.PruneConfig(args.prune)
     elif args.qat:
-        kwargs["quantize"] = True
+        kwargs["quantize"] = tfedge.QATConfig(skip=rescaling)
     if args.distill_from:
         kwargs["teacher"] = load_teacher(args.distill_from)
     return tfedge.wrap(model, **kwargs)

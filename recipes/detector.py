@@ -243,8 +243,9 @@ def build_detector(num_classes: int, *, input_size: int = 96, width: float = 1.0
         return max(8, int(round(c * width / 8)) * 8)
 
     inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(inputs)
-    x = _conv_bn(x, ch(16), 3, 2, "stem")                       # /2
+    # no input Rescaling: the stem's conv + BN absorb the [0, 1] range, and tfmot's
+    # prune-preserving QAT has no config for Rescaling
+    x = _conv_bn(inputs, ch(16), 3, 2, "stem")                  # /2
     x = _separable(x, ch(32), 2, "stage1")                      # /4
     x = _separable(x, ch(32), 1, "stage1b")
     c3 = _separable(_separable(x, ch(64), 2, "stage2"), ch(64), 1, "stage2b")      # /8
@@ -344,8 +345,9 @@ class ScoreLoss(keras.losses.Loss):
 
 def compile_detector(model: Any, anchors: Anchors, learning_rate: Any) -> None:
     """Compiles a detector (or its EdgeModel) with the detection losses and AdamW."""
+    # losses as a list, in output order: a wrapped EdgeModel has no output names
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=1e-4),
-                  loss={"boxes": BoxLoss(anchors.centers_sizes), "scores": ScoreLoss()})
+                  loss=[BoxLoss(anchors.centers_sizes), ScoreLoss()])
 
 
 # ----------------------------------------------------------------------------
@@ -476,7 +478,8 @@ def training_dataset(data: data_lib.DetectionData, anchors: Anchors, batch_size:
                      seed: int) -> tf.data.Dataset:
     """Shuffled, target-encoded, batched training data for ``fit``."""
     def encode(image, boxes, classes):
-        return image, encode_targets(boxes, classes, anchors, data.num_classes)
+        targets = encode_targets(boxes, classes, anchors, data.num_classes)
+        return image, (targets["boxes"], targets["scores"])  # in output order
 
     return (data.train.shuffle(min(data.num_train, 10_000), seed=seed)
             .map(encode, num_parallel_calls=tf.data.AUTOTUNE)
@@ -581,7 +584,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         int8_map = evaluate(tflite_out, data, anchors)
         report = tfedge.validate(artifact, final, data.test_images[:64])
         print(format_table(["model", "mAP@0.5", "mAP@0.5:0.95"],
-                           [["Keras (float)", keras_map["map50"], keras_map["map50_95"]],
+                           [["Keras (converted from)", keras_map["map50"], keras_map["map50_95"]],
                             ["TFLite int8", int8_map["map50"], int8_map["map50_95"]]]))
 
     with common.stage("benchmark: tfedge.bench", timings, cpu):
