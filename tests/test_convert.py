@@ -343,6 +343,8 @@ def test_a_model_that_crashes_litert_is_reported_not_fatal(digits_int8, tmp_path
     with pytest.raises(InvalidModelFileError, match="crashes on this model.*SIGSEGV"):
         load(path)
     assert load(path, probe=False).sha256 == digits_int8.sha256
+    monkeypatch.setattr(convert_module, "_PROBE_SCRIPT", "raise ImportError('no LiteRT')")
+    assert load(path).sha256 == digits_int8.sha256  # a probe that cannot run: warned, loaded
     monkeypatch.setattr(convert_module, "_PROBE_SCRIPT", "import sys; sys.exit(0)")
     assert load(path).sha256 == digits_int8.sha256
 

@@ -348,10 +348,14 @@ def probe_in_child(content: bytes, timeout: float = 120.0) -> None:
             "child process): the file is corrupt or far too large. Re-export it.") from None
     finally:
         os.unlink(path)
-    if run.returncode < 0 or run.returncode not in (0, 3):
-        code = run.returncode
-        name = signal.Signals(-code).name if code < 0 and -code in signal.valid_signals() \
-            else f"exit status {code}"
+    if run.returncode > 0 and run.returncode != 3:  # the probe itself failed, not LiteRT
+        logging.warning("tfedge: could not check the model in a child process (exit status "
+                        "%d: %s); loading it without that check.", run.returncode,
+                        run.stderr.decode(errors="replace").strip()[-300:])
+        return
+    if run.returncode < 0:
+        code = -run.returncode
+        name = signal.Signals(code).name if code in signal.valid_signals() else f"signal {code}"
         raise InvalidModelFileError(
             f"LiteRT crashes on this model ({name} while loading and running it in a child "
             "process): the file is corrupt (its structure reads fine, but an op's version or "
