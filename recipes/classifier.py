@@ -54,8 +54,9 @@ def build_classifier(arch: str, num_classes: int, *, input_size: int = 32, alpha
 
     MobileNets come from ``keras.applications`` (tf_keras), built flat into
     one functional model (no nested model, so tfmot can wrap every layer):
-    ``Rescaling`` to [-1, 1] -> MobileNet body -> global average pooling ->
-    dropout -> ``Dense(num_classes)`` named ``logits``.
+    (with ImageNet weights, ``Rescaling`` to [-1, 1]) -> MobileNet body ->
+    global average pooling -> dropout -> ``Dense(num_classes)`` named
+    ``logits``.
 
     Args:
         arch: one of :data:`ARCHITECTURES`.
@@ -87,7 +88,11 @@ def build_classifier(arch: str, num_classes: int, *, input_size: int = 32, alpha
                              "from random initialization.")
         features = _small_cnn(inputs, alpha)
     else:
-        scaled = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(inputs)
+        # ImageNet weights expect [-1, 1]. From random initialization the first conv and
+        # its batch norm absorb the [0, 1] range, and leaving the Rescaling out keeps
+        # tfmot's prune-preserving QAT working (it has no config for Rescaling).
+        scaled = (keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(inputs)
+                  if weights else inputs)
         kwargs = dict(input_tensor=scaled, alpha=alpha, include_top=False, weights=weights,
                       pooling="avg")
         try:

@@ -97,9 +97,10 @@ def test_int8_friendly_mobilenet_v3_rebuild_is_qat_ready():
             np.testing.assert_array_equal(a, b)
     assert "TFOpLambda" in {type(layer).__name__ for layer in v3.layers}
     assert lite.output_shape == v3.output_shape
-    # every layer but the input Rescaling (calibrated at conversion) gets QAT
-    _, plan = apply_qat(lite, QATConfig(), log=lambda *a: None)
-    assert set(plan.skipped) <= {"to_minus1_1"}
+    # every layer gets QAT, also with tfmot's prune-preserving scheme
+    for preserve in ("none", "sparsity"):
+        _, plan = apply_qat(lite, QATConfig(), preserve=preserve, log=lambda *a: None)
+        assert not plan.skipped
 
 
 @pytest.mark.slow
