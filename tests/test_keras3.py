@@ -44,6 +44,14 @@ def _digits_as_rgb_32(x):
     return np.repeat(np.repeat(np.repeat(x, 4, axis=1), 4, axis=2), 3, axis=3)
 
 
+def _calibrate_batchnorm(model, x):
+    """BatchNorm statistics of real images, as after training (not the identity)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    model(x, training=True)
+
+
 def _kernels(model):
     return {layer.name: layer.get_weights()[0] for layer in model.layers
             if getattr(layer, "kernel", None) is not None}
@@ -162,10 +170,7 @@ def test_keras_applications_mobilenetv2_is_carried_exactly(digits):
     keras.utils.set_random_seed(4)
     model = keras.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=(32, 32, 3),
                                            classes=10, classifier_activation=None)
-    for layer in model.layers:  # BatchNorm statistics of real data, as after training
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.0
-    model(x, training=True)
+    _calibrate_batchnorm(model, x)
     tf_model = bridge.to_tf_keras(model)
     assert [type(layer).__name__ for layer in tf_model.layers] == \
         [type(layer).__name__ for layer in model.layers]
@@ -180,6 +185,21 @@ def test_keras_applications_mobilenetv2_is_carried_exactly(digits):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * scale, err_msg=name)
         varying += bool(a.std(axis=0).mean() > 1e-3 * scale)
     assert varying > 100  # most layers' outputs do depend on the image
+
+
+def test_rounding_drift_in_an_ill_conditioned_network_is_not_an_error(digits, caplog):
+    # BatchNorm calibrated on a few near-identical digits: channels of near-zero
+    # variance amplify float rounding until EfficientNet's outputs differ, although
+    # every layer computes the same alone. That must not block the user.
+    _, (x_test, _) = digits
+    keras.utils.set_random_seed(0)
+    model = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3), classes=10)
+    _calibrate_batchnorm(model, _digits_as_rgb_32(x_test[:16]))
+    with caplog.at_level(logging.WARNING):
+        tf_model = bridge.to_tf_keras(model)
+    assert "every layer computes the same alone" in caplog.text
+    assert "Taken as equivalent" in caplog.text
+    assert isinstance(tf_model, tf_keras.Model)
 
 
 # ----------------------------------------------------------------------------
@@ -241,8 +261,8 @@ def test_custom_layer_with_a_tf_keras_twin_trains_and_comes_back(digits):
 
 def test_a_twin_that_computes_differently_is_caught_and_named():
     with pytest.raises(UnsupportedModelError,
-                       match=r"(?s)does not compute the same.*custom/my_scale \(Scale\): "
-                             r"max abs difference [0-9.]+ \(first in graph order\)"):
+                       match=r"(?s)does not compute the same.*compute differently alone.*"
+                             r"custom/my_scale \(Scale\): max abs difference [0-9.]+"):
         bridge.to_tf_keras(_model_with_custom_layer(), custom_objects={"Scale": WrongTwin})
 
 
