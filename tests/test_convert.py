@@ -201,6 +201,28 @@ def test_sparsity_the_encoder_leaves_dense_is_reported(caplog):
     assert any("left it dense" in m and "lightly_pruned" in m for m in _warnings(caplog))
 
 
+def test_sparse_encoding_litert_runs_wrongly_is_rejected(caplog):
+    """float16 weights in 1x4 blocks: LiteRT 2.x returns NaN; the dense model is kept."""
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64,))
+    model = keras.Model(inputs, keras.layers.Dense(8)(
+        keras.layers.Dense(512, activation="relu")(inputs)))
+    for layer in model.layers[1:]:
+        kernel, bias = layer.get_weights()
+        blocks = rng.random((kernel.shape[0] // 4, kernel.shape[1])) >= 0.9
+        layer.set_weights([kernel * np.repeat(blocks, 4, axis=0), bias])
+    x = rng.random((32, 64)).astype(np.float32)
+    with caplog.at_level(std_logging.WARNING):
+        art = tfedge.convert(model, x, mode="float16", sparse=True)
+    facts = art.details["sparse"]
+    assert not facts["used"] and "NaN" in facts["reason"] and facts["ratio"] < 0.5
+    assert not any(r["encoding"] == "sparse" for r in art.flatbuffer.weight_sparsity())
+    assert any("sparse encoding rejected" in m for m in _warnings(caplog))
+    np.testing.assert_allclose(TFLiteRunner(art.content).predict(x), model.predict(x, verbose=0),
+                               rtol=1e-2, atol=1e-2)
+
+
 def _hostile_model(digits):
     """A digits MLP whose 'sharp_softplus' activation has a huge internal range (exp(8x))."""
     (x_train, y_train), _ = digits
