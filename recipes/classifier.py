@@ -183,8 +183,6 @@ def int8_friendly_mobilenet_v3(model: Any) -> Any:
     >>> v3 = build_classifier("mobilenet_v3_small", 10, alpha=0.75)  # doctest: +SKIP
     >>> lite = int8_friendly_mobilenet_v3(v3)  # doctest: +SKIP
     """
-    import tensorflow as tf
-
     built: dict[int, Any] = {}
     copies: dict[int, Any] = {}
 
@@ -195,7 +193,7 @@ def int8_friendly_mobilenet_v3(model: Any) -> Any:
         layer, node_index, tensor_index = tensor._keras_history
         node = layer._inbound_nodes[node_index]
         if isinstance(layer, keras.layers.InputLayer):
-            out = keras.Input(type_spec=tensor.type_spec, name=layer.name)
+            out = keras.Input(shape=tensor.shape[1:], dtype=tensor.dtype, name=layer.name)
         elif isinstance(layer, keras.layers.Multiply) and len(node.call_args[0]) == 2:
             a, b = node.call_args[0]
             gate_input = _hard_sigmoid_input(b)
@@ -212,10 +210,12 @@ def int8_friendly_mobilenet_v3(model: Any) -> Any:
         built[key] = out
         return out
 
-    outputs = tf.nest.map_structure(rebuild, model.outputs)
+    outputs = [rebuild(t) for t in model.outputs]
     inputs = [rebuild(t) for t in model.inputs]
-    rebuilt = keras.Model(inputs, outputs, name=model.name + "_int8_friendly")
-    return rebuilt
+    # a single input and output stay single tensors, as in the source model
+    return keras.Model(inputs[0] if len(inputs) == 1 else inputs,
+                       outputs[0] if len(outputs) == 1 else outputs,
+                       name=model.name + "_int8_friendly")
 
 
 def _copy_call(layer: Any, node: Any, rebuild: Any, copies: dict[int, Any]) -> Any:

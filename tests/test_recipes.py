@@ -79,6 +79,7 @@ def test_classifier_prune_qat_and_distill_flags_go_through_tfedge_wrap(tmp_path)
     assert max(sparsities) >= 0.45  # the pruned kernels survive QAT and conversion
 
 
+@pytest.mark.slow
 def test_int8_friendly_mobilenet_v3_rebuild_is_qat_ready():
     from tfedge.quantize import QATConfig, apply_qat
 
@@ -97,6 +98,11 @@ def test_int8_friendly_mobilenet_v3_rebuild_is_qat_ready():
             np.testing.assert_array_equal(a, b)
     assert "TFOpLambda" in {type(layer).__name__ for layer in v3.layers}
     assert lite.output_shape == v3.output_shape
+    # it converts like the source: full int8, with its serving signature (which
+    # the validator needs)
+    x = np.random.default_rng(0).uniform(0, 1, (8, 32, 32, 3)).astype(np.float32)
+    artifact = tfedge.convert(lite, representative_data=x)
+    assert list(artifact.signatures) == ["serving_default"]
     # every layer gets QAT, also with tfmot's prune-preserving scheme
     for preserve in ("none", "sparsity"):
         _, plan = apply_qat(lite, QATConfig(), preserve=preserve, log=lambda *a: None)
