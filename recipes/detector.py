@@ -660,8 +660,9 @@ def _report(r: dict[str, Any], artifact: Any, args: argparse.Namespace) -> str:
         "Outputs, dequantized with their own scales: `boxes` holds (ty, tx, th, tw) per "
         "anchor: ycenter = ty / 10 * h_a + y_a, h = exp(th / 5) * h_a (same for x, w); "
         "`scores` holds class logits (sigmoid -> score). Then per-class NMS (IoU 0.5). "
-        "This is exactly TFLite's DetectionPostProcess with scales (10, 10, 5, 5) and the "
-        "anchors in anchors.csv, so it can also run on the device as that op.", "",
+        "This is TFLite's DetectionPostProcess with scales (10, 10, 5, 5) and the anchors in "
+        "anchors.csv (after a LOGISTIC on the scores), so it can also run on the device as "
+        "that op.", "",
         f"## mAP on {r['test_images']} held-out images (COCO metric, pycocotools)", "",
         "```", table, "```", "",
         "## Model", "",
