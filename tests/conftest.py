@@ -12,8 +12,11 @@ from tfedge import keras  # noqa: E402
 from tfedge.data import load_digits  # noqa: E402
 
 
-def build_digits_cnn(width: int = 16, name: str = "digits_cnn"):
-    """A small int8-friendly CNN for 8x8x1 digits (logits output)."""
+def build_digits_cnn(width: int = 16, name: str = "digits_cnn", keras=keras):
+    """A small int8-friendly CNN for 8x8x1 digits (logits output).
+
+    ``keras``: the Keras to build it with (tf_keras; Keras 3 in test_keras3).
+    """
     inputs = keras.Input((8, 8, 1), name="image")
     h = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(inputs)
     h = keras.layers.Conv2D(2 * width, 3, strides=2, padding="same", activation="relu")(h)

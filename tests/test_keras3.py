@@ -15,20 +15,16 @@ from tfedge import keras as tf_keras
 from tfedge import keras3 as bridge
 from tfedge.errors import UnsupportedModelError
 
+from conftest import build_digits_cnn
+
 keras = pytest.importorskip("keras")
 if not keras.__version__.startswith("3."):  # pragma: no cover - the venv pins Keras 3
     pytest.skip(f"needs Keras 3, found keras {keras.__version__}", allow_module_level=True)
 
 
 def build_keras3_digits_cnn(width: int = 16, name: str = "digits_cnn"):
-    """conftest's digits CNN, written with Keras 3."""
-    inputs = keras.Input((8, 8, 1), name="image")
-    h = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(inputs)
-    h = keras.layers.Conv2D(2 * width, 3, strides=2, padding="same", activation="relu")(h)
-    h = keras.layers.Flatten()(h)
-    h = keras.layers.Dense(4 * width, activation="relu")(h)
-    outputs = keras.layers.Dense(10, name="logits")(h)
-    return keras.Model(inputs, outputs, name=name)
+    """conftest's digits CNN, built with Keras 3."""
+    return build_digits_cnn(width, name, keras=keras)
 
 
 def compile_keras3_style(edge):
