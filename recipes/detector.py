@@ -617,10 +617,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                header="ycenter,xcenter,h,w", comments="")
     paths["anchors"] = anchors_path
     with common.stage("export: Android and micro bundles", timings, cpu):
-        # labels stay in labels.txt: the bundles' label check expects one output of classes
         results["bundles"] = common.export_bundles(
             artifact, out_dir, which=args.bundles, name=name,
-            description=_describe(args, data.num_classes), labels=None,
+            description=_describe(args, data.num_classes), labels=data.labels,
             sample_inputs=data.test_images[:8], validation=report, benchmark=bench_report)
     if results["bundles"]:
         with open(paths["report"], "a") as f:

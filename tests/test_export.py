@@ -220,3 +220,19 @@ def test_one_step_differences_fail_unless_allowed():
     assert "top-1 equal on 100%" in strict["summary"]
     assert export._agreement(reference, candidate, max_diff=1)["equal"]
     assert not export._agreement(reference, [candidate[0] + 2], max_diff=1)["equal"]
+
+
+def test_labels_attach_to_the_class_scores_output_of_a_detector(tmp_path, digits):
+    (x, _), _ = digits
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Flatten()(inputs)
+    boxes = keras.layers.Reshape((4, 4))(keras.layers.Dense(16)(h))
+    scores = keras.layers.Reshape((4, 3))(keras.layers.Dense(12, activation="sigmoid")(h))
+    artifact = tfedge.convert(keras.Model(inputs, [boxes, scores]), representative_data=x[:100])
+    tfedge.export_android(artifact, tmp_path / "det", labels=["circle", "square", "triangle"])
+    sidecar = json.loads((tmp_path / "det" / "metadata.json").read_text())
+    labelled = [o for o in sidecar["outputs"] if o["labels_file"]]
+    assert len(labelled) == 1 and labelled[0]["shape"][-1] == 3
+    with pytest.raises(ValueError, match="5 labels"):
+        tfedge.export_android(artifact, tmp_path / "bad", labels=list("abcde"))

@@ -386,7 +386,12 @@ def android_metadata(artifact: Any, *, name: str, version: str, description: str
     inputs = [_tensor_facts(t, by_index.get(t.index)) for t in artifact.inputs]
     outputs = [_tensor_facts(t, by_index.get(t.index)) for t in artifact.outputs]
     inputs[0]["normalization"] = normalization
-    outputs[0]["labels_file"] = LABELS_FILE if labels else None
+    # Labels belong to the first output with one value per label (a detector's
+    # scores, not its boxes).
+    labelled = next((o for o, t in zip(outputs, artifact.outputs)
+                     if labels and t.shape and t.shape[-1] == len(labels)), None)
+    for o in outputs:
+        o["labels_file"] = LABELS_FILE if o is labelled else None
     steps = ["x = (x - mean) / std" if normalization else None,
              "q = clamp(round(x / scale) + zero_point)" if inputs[0]["quantization"] else None]
     return {
@@ -469,10 +474,11 @@ def export_android(artifact: Any, out_dir: str | os.PathLike, *,
     io = _check_io_type(artifact, io_type)
     labels = list(labels) if labels is not None else None
     if labels is not None:
-        classes = artifact.outputs[0].shape[-1] if artifact.outputs[0].shape else 1
-        if len(labels) != classes:
-            raise ValueError(f"{len(labels)} labels for {classes} output classes: give one "
-                             "label per class, in output order.")
+        classes = [t.shape[-1] if t.shape else 1 for t in artifact.outputs]
+        if len(labels) not in classes:
+            raise ValueError(f"{len(labels)} labels, but the outputs have "
+                             f"{' / '.join(map(str, classes))} output classes: give one "
+                             "label per class of the class-scores output, in output order.")
         if any("\n" in str(label) for label in labels):
             raise ValueError("Labels must not contain newlines (labels.txt has one per line).")
         labels = [str(label) for label in labels]
