@@ -54,7 +54,7 @@ from absl import logging
 from tfedge import cost as cost_lib
 from tfedge import devices
 from tfedge.errors import InvalidModelFileError, TFEdgeError
-from tfedge.report import format_table, to_json
+from tfedge.report import format_table, to_json, write_json
 
 HOST = "host"
 
@@ -411,11 +411,7 @@ class BenchReport:
 
     def save(self, path: str | os.PathLike) -> str:
         """Writes the report as JSON; returns the path."""
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(self.to_json() + "\n")
-        return path
+        return write_json(path, self.to_dict())
 
     def __str__(self) -> str:
         h, lat = self.host, self.host.latency_ms
@@ -505,11 +501,7 @@ class CompareReport:
         return to_json(self.to_dict())
 
     def save(self, path: str | os.PathLike) -> str:
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(self.to_json() + "\n")
-        return path
+        return write_json(path, self.to_dict())
 
     def __str__(self) -> str:
         def x(v):

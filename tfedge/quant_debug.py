@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from tfedge.report import format_table, to_json
+from tfedge.report import format_table, to_json, write_json
 
 
 # ----------------------------------------------------------------------------
@@ -128,11 +128,7 @@ class QuantizationDebugReport:
 
     def save(self, path: str | os.PathLike) -> str:
         """Writes the report as JSON; returns the path."""
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(self.to_json() + "\n")
-        return path
+        return write_json(path, self.to_dict())
 
     def __str__(self) -> str:
         def num(v, fmt=".3g"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any, Sequence
 
 
@@ -49,6 +50,19 @@ def _is_number(text: str) -> bool:
 def to_json(data: Any) -> str:
     """JSON with NumPy scalars and arrays turned into Python values."""
     return json.dumps(data, indent=2, default=_default, sort_keys=False)
+
+
+def write_json(path: "str | os.PathLike", data: Any) -> str:
+    """Writes ``data`` as JSON (see :func:`to_json`), creating parent folders.
+
+    Returns:
+        The path written.
+    """
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(to_json(data) + "\n")
+    return path
 
 
 def _default(value: Any) -> Any:
