@@ -14,11 +14,13 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import numpy as np
 from absl import logging
 
+from tfedge._config import PhaseConfig
 from tfedge._keras import keras
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.clustering.keras import cluster as _cluster_lib
@@ -28,7 +30,8 @@ _tfmot_cluster = tfmot.clustering.keras
 INITS = ("kmeans_plus_plus", "density_based", "linear", "random")
 
 
-class ClusterConfig:
+@dataclasses.dataclass(frozen=True, repr=False)
+class ClusterConfig(PhaseConfig):
     """How many shared values per kernel, and when clustering starts.
 
     Args:
@@ -45,50 +48,30 @@ class ClusterConfig:
         ValueError: fewer than 2 clusters, unknown init, negative start.
     """
 
-    def __init__(self, number_of_clusters: int = 16, *, start_epoch: int | None = None,
-                 init: str = "kmeans_plus_plus", layers: list[str] | None = None,
-                 preserve_sparsity: bool | None = None):
-        self.number_of_clusters = int(number_of_clusters)
-        self.start_epoch = start_epoch
-        self.init = init
-        self.layers = list(layers) if layers is not None else None
-        self.preserve_sparsity = preserve_sparsity
+    ARGUMENT = "cluster"
+    SHORTHAND = ((int,), "number_of_clusters", "a number of clusters")
+
+    number_of_clusters: int = 16
+    _: dataclasses.KW_ONLY
+    start_epoch: int | None = None
+    init: str = "kmeans_plus_plus"
+    layers: list[str] | None = None
+    preserve_sparsity: bool | None = None
+
+    def _normalize(self) -> None:
+        self._set("number_of_clusters", int(self.number_of_clusters))
+        if self.layers is not None:
+            self._set("layers", list(self.layers))
+
+    def _validate(self) -> None:
         if self.number_of_clusters < 2:
-            raise ValueError(f"number_of_clusters={number_of_clusters}: use 2 or more "
+            raise ValueError(f"number_of_clusters={self.number_of_clusters}: use 2 or more "
                              "(8 to 32 are typical).")
         if self.init not in INITS:
-            raise ValueError(f"Unknown init {init!r}; use one of {', '.join(INITS)}.")
-        if start_epoch is not None and (int(start_epoch) != start_epoch or start_epoch < 0):
-            raise ValueError(f"start_epoch={start_epoch} must be a whole number >= 0.")
-
-    def get_config(self) -> dict[str, Any]:
-        return {"number_of_clusters": self.number_of_clusters, "start_epoch": self.start_epoch,
-                "init": self.init, "layers": self.layers,
-                "preserve_sparsity": self.preserve_sparsity}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "ClusterConfig":
-        return cls(**config)
-
-    @classmethod
-    def coerce(cls, value: Any) -> "ClusterConfig | None":
-        """Turns ``wrap``'s ``cluster=`` argument into a ClusterConfig (or None)."""
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, int):
-            return cls(number_of_clusters=value)
-        if isinstance(value, dict):
-            return cls(**value)
-        raise ValueError("cluster= takes a ClusterConfig, a number of clusters, a dict of "
-                         f"ClusterConfig arguments, True or None; got {type(value).__name__}.")
-
-    def __repr__(self) -> str:
-        return "ClusterConfig(" + ", ".join(f"{k}={v!r}" for k, v in
-                                            self.get_config().items() if v is not None) + ")"
+            raise ValueError(f"Unknown init {self.init!r}; use one of {', '.join(INITS)}.")
+        start = self.start_epoch
+        if start is not None and (int(start) != start or start < 0):
+            raise ValueError(f"start_epoch={start} must be a whole number >= 0.")
 
 
 def is_clusterable(layer: Any, number_of_clusters: int) -> bool:

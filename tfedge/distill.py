@@ -26,10 +26,12 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import tensorflow as tf
 
+from tfedge._config import PhaseConfig
 from tfedge._keras import keras
 from tfedge.errors import UnsupportedModelError
 
@@ -37,7 +39,8 @@ from tfedge.errors import UnsupportedModelError
 _WRAPPER_PREFIXES = ("prune_low_magnitude_", "cluster_", "quant_")
 
 
-class DistillConfig:
+@dataclasses.dataclass(frozen=True, repr=False)
+class DistillConfig(PhaseConfig):
     """How the student learns from the teacher.
 
     Args:
@@ -61,52 +64,44 @@ class DistillConfig:
     [('conv', 't_conv')]
     """
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.1, *,
-                 features: dict[str, str] | list[tuple[str, str]] | None = None,
-                 feature_weight: float = 1.0, from_logits: bool = True):
-        self.temperature = float(temperature)
-        self.alpha = float(alpha)
+    ARGUMENT = "distill"
+    NONE_IS_DEFAULT = True  # distillation is on when wrap has a teacher
+
+    temperature: float = 4.0
+    alpha: float = 0.1
+    _: dataclasses.KW_ONLY
+    features: dict[str, str] | list[tuple[str, str]] | None = None
+    feature_weight: float = 1.0
+    from_logits: bool = True
+
+    def _normalize(self) -> None:
+        self._set("temperature", float(self.temperature))
+        self._set("alpha", float(self.alpha))
+        features = self.features
         if isinstance(features, dict):
             features = list(features.items())
         try:
-            self.features = [(str(s), str(t)) for s, t in (features or [])]
+            self._set("features", [(str(s), str(t)) for s, t in (features or [])])
         except (TypeError, ValueError) as err:
             raise ValueError("features must be {student layer: teacher layer} or a list of "
                              "(student layer, teacher layer) pairs.") from err
-        self.feature_weight = float(feature_weight)
-        self.from_logits = bool(from_logits)
+        self._set("feature_weight", float(self.feature_weight))
+        self._set("from_logits", bool(self.from_logits))
+
+    def _validate(self) -> None:
         if not self.temperature > 0:
-            raise ValueError(f"temperature={temperature} must be positive (typical: 2 to 8).")
+            raise ValueError(f"temperature={self.temperature:g} must be positive (typical: "
+                             "2 to 8).")
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha={alpha} must be in [0, 1]: it weighs the hard-label "
-                             "loss against the soft targets (1 - alpha).")
+            raise ValueError(f"alpha={self.alpha:g} must be in [0, 1]: it weighs the "
+                             "hard-label loss against the soft targets (1 - alpha).")
         if self.feature_weight < 0:
-            raise ValueError(f"feature_weight={feature_weight} must be >= 0.")
+            raise ValueError(f"feature_weight={self.feature_weight:g} must be >= 0.")
 
     def get_config(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "alpha": self.alpha,
-                "features": [list(p) for p in self.features],
-                "feature_weight": self.feature_weight, "from_logits": self.from_logits}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "DistillConfig":
-        return cls(**config)
-
-    @classmethod
-    def coerce(cls, value: Any) -> "DistillConfig":
-        """Turns ``wrap``'s ``distill=`` argument into a DistillConfig."""
-        if value is None or value is True:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, dict):
-            return cls(**value)
-        raise ValueError(f"distill= takes a DistillConfig, a dict of DistillConfig "
-                         f"arguments, True or None; got {type(value).__name__}.")
-
-    def __repr__(self) -> str:
-        return "DistillConfig(" + ", ".join(f"{k}={v!r}" for k, v in
-                                            self.get_config().items()) + ")"
+        config = super().get_config()
+        config["features"] = [list(p) for p in self.features]
+        return config
 
 
 def soft_target_loss(teacher_logits: Any, student_logits: Any, temperature: float) -> tf.Tensor:

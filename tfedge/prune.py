@@ -20,13 +20,14 @@ Example:
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tfedge._config import PhaseConfig
 from tfedge._keras import keras
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
@@ -131,7 +132,8 @@ class ConstantSparsity(_ResolvableSchedule):
 # ----------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------
-class PruneConfig:
+@dataclasses.dataclass(frozen=True, repr=False)
+class PruneConfig(PhaseConfig):
     """What to prune, how much, and when.
 
     Begin and end may be given in steps or in epochs (not both). Epochs are
@@ -167,24 +169,29 @@ class PruneConfig:
     'polynomial_decay'
     """
 
+    ARGUMENT = "prune"
+    SHORTHAND = ((int, float), "final_sparsity", "a sparsity such as 0.8")
     SCHEDULES = ("polynomial_decay", "constant")
 
-    def __init__(self, final_sparsity: float = 0.8, *, initial_sparsity: float = 0.0,
-                 schedule: str = "polynomial_decay",
-                 begin_step: int | None = None, end_step: int | None = None,
-                 begin_epoch: float | None = None, end_epoch: float | None = None,
-                 frequency: int | None = None, power: float = 3.0,
-                 layers: LayerSelector = None, structure: str | None = None):
-        self.final_sparsity = float(final_sparsity)
-        self.initial_sparsity = float(initial_sparsity)
-        self.schedule = schedule
-        self.begin_step, self.end_step = begin_step, end_step
-        self.begin_epoch, self.end_epoch = begin_epoch, end_epoch
-        self.frequency = frequency
-        self.power = float(power)
-        self.layers = list(layers) if isinstance(layers, (list, tuple)) else layers
-        self.structure = structure
-        self._validate()
+    final_sparsity: float = 0.8
+    _: dataclasses.KW_ONLY
+    initial_sparsity: float = 0.0
+    schedule: str = "polynomial_decay"
+    begin_step: int | None = None
+    end_step: int | None = None
+    begin_epoch: float | None = None
+    end_epoch: float | None = None
+    frequency: int | None = None
+    power: float = 3.0
+    layers: LayerSelector = None
+    structure: str | None = None
+
+    def _normalize(self) -> None:
+        self._set("final_sparsity", float(self.final_sparsity))
+        self._set("initial_sparsity", float(self.initial_sparsity))
+        self._set("power", float(self.power))
+        if isinstance(self.layers, (list, tuple)):
+            self._set("layers", list(self.layers))
 
     def _validate(self) -> None:
         if self.schedule not in self.SCHEDULES:
@@ -293,43 +300,17 @@ class PruneConfig:
         return begin, end, frequency
 
     def get_config(self) -> dict[str, Any]:
-        if callable(self.layers):
-            layers = getattr(self.layers, "__name__", repr(self.layers))
-        else:
-            layers = self.layers
-        return {"final_sparsity": self.final_sparsity, "initial_sparsity": self.initial_sparsity,
-                "schedule": self.schedule, "begin_step": self.begin_step,
-                "end_step": self.end_step, "begin_epoch": self.begin_epoch,
-                "end_epoch": self.end_epoch, "frequency": self.frequency,
-                "power": self.power, "layers": layers, "structure": self.structure}
+        config = super().get_config()
+        if callable(self.layers):  # a predicate is named, and cannot be restored
+            config["layers"] = getattr(self.layers, "__name__", repr(self.layers))
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "PruneConfig":
-        config = dict(config)
         if isinstance(config.get("layers"), str):
             raise ValueError("A layer predicate cannot be restored from a config; pass "
                              "layers= again.")
         return cls(**config)
-
-    @classmethod
-    def coerce(cls, value: Any) -> "PruneConfig | None":
-        """Turns ``wrap``'s ``prune=`` argument into a PruneConfig (or None)."""
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, (int, float)):
-            return cls(final_sparsity=float(value))
-        if isinstance(value, dict):
-            return cls(**value)
-        raise ValueError(f"prune= takes a PruneConfig, a sparsity such as 0.8, a dict of "
-                         f"PruneConfig arguments, True or None; got {type(value).__name__}.")
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if v is not None)
-        return f"PruneConfig({args})"
 
 
 # ----------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable
 
 from absl import logging
 
+from tfedge._config import PhaseConfig
 from tfedge._keras import keras
 from tfedge.errors import UnsupportedModelError
 import tensorflow_model_optimization as tfmot
@@ -57,7 +58,8 @@ _KERAS_MODULES = ("tf_keras.", "keras.", "tensorflow_model_optimization.", "tens
 # ----------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------
-class QATConfig:
+@dataclasses.dataclass(frozen=True, repr=False)
+class QATConfig(PhaseConfig):
     """How to run quantization-aware training, and when.
 
     Args:
@@ -94,18 +96,22 @@ class QATConfig:
     ['my_layer']
     """
 
-    def __init__(self, scheme: str = "int8", *, start_epoch: int | None = None,
-                 learning_rate: float | None = None, skip: Iterable[str] = (),
-                 layer_configs: dict[str, Any] | None = None, strict: bool = False,
-                 preserve_sparsity: bool | None = None):
-        self.scheme = scheme
-        self.start_epoch = start_epoch
-        self.learning_rate = learning_rate
-        self.skip = list(skip)
-        self.layer_configs = dict(layer_configs or {})
-        self.strict = bool(strict)
-        self.preserve_sparsity = preserve_sparsity
-        self._validate()
+    ARGUMENT = "quantize"
+    SHORTHAND = ((str,), "scheme", f"a scheme name ({', '.join(SCHEMES)})")
+
+    scheme: str = "int8"
+    _: dataclasses.KW_ONLY
+    start_epoch: int | None = None
+    learning_rate: float | None = None
+    skip: Iterable[str] = ()
+    layer_configs: dict[str, Any] | None = None
+    strict: bool = False
+    preserve_sparsity: bool | None = None
+
+    def _normalize(self) -> None:
+        self._set("skip", list(self.skip))
+        self._set("layer_configs", dict(self.layer_configs or {}))
+        self._set("strict", bool(self.strict))
 
     def _validate(self) -> None:
         if self.scheme not in SCHEMES:
@@ -128,11 +134,10 @@ class QATConfig:
                     "which weights and activations of the layer to quantize).")
 
     def get_config(self) -> dict[str, Any]:
-        return {"scheme": self.scheme, "start_epoch": self.start_epoch,
-                "learning_rate": self.learning_rate, "skip": list(self.skip),
-                "layer_configs": {name: keras.utils.serialize_keras_object(c)
-                                  for name, c in self.layer_configs.items()},
-                "strict": self.strict, "preserve_sparsity": self.preserve_sparsity}
+        config = super().get_config()
+        config["layer_configs"] = {name: keras.utils.serialize_keras_object(c)
+                                   for name, c in self.layer_configs.items()}
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "QATConfig":
@@ -144,28 +149,6 @@ class QATConfig:
                 name: keras.utils.deserialize_keras_object(c)
                 for name, c in (config.get("layer_configs") or {}).items()}
         return cls(**config)
-
-    @classmethod
-    def coerce(cls, value: Any) -> "QATConfig | None":
-        """Turns ``wrap``'s ``quantize=`` argument into a QATConfig (or None)."""
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            return cls(scheme=value)
-        if isinstance(value, dict):
-            return cls(**value)
-        raise ValueError(f"quantize= takes True, a scheme name ({', '.join(SCHEMES)}), a "
-                         f"QATConfig, a dict of QATConfig arguments or None; got "
-                         f"{type(value).__name__}.")
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()
-                         if v not in (None, [], {}, False))
-        return f"QATConfig({args})"
 
 
 @dataclasses.dataclass
