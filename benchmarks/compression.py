@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import tfedge  # noqa: E402
 from tfedge import keras  # noqa: E402
 from tfedge.data import load_digits  # noqa: E402
-from tfedge.report import format_table, to_json  # noqa: E402
+from tfedge.report import format_table, write_json  # noqa: E402
 
 
 # ----------------------------------------------------------------------------
@@ -222,9 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                         "bytes", "gzip bytes", "sparsity", "train s", "train cpu s"], table,
                        title="Compression on digits (test split, 450 images)"))
     result = {"settings": vars(args), "rows": rows}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(to_json(result) + "\n")
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

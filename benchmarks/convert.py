@@ -38,8 +38,8 @@ import tensorflow as tf  # noqa: E402
 import tfedge  # noqa: E402
 from tfedge import keras  # noqa: E402
 from tfedge.data import load_digits  # noqa: E402
-from tfedge.report import format_table, to_json  # noqa: E402
-from tfedge.validate import TFLiteRunner  # noqa: E402
+from tfedge.report import format_table, write_json  # noqa: E402
+from tfedge import TFLiteRunner  # noqa: E402
 
 MODES = [("int8", "int8"), ("int8", "uint8"), ("int8", "float32"), ("int16x8", None),
          ("float16", None), ("dynamic_range", None), ("float32", None)]
@@ -287,9 +287,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {"modes": modes, "sparse": sparse, "fallback": fallback, "mobilenet": mobilenet,
                "versions": {"tensorflow": tf.__version__, "tfedge": tfedge.__version__}}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(to_json(results) + "\n")
+    write_json(args.out, results)
     print(f"\nwrote {args.out}")
     return 0
 

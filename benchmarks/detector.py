@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tfedge  # noqa: E402
-from tfedge.report import format_table, to_json  # noqa: E402
+from tfedge.report import format_table, write_json  # noqa: E402
 
 from recipes import detector  # noqa: E402
 
@@ -113,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "acceptance": checks,
         "output": os.path.dirname(results["files"]["tflite"]),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(to_json(record) + "\n")
+    write_json(args.out, record)
     print(f"\nwrote {args.out}")
     return 0 if all(checks.values()) else 1
 

@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tfedge  # noqa: E402
 from tfedge import export, keras, micro  # noqa: E402
 from tfedge.data import load_digits  # noqa: E402
-from tfedge.report import format_table, to_json  # noqa: E402
+from tfedge.report import format_table, write_json  # noqa: E402
 
 
 def build(width: int) -> keras.Model:
@@ -109,10 +109,8 @@ def main(argv: list[str] | None = None) -> int:
          "metadata +B", "TFLM vs LiteRT", "XNNPACK vs builtin", "micro s", "android s",
          "check micro s", "checks"], rows,
         title="Digits CNN bundles (32 test digits; TFLM in a subprocess)"))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(to_json({"tflm_version": micro.tflm_version(),
-                         "samples": len(samples), "results": results}) + "\n")
+    write_json(args.out, {"tflm_version": micro.tflm_version(),
+                          "samples": len(samples), "results": results})
     print(f"wrote {args.out}")
     return 0
 

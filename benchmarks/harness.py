@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 import tfedge  # noqa: E402
 from tfedge import devices, keras  # noqa: E402
-from tfedge.report import format_table, to_json  # noqa: E402
+from tfedge.report import format_table, write_json  # noqa: E402
 
 TARGETS = ["rpi3", "rpi4", "rpi5"]
 SVE_CHECK = ["max", "max,sve=off"]
@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     models = build_models(args.alpha, args.size, args.sparsity)
     build_s = time.time() - start
     start = time.time()
-    report = tfedge.bench.compare(models, target=TARGETS + ["cortex-m7"], runs=args.runs,
-                                  warmup=10)
+    report = tfedge.compare(models, target=TARGETS + ["cortex-m7"], runs=args.runs,
+                            warmup=10)
     sve_models = {"int8": models["int8"], "digits CNN int8": digits_cnn_int8()}
     sve = [tfedge.bench(art, target=SVE_CHECK, runs=5, warmup=1, name=name)
            for name, art in sve_models.items()]
@@ -170,14 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbuild {build_s:.0f} s, benchmark {bench_s:.0f} s "
           f"(host: {report.reports[0].host.machine})")
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(to_json({"model": f"MobileNetV2 alpha {args.alpha} {args.size}x{args.size}",
-                         "targets": TARGETS + ["cortex-m7"], "sizes": sizes,
-                         "compare": report.to_dict(),
-                         "sve_check": [{"model": r.name, **t.to_dict()}
-                                       for r in sve for t in r.targets],
-                         "build_seconds": build_s, "bench_seconds": bench_s}) + "\n")
+    write_json(args.out, {"model": f"MobileNetV2 alpha {args.alpha} {args.size}x{args.size}",
+                          "targets": TARGETS + ["cortex-m7"], "sizes": sizes,
+                          "compare": report.to_dict(),
+                          "sve_check": [{"model": r.name, **t.to_dict()}
+                                        for r in sve for t in r.targets],
+                          "build_seconds": build_s, "bench_seconds": bench_s})
     print(f"wrote {args.out}")
     return 0
 

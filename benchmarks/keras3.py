@@ -29,8 +29,9 @@ import numpy as np  # noqa: E402
 
 import tfedge  # noqa: E402  (first: tf.keras is tf_keras; `import keras` stays Keras 3)
 from tfedge import keras3 as bridge  # noqa: E402
+from tfedge import source as source_lib  # noqa: E402
 from tfedge.data import load_digits  # noqa: E402
-from tfedge.report import format_table, to_json  # noqa: E402
+from tfedge.report import format_table, write_json  # noqa: E402
 
 import keras  # noqa: E402  (Keras 3)
 
@@ -83,16 +84,16 @@ def convert_rows() -> list[dict]:
     keras.utils.set_random_seed(0)
     model = MODELS["MobileNetV2"]()
     qat = tfedge.wrap(model, quantize=True).finish()  # a tf_keras QAT model
-    holder = bridge.variable_holder
+    holder = source_lib.variable_holder
     rows, contents = [], []
     for label, fn in (("whole tf_keras model", lambda m: m), ("variables only", holder)):
-        bridge.variable_holder = fn  # what tfedge.convert hands the converter
+        source_lib.variable_holder = fn  # what tfedge.convert hands the converter
         try:
             start = time.perf_counter()
             artifact = tfedge.convert(qat)
             seconds = time.perf_counter() - start
         finally:
-            bridge.variable_holder = holder
+            source_lib.variable_holder = holder
         contents.append(artifact.content)
         rows.append({"trackable": label, "convert_s": round(seconds, 1),
                      "bytes": artifact.size_bytes})
@@ -127,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                            [[r["trackable"], r["convert_s"], r["bytes"], r["same_bytes"]]
                             for r in conv]))
         result["convert"] = conv
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(to_json(result))
+    write_json(args.out, result)
     print(f"\nwrote {args.out}")
     return 0
 

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import tfedge  # noqa: E402
 from tfedge import keras  # noqa: E402
 from tfedge.data import load_digits  # noqa: E402
-from tfedge.report import format_table, to_json  # noqa: E402
+from tfedge.report import format_table, write_json  # noqa: E402
 
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
@@ -122,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
               "p90_step_s": {n: float(np.percentile(t, 90)) for n, t in times.items()},
               "ratio_tfedge_vs_tfmot": median["tfedge.wrap"] / base,
               "ratio_tfmot_vs_plain": base / median["plain fit"]}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(to_json(result) + "\n")
+    write_json(args.out, result)
     print(f"tfedge / tfmot = {result['ratio_tfedge_vs_tfmot']:.3f}x  (target <= 1.05x); "
           f"wrote {args.out}")
     return 0

@@ -23,7 +23,6 @@ rerunning with a larger ``--trials`` resumes.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import shutil
 import sys
@@ -36,10 +35,10 @@ import numpy as np  # noqa: E402
 import tfedge  # noqa: E402
 from tfedge import keras  # noqa: E402
 from tfedge.data import load_digits  # noqa: E402
-from tfedge.report import format_table, to_json  # noqa: E402
-from tfedge.validate import TFLiteRunner  # noqa: E402
+from tfedge.report import format_table, write_json  # noqa: E402
+from tfedge import TFLiteRunner  # noqa: E402
 
-tune_lib = importlib.import_module("tfedge.tune")  # the module (tfedge.tune is the function)
+from tfedge import _tune as tune_lib  # noqa: E402  (the tune stage's module)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -131,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary['infeasible']}, failed {summary['failed']}")
 
     os.makedirs(out_dir, exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(to_json(summary) + "\n")
+    write_json(args.out, summary)
     if "plot" in result.files:
         shutil.copyfile(result.files["plot"], os.path.join(out_dir, "tune_pareto.png"))
     print(f"wrote {args.out}")

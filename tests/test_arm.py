@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from tfedge import arm, bench, devices
+from tfedge import _bench, arm, bench, devices
 from tfedge.arm import sysroot
 
 
@@ -46,10 +46,10 @@ def test_a72_count_is_identical_across_runs(emulated, digits_int8, arm_env):
     assert len(a72.instruction_counts) == 2 and a72.deterministic
     assert a72.instructions > 1000
     # A second emulated process on the same inputs counts the same.
-    arrays = bench.make_inputs(digits_int8)
+    arrays = _bench.make_inputs(digits_int8)
     with tempfile.TemporaryDirectory() as workdir:
         model_path = digits_int8.save(os.path.join(workdir, "m.tflite"))
-        inputs = bench._write_inputs(arrays, workdir)
+        inputs = _bench._write_inputs(arrays, workdir)
         again = arm.run_counted(model_path, inputs, "cortex-a72", workdir, runs=1, env=arm_env)
     assert again.instructions == [a72.instructions]
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import tfedge
-from tfedge import bench, cli, devices
+from tfedge import _bench, cli, devices
+from tfedge import bench, estimate_latency
 from tfedge.cost import model_cost
 from tfedge.errors import InvalidModelFileError
 
@@ -74,22 +75,22 @@ def test_cost_matches_the_architecture(digits_int8, trained_digits_cnn):
 
 
 def test_fast_estimate_is_above_the_bound(digits_int8):
-    est = bench.estimate_latency(digits_int8, "rpi4")
+    est = estimate_latency(digits_int8, "rpi4")
     assert est.method == "macs" and est.is_estimate
     assert est.latency_ms > est.lower_bound_ms > 0
     assert est["macs"] == model_cost(digits_int8).macs
     assert dict(est)["target"] == "rpi4"
-    rpi5 = bench.estimate_latency(digits_int8.content, "rpi5")
+    rpi5 = estimate_latency(digits_int8.content, "rpi5")
     assert rpi5.lower_bound_ms < est.lower_bound_ms  # SDOT and a faster clock
 
 
 def test_estimate_from_a_given_instruction_count(digits_int8):
-    est = tfedge.bench.estimate_latency(digits_int8, "rpi4", instructions=1_485_000)
+    est = tfedge.estimate_latency(digits_int8, "rpi4", instructions=1_485_000)
     rpi4 = devices.PROFILES["rpi4"]
     assert est.method == "instructions"
     assert est.latency_ms == pytest.approx(1e3 * 1_485_000 / (rpi4.ipc * rpi4.clock_hz))
     with pytest.raises(ValueError, match="cannot be emulated"):
-        bench.estimate_latency(digits_int8, "cortex-m7", method="instructions")
+        estimate_latency(digits_int8, "cortex-m7", method="instructions")
 
 
 def test_device_profiles_round_trip_and_cite_sources():
@@ -105,8 +106,8 @@ def test_output_mismatch_is_counted(tmp_path):
     a, b = tmp_path / "a.npy", tmp_path / "b.npy"
     np.save(a, np.array([[1, 2, 3]], np.int8))
     np.save(b, np.array([[1, 2, 5]], np.int8))
-    assert bench._compare_outputs([str(a)], [str(b)]) == (False, 1, 2.0)
-    assert bench._compare_outputs([str(a)], [str(a)]) == (True, 0, 0.0)
+    assert _bench._compare_outputs([str(a)], [str(b)]) == (False, 1, 2.0)
+    assert _bench._compare_outputs([str(a)], [str(a)]) == (True, 0, 0.0)
 
 
 def test_compare_gives_ratios_to_the_baseline(trained_digits_cnn, digits_int8):

@@ -15,11 +15,12 @@ import tensorflow as tf
 import tfedge
 from tfedge import keras
 from tfedge.card import card_path, read_model_card
-from tfedge.convert import (TFLiteArtifact, load, representative_from_dataset,
-                            representative_samples)
+from tfedge import artifact as artifact_module
+from tfedge.artifact import TFLiteArtifact, load
+from tfedge.calibration import representative_from_dataset, representative_samples
 from tfedge.errors import InvalidModelFileError, UnsupportedModelError
 from tfedge.quant_debug import debug_quantization
-from tfedge.validate import TFLiteRunner
+from tfedge import TFLiteRunner
 
 # mode, input/output type -> expected input, output and activation tensor types
 MODE_CASES = [
@@ -356,18 +357,17 @@ def test_corrupt_files_raise_clear_errors_and_never_crash(digits_int8, trained_d
 
 def test_a_model_that_crashes_litert_is_reported_not_fatal(digits_int8, tmp_path, monkeypatch):
     """What the child-process probe does when LiteRT dies on a file (simulated: SIGSEGV)."""
-    convert_module = sys.modules["tfedge.convert"]  # (tfedge.convert is the function)
     path = tmp_path / "model.tflite"
     path.write_bytes(digits_int8.content + b"")  # same bytes, but no card: not vouched for
-    monkeypatch.setattr(convert_module, "_TRUSTED", set())
-    monkeypatch.setattr(convert_module, "_PROBE_SCRIPT",
+    monkeypatch.setattr(artifact_module, "_TRUSTED", set())
+    monkeypatch.setattr(artifact_module, "_PROBE_SCRIPT",
                         "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     with pytest.raises(InvalidModelFileError, match="crashes on this model.*SIGSEGV"):
         load(path)
     assert load(path, probe=False).sha256 == digits_int8.sha256
-    monkeypatch.setattr(convert_module, "_PROBE_SCRIPT", "raise ImportError('no LiteRT')")
+    monkeypatch.setattr(artifact_module, "_PROBE_SCRIPT", "raise ImportError('no LiteRT')")
     assert load(path).sha256 == digits_int8.sha256  # a probe that cannot run: warned, loaded
-    monkeypatch.setattr(convert_module, "_PROBE_SCRIPT", "import sys; sys.exit(0)")
+    monkeypatch.setattr(artifact_module, "_PROBE_SCRIPT", "import sys; sys.exit(0)")
     assert load(path).sha256 == digits_int8.sha256
 
 

@@ -1,6 +1,5 @@
 """tfedge.tune: budget checks, Pareto front, a real search on digits, resume, CLI."""
 
-import importlib
 import json
 import math
 import os
@@ -11,10 +10,11 @@ import pytest
 import tfedge
 from tfedge import keras
 from tfedge.card import read_model_card
-from tfedge.validate import TFLiteRunner
+from tfedge import TFLiteRunner
 
 pytest.importorskip("keras_tuner")
-tune_lib = importlib.import_module("tfedge.tune")  # the module: tfedge.tune is the function
+from tfedge import _tune as tune_lib  # the tune stage's package (tfedge.tune is the function)
+from tfedge._tune import scaling as tune_scaling
 
 
 def build_cnn(width, input_shape):
@@ -94,8 +94,8 @@ def test_search_space_has_no_settings_that_do_nothing():
 def test_scale_model_scales_hidden_layers_and_keeps_the_classes(make_digits_cnn):
     model = make_digits_cnn(width=16)
     scaled = tune_lib.scale_model(model, width=0.5, input_shape=(6, 6, 1))
-    widths = {layer.name: tune_lib._width_key(layer) and layer.get_config()[
-        tune_lib._width_key(layer)] for layer in scaled.layers}
+    widths = {layer.name: tune_scaling._width_key(layer) and layer.get_config()[
+        tune_scaling._width_key(layer)] for layer in scaled.layers}
     assert [v for v in widths.values() if v] == [8, 16, 32, 10]
     assert tuple(scaled.input_shape) == (None, 6, 6, 1)
     assert tuple(scaled.output_shape) == (None, 10)
@@ -167,9 +167,9 @@ def test_search_scores_int8_marks_infeasible_and_writes_front(digits, search_dir
     assert int8_acc == pytest.approx(best.metrics["accuracy"], abs=1e-9)
     assert best.metrics["sparsity"] == pytest.approx(0.75, abs=0.05)  # read from the flatbuffer
     # Latency is the benchmark harness's estimate for the target, per trial.
-    from tfedge import bench
+    from tfedge import estimate_latency
     assert best.metrics["latency_ms"] == pytest.approx(
-        bench.estimate_latency(artifact, "rpi4").latency_ms)
+        estimate_latency(artifact, "rpi4").latency_ms)
     assert big.metrics["latency_ms"] > best.metrics["latency_ms"]  # twice as wide, more MACs
 
     # Table, JSON, plot and the best bundle's card.

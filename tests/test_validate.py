@@ -5,7 +5,7 @@ import pytest
 
 import tfedge
 from tfedge import keras
-from tfedge.validate import TFLiteRunner, compare_outputs
+from tfedge._validate import TFLiteRunner, compare_outputs
 
 
 @pytest.fixture(scope="module")

@@ -3,45 +3,70 @@
 The pipeline, one module per stage::
 
     wrap -> (distill, prune, cluster, QAT: phases of one fit) -> convert -> validate
+         -> bench -> export          (plus tune, and the ``tfedge`` command line)
 
 Importing tfedge makes ``tf.keras`` resolve to tf_keras (Keras 2), which the
 TensorFlow Model Optimization Toolkit requires; see :mod:`tfedge._keras`.
+The public names below are imported on first use (PEP 562), so ``import
+tfedge`` itself does not import TensorFlow: ``tfedge inspect`` and ``tfedge
+check`` start in a fraction of a second. ``tfedge.wrap`` (or any name that
+needs TensorFlow) imports it then.
+
+Where each name lives (the stage modules are private where a function of
+the same name is the public entry point: ``tfedge.convert`` is the function,
+its module is ``tfedge._convert``):
 """
 
-from tfedge._keras import keras  # noqa: F401  (must come first: sets TF_USE_LEGACY_KERAS)
-from tfedge.convert import (MODES, TFLiteArtifact, check_full_integer, convert, load,
-                            representative_from_dataset, runtime_settings)
-from tfedge.quant_debug import QuantizationDebugReport, debug_quantization
-from tfedge.errors import (ConversionError, InvalidModelFileError, TFEdgeError,
-                           UnsupportedModelError, VerificationError)
-from tfedge.export import Bundle, BundleCheck, check_bundle, export_android, export_micro
-from tfedge.prune import ConstantSparsity, PolynomialDecay, PruneConfig, SparsityReport, sparsity_report
-from tfedge.quantize import QATConfig, QuantizationPlan
-from tfedge.distill import DistillConfig
-from tfedge.cluster import ClusterConfig
-from tfedge.validate import TFLiteRunner, ValidationReport, validate
-from tfedge import bench  # callable module: tfedge.bench(...), tfedge.bench.estimate_latency
-from tfedge.bench import BenchReport, CompareReport, HostResult, LatencyEstimate, TargetResult
-from tfedge.cost import ModelCost, model_cost
-from tfedge.devices import PROFILES, DeviceProfile
-from tfedge.tune import Budget, SearchSpace, TuneResult, tune
-from tfedge.wrap import EdgeModel, wrap
-from tfedge import keras3  # Keras 3 models: to_tf_keras / to_keras3 (wrap uses them)
+import importlib
+from typing import Any
+
+from tfedge import _keras  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS, or raises)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "wrap", "EdgeModel", "PruneConfig", "PolynomialDecay", "ConstantSparsity",
-    "sparsity_report", "SparsityReport", "convert", "load", "check_full_integer",
-    "TFLiteArtifact", "MODES", "validate", "ValidationReport", "TFLiteRunner",
-    "representative_from_dataset", "runtime_settings", "debug_quantization",
-    "QuantizationDebugReport",
-    "TFEdgeError", "ConversionError", "InvalidModelFileError", "UnsupportedModelError",
-    "VerificationError", "export_android", "export_micro", "check_bundle", "Bundle",
-    "BundleCheck",
-    "tune", "Budget", "SearchSpace", "TuneResult",
-    "bench", "BenchReport", "CompareReport", "HostResult", "TargetResult", "LatencyEstimate",
-    "model_cost", "ModelCost", "DeviceProfile", "PROFILES",
-    "QATConfig", "QuantizationPlan", "DistillConfig", "ClusterConfig",
-    "keras", "keras3", "__version__",
-]
+_EXPORTS = {
+    "tfedge._keras": ["keras"],
+    "tfedge._wrap": ["wrap", "EdgeModel"],
+    "tfedge.prune": ["PruneConfig", "PolynomialDecay", "ConstantSparsity", "sparsity_report",
+                     "SparsityReport"],
+    "tfedge.quantize": ["QATConfig", "QuantizationPlan"],
+    "tfedge.distill": ["DistillConfig"],
+    "tfedge.cluster": ["ClusterConfig"],
+    "tfedge.artifact": ["TFLiteArtifact", "MODES", "load", "check_full_integer",
+                        "runtime_settings"],
+    "tfedge.calibration": ["representative_from_dataset"],
+    "tfedge._convert": ["convert"],
+    "tfedge.quant_debug": ["debug_quantization", "QuantizationDebugReport"],
+    "tfedge._validate": ["validate", "ValidationReport", "TFLiteRunner"],
+    "tfedge._bench": ["bench", "compare", "estimate_latency", "BenchReport", "CompareReport",
+                      "HostResult", "TargetResult", "LatencyEstimate"],
+    "tfedge.cost": ["model_cost", "ModelCost"],
+    "tfedge.devices": ["DeviceProfile", "PROFILES"],
+    "tfedge.export": ["export_android", "export_micro", "check_bundle", "Bundle",
+                      "BundleCheck"],
+    "tfedge._tune": ["tune", "Budget", "SearchSpace", "TuneResult"],
+    "tfedge.errors": ["TFEdgeError", "ConversionError", "InvalidModelFileError",
+                      "UnsupportedModelError", "VerificationError"],
+}
+_SUBMODULES = ["keras3"]  # Keras 3 models: to_tf_keras / to_keras3 (wrap uses them)
+_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = [name for names in _EXPORTS.values() for name in names] + _SUBMODULES + [
+    "__version__"]
+__doc__ += "\n".join(f"\n* :mod:`{module}`: {', '.join(names)}"
+                     for module, names in _EXPORTS.items())
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        value = importlib.import_module(f"tfedge.{name}")
+    elif name in _HOME:
+        value = getattr(importlib.import_module(_HOME[name]), name)
+    else:
+        raise AttributeError(f"module 'tfedge' has no attribute {name!r}")
+    globals()[name] = value  # found once; later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -18,7 +18,7 @@ import json
 import os
 from typing import Any
 
-from tfedge.report import to_json
+from tfedge.report import write_json
 
 CARD_FILENAME = "model_card.json"
 
@@ -45,7 +45,7 @@ def model_card(artifact: Any, *, name: str, description: str = "",
     """Builds the model card of a converted model.
 
     Args:
-        artifact: a :class:`~tfedge.convert.TFLiteArtifact`.
+        artifact: a :class:`~tfedge.TFLiteArtifact`.
         name: model name for humans and file names.
         description: one or two sentences on what the model does.
         labels: class labels, in output order.
@@ -111,11 +111,7 @@ def write_card_beside(tflite_path: str | os.PathLike, card: dict[str, Any]) -> s
 def write_model_card(directory: str | os.PathLike, card: dict[str, Any],
                      filename: str = CARD_FILENAME) -> str:
     """Writes ``card`` as JSON into ``directory``; returns the file's path."""
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(os.fspath(directory), filename)
-    with open(path, "w") as f:
-        f.write(to_json(card) + "\n")
-    return path
+    return write_json(os.path.join(os.fspath(directory), filename), card)
 
 
 def read_model_card(path: str | os.PathLike) -> dict[str, Any]:

@@ -3,13 +3,40 @@
 Each subcommand has an ``_add_<name>`` function that declares its flags (with
 help for every flag) and a ``_run_<name>`` function that does the work through
 the public Python API. Library code logs; only this module prints results.
+
+``--help``, ``inspect``, ``check``, ``export`` and ``bench`` import no
+TensorFlow (the modules they use do not need it); ``convert`` and ``tune``
+import their stages, and TensorFlow with them, when they run.
+
+Array files (one convention for every subcommand): a ``.npy`` array of
+inputs, or a ``.npz`` with the inputs as ``x`` and labels as ``y``
+(``np.savez(path, x=x, y=y)``); a training file for ``tune`` adds the
+validation split as ``x_val`` and ``y_val``. ``x_train`` / ``y_train`` are
+still read as ``x`` / ``y``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
+import os
 import sys
+from typing import Any, Callable
+
+import numpy as np
+
+from tfedge.artifact import MODES, load
+from tfedge.card import card_path
+from tfedge.data import load_digits
+from tfedge.errors import TFEdgeError
+from tfedge.export import check_bundle, export_android, export_micro
+from tfedge.report import to_json
+from tfedge._bench import bench
+
+_NPZ_HELP = ("a .npz with inputs 'x' and labels 'y' (np.savez(path, x=x, y=y); the older "
+             "names x_train / y_train are read too)")
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +50,6 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from tfedge.convert import load
-
     artifact = load(args.model)
     if args.json:
         print(json.dumps({**artifact.to_dict(),
@@ -51,8 +76,9 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                        help="A saved tf_keras model (.keras or .h5) whose architecture is "
                             "rebuilt at each width and resolution and trained from scratch.")
     p.add_argument("--data", default="digits",
-                   help="'digits' (scikit-learn's, built in) or an .npz with x_train, y_train "
-                        "and optionally x_val, y_val (default: digits).")
+                   help="'digits' (scikit-learn's, built in) or " + _NPZ_HELP + ", and "
+                        "optionally the validation split as 'x_val', 'y_val' (default: "
+                        "digits).")
     p.add_argument("--outputs", choices=("logits", "probabilities"), default="logits",
                    help="What the model outputs, for the sparse cross-entropy loss "
                         "(default: logits).")
@@ -122,25 +148,23 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_tune(args: argparse.Namespace) -> int:
-    import tfedge
-    from tfedge import keras
-    from tfedge.report import to_json
-    from tfedge.tune import load_arrays, load_builder
+    from tfedge import _tune  # (imports TensorFlow: only when tuning)
+    from tfedge._keras import keras
 
     if args.builder:
         build = load_builder(args.builder)
     else:
         build = keras.models.load_model(args.model, compile=False)
     teacher = keras.models.load_model(args.teacher, compile=False) if args.teacher else None
-    data, validation = load_arrays(args.data)
+    data, validation = load_training_data(args.data)
     qat = {"off": [False], "on": [True], "both": [False, True]}[args.qat]
-    result = tfedge.tune(
+    result = _tune.tune(
         build, data, validation_data=validation,
-        budget=tfedge.Budget(max_size_bytes=args.max_size_bytes,
+        budget=_tune.Budget(max_size_bytes=args.max_size_bytes,
                              max_latency_ms=args.max_latency_ms, target=args.target,
                              max_arena_bytes=args.max_arena_bytes,
                              min_accuracy=args.min_accuracy),
-        space=tfedge.SearchSpace(final_sparsity=args.sparsity, prune_end=args.prune_end,
+        space=_tune.SearchSpace(final_sparsity=args.sparsity, prune_end=args.prune_end,
                                  quantize=qat, width=args.width,
                                  resolution=[r or None for r in args.resolution],
                                  distill={"off": [False], "on": [True],
@@ -203,14 +227,6 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    import os
-
-    import numpy as np
-
-    from tfedge.convert import load
-    from tfedge.export import export_android, export_micro
-    from tfedge.report import to_json
-
     if not args.android and not args.micro:
         raise ValueError("Say which bundle to write: --android OUT_DIR and/or --micro OUT_DIR.")
     artifact = load(args.model)
@@ -251,8 +267,6 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from tfedge.export import check_bundle
-
     result = check_bundle(args.bundle)
     print(result.to_json() if args.json else result)
     return 0 if result.ok else 1
@@ -299,13 +313,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from tfedge import bench
-
-    report = bench.bench(args.model, target=["host"] + (args.target or []),
-                         compare=args.compare, runs=args.runs, warmup=args.warmup,
-                         num_threads=args.threads, xnnpack=not args.no_xnnpack,
-                         emulate=not args.no_emulation, emulation_runs=args.emulation_runs,
-                         seed=args.seed, timeout=args.timeout)
+    report = bench(args.model, target=["host"] + (args.target or []),
+                   compare=args.compare, runs=args.runs, warmup=args.warmup,
+                   num_threads=args.threads, xnnpack=not args.no_xnnpack,
+                   emulate=not args.no_emulation, emulation_runs=args.emulation_runs,
+                   seed=args.seed, timeout=args.timeout)
     if args.output:
         report.save(args.output)
     print(report.to_json() if args.json else report)
@@ -314,8 +326,6 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    from tfedge.convert import MODES
-
     p = sub.add_parser(
         "convert", help="Convert a Keras model or SavedModel to a checked .tflite file.",
         description="Convert a .keras / .h5 file or a SavedModel directory to TFLite in one "
@@ -331,8 +341,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                         "weights; float16: float16 weights; dynamic_range: int8 weights, float "
                         "activations; float32: no quantization.")
     p.add_argument("--representative-data", metavar="FILE",
-                   help="Calibration inputs for int8/int16x8: a .npy array of samples (or a "
-                        ".npz with an 'x' array), preprocessed as for training.")
+                   help="Calibration inputs for int8/int16x8, preprocessed as for training: "
+                        "a .npy array of samples, or " + _NPZ_HELP + ".")
     p.add_argument("--num-samples", type=int, default=300,
                    help="Use at most this many representative samples (default 300).")
     p.add_argument("--input-type", choices=("int8", "uint8", "float32"),
@@ -356,8 +366,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-float-ops", action="store_true",
                    help="In integer modes, accept ops left in float (warn instead of failing).")
     p.add_argument("--eval-data", metavar="FILE",
-                   help="Evaluation inputs (.npy, or .npz with 'x' and 'y'): the model is "
-                        "validated on them and the result goes into the card.")
+                   help="Evaluation inputs: a .npy array, or " + _NPZ_HELP + ". The "
+                        "model is validated on them and the result goes into the card.")
     p.add_argument("--eval-labels", metavar="FILE",
                    help="Labels for --eval-data given as .npy (integers or one-hot).")
     p.add_argument("--tolerance", type=float,
@@ -373,10 +383,55 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_convert)
 
 
-def _load_arrays(path: str | None, what: str) -> tuple:
-    """(x, y) from a .npy file (y None) or a .npz file with 'x' (and 'y')."""
-    import numpy as np
+# ----------------------------------------------------------------------------
+# Inputs the command line reads: builder functions and array files
+# ----------------------------------------------------------------------------
+def load_builder(spec: str) -> Callable[..., Any]:
+    """``"path/to/file.py:function"`` or ``"package.module:function"`` -> the function.
 
+    Raises:
+        ValueError: malformed spec, missing file, module or function.
+    """
+    if ":" not in spec:
+        raise ValueError(f"--builder {spec!r} must be FILE.py:FUNCTION or MODULE:FUNCTION, "
+                         "e.g. models.py:build (the function takes width and input_shape).")
+    where, name = spec.rsplit(":", 1)
+    if where.endswith(".py"):
+        if not os.path.exists(where):
+            raise ValueError(f"--builder file {where!r} does not exist.")
+        module_spec = importlib.util.spec_from_file_location(
+            os.path.splitext(os.path.basename(where))[0], where)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as err:
+            raise ValueError(f"--builder module {where!r} cannot be imported: {err}") from err
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"--builder: {where!r} has no function {name!r}.")
+    return fn
+
+
+def _xy(arrays: Any, path: str, what: str, x_key: str = "x", y_key: str = "y",
+        old: tuple[str, str] | None = ("x_train", "y_train")) -> tuple:
+    """(x, y or None) from an open .npz, by the one key convention (old names accepted)."""
+    names = (x_key, y_key) if x_key in arrays.files or old is None or old[0] not in \
+        arrays.files else old
+    if names[0] not in arrays.files:
+        raise ValueError(f"{what}: {path!r} has arrays {', '.join(arrays.files)}; name the "
+                         f"inputs {x_key!r} (and labels {y_key!r}): np.savez(path, "
+                         f"{x_key}=x, {y_key}=y).")
+    return arrays[names[0]], (arrays[names[1]] if names[1] in arrays.files else None)
+
+
+def load_arrays(path: str | None, what: str) -> tuple:
+    """(x, y) from a .npy file (y None) or a .npz file with ``x`` (and ``y``).
+
+    Raises:
+        ValueError: an unreadable file, or a .npz without ``x``.
+    """
     if path is None:
         return None, None
     try:
@@ -385,19 +440,44 @@ def _load_arrays(path: str | None, what: str) -> tuple:
         raise ValueError(f"{what}: cannot read {path!r} as a .npy/.npz array ({err}).") from None
     if isinstance(data, np.ndarray):
         return data, None
-    if "x" not in data.files:
-        raise ValueError(f"{what}: {path!r} has arrays {', '.join(data.files)}; name the "
-                         "inputs 'x' (and labels 'y'): np.savez(path, x=x, y=y).")
-    return data["x"], (data["y"] if "y" in data.files else None)
+    with data:
+        return _xy(data, path, what)
+
+
+def load_training_data(spec: str) -> tuple[tuple[np.ndarray, np.ndarray],
+                                           tuple[np.ndarray, np.ndarray] | None]:
+    """``"digits"`` or a .npz with ``x``, ``y`` (and ``x_val``, ``y_val``), for ``tune``.
+
+    Returns:
+        ``((x, y), (x_val, y_val) or None)``. For ``digits`` the validation
+        pair is the last 20% of scikit-learn's training split (the test split
+        is left untouched).
+
+    Raises:
+        ValueError: unknown name, missing file or arrays.
+    """
+    if spec == "digits":
+        (x, y), _ = load_digits()
+        n_val = len(x) // 5
+        return (x[:-n_val], y[:-n_val]), (x[-n_val:], y[-n_val:])
+    if not spec.endswith(".npz") or not os.path.exists(spec):
+        raise ValueError(f"--data {spec!r}: give 'digits' or an existing .npz file holding "
+                         "x and y (and optionally x_val and y_val).")
+    with np.load(spec) as arrays:
+        x, y = _xy(arrays, spec, "--data")
+        if y is None:
+            raise ValueError(f"--data: {spec} has inputs but no labels: add 'y'.")
+        val = _xy(arrays, spec, "--data", "x_val", "y_val", old=None) \
+            if "x_val" in arrays.files else None
+        return (x, y), val
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    import numpy as np
+    from tfedge._convert import convert  # (imports TensorFlow: only when converting)
+    from tfedge.quant_debug import debug_quantization
 
-    from tfedge.convert import convert
-
-    representative, _ = _load_arrays(args.representative_data, "--representative-data")
-    eval_x, eval_y = _load_arrays(args.eval_data, "--eval-data")
+    representative, _ = load_arrays(args.representative_data, "--representative-data")
+    eval_x, eval_y = load_arrays(args.eval_data, "--eval-data")
     if args.eval_labels:
         eval_y = np.load(args.eval_labels, allow_pickle=False)
     if args.tolerance is not None and eval_x is None:
@@ -412,8 +492,6 @@ def _run_convert(args: argparse.Namespace) -> int:
     path = artifact.save(args.output, name=args.name)
     report = None
     if args.debug_report:
-        from tfedge.quant_debug import debug_quantization
-
         report = debug_quantization(args.model, representative, eval_data,
                                     num_samples=args.num_samples, signature=args.signature,
                                     per_channel=not args.per_tensor)
@@ -434,8 +512,6 @@ def _run_convert(args: argparse.Namespace) -> int:
     if report is not None:
         print(report)
         print(f"quantization debug report: {args.debug_report}")
-    from tfedge.card import card_path
-
     print(f"wrote {path} and {card_path(path)}")
     return 0
 
@@ -456,8 +532,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tfedge`` command. Returns the exit status."""
-    from tfedge.errors import TFEdgeError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

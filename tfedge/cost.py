@@ -171,7 +171,7 @@ def model_cost(model: Any) -> ModelCost:
 
     Args:
         model: a ``.tflite`` path, its bytes, a
-            :class:`~tfedge.convert.TFLiteArtifact` or a
+            :class:`~tfedge.TFLiteArtifact` or a
             :class:`~tfedge.flatbuffer.FlatbufferModel`.
 
     Returns:

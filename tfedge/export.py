@@ -44,8 +44,10 @@ from absl import logging
 from tfedge import card as card_lib
 from tfedge import metadata as metadata_lib
 from tfedge import micro
+from tfedge.artifact import TFLiteArtifact, as_artifact
 from tfedge.errors import VerificationError
-from tfedge.report import format_table, to_json
+from tfedge.report import format_table, to_json, write_json
+from tfedge._validate import make_interpreter, quantize_array
 
 MODEL_FILE = "model.tflite"
 METADATA_FILE = "metadata.json"
@@ -144,25 +146,13 @@ class BundleCheck:
 # ----------------------------------------------------------------------------
 # Helpers shared by both bundles
 # ----------------------------------------------------------------------------
-def _as_artifact(artifact: Any) -> Any:
-    from tfedge.convert import TFLiteArtifact, load
-
-    if isinstance(artifact, TFLiteArtifact):
-        return artifact
-    if isinstance(artifact, (bytes, bytearray)):
-        return TFLiteArtifact(bytes(artifact))
-    return load(artifact)
-
-
 def _io_type(tensor: Any) -> str:
     return tensor.dtype.lower()
 
 
 def _quantize(x: np.ndarray, tensor: Any) -> np.ndarray:
-    from tfedge.validate import quantize
-
     params = (tensor.scale[0], tensor.zero_point[0]) if tensor.scale else (0.0, 0)
-    return quantize(x, {"dtype": tensor.numpy_dtype, "quantization": params})
+    return quantize_array(x, {"dtype": tensor.numpy_dtype, "quantization": params})
 
 
 def _sample_inputs(artifact: Any, sample_inputs: Any,
@@ -221,15 +211,13 @@ def litert_outputs(content: bytes, inputs: Sequence[np.ndarray],
         content: the flatbuffer bytes.
         inputs: one array per model input, samples first, in the input
             tensors' dtypes.
-        op_resolver: as for :class:`~tfedge.validate.TFLiteRunner`; default
+        op_resolver: as for :class:`~tfedge.TFLiteRunner`; default
             :data:`REFERENCE_RESOLVER` (builtin kernels, no XNNPACK).
 
     Returns:
         One array per model output, samples first, in the output dtypes.
     """
-    from tfedge.validate import _make_interpreter
-
-    interpreter = _make_interpreter(content, op_resolver=op_resolver)
+    interpreter = make_interpreter(content, op_resolver=op_resolver)
     interpreter.allocate_tensors()
     in_details = interpreter.get_input_details()
     out_details = interpreter.get_output_details()
@@ -436,7 +424,7 @@ def export_android(artifact: Any, out_dir: str | os.PathLike, *,
     outputs) and ``model_card.json`` (with every file's sha256).
 
     Args:
-        artifact: a :class:`~tfedge.convert.TFLiteArtifact`, flatbuffer bytes
+        artifact: a :class:`~tfedge.TFLiteArtifact`, flatbuffer bytes
             or a ``.tflite`` path.
         out_dir: the bundle folder (created; files in it are replaced).
         labels: class names in output order (as many as output classes).
@@ -469,7 +457,7 @@ def export_android(artifact: Any, out_dir: str | os.PathLike, *,
     ...                       labels=[str(d) for d in range(10)], norm_mean=0.0,
     ...                       norm_std=16.0, name="digits", version="1.0")
     """
-    artifact = _as_artifact(artifact)
+    artifact = as_artifact(artifact)
     out_dir = os.fspath(out_dir)
     io = _check_io_type(artifact, io_type)
     labels = list(labels) if labels is not None else None
@@ -487,8 +475,7 @@ def export_android(artifact: Any, out_dir: str | os.PathLike, *,
     facts = android_metadata(artifact, name=name, version=str(version),
                              description=description, labels=labels,
                              normalization=normalization)
-    facts_json = json.dumps(facts, indent=2) + "\n"
-    from tfedge.convert import TFLiteArtifact
+    facts_json = to_json(facts) + "\n"  # embedded as is; metadata.json is the same text
 
     tagged = TFLiteArtifact(metadata_lib.embed_metadata(
         artifact.content, {METADATA_ENTRY: facts_json.encode()}), mode=artifact.mode,
@@ -504,7 +491,7 @@ def export_android(artifact: Any, out_dir: str | os.PathLike, *,
 
     os.makedirs(out_dir, exist_ok=True)
     _write(out_dir, MODEL_FILE, tagged.content)
-    _write(out_dir, METADATA_FILE, facts_json)
+    write_json(os.path.join(out_dir, METADATA_FILE), facts)
     files = [MODEL_FILE, METADATA_FILE]
     if labels:
         _write(out_dir, LABELS_FILE, "\n".join(labels) + "\n")
@@ -544,7 +531,7 @@ def export_micro(artifact: Any, out_dir: str | os.PathLike, *, sample_inputs: An
     ``Register<Name>Ops``), ``samples.npz`` and ``model_card.json``.
 
     Args:
-        artifact: a :class:`~tfedge.convert.TFLiteArtifact`, flatbuffer bytes
+        artifact: a :class:`~tfedge.TFLiteArtifact`, flatbuffer bytes
             or a ``.tflite`` path. TFLM wants full int8 (uint8 is deprecated
             there).
         out_dir: the bundle folder (created; files in it are replaced).
@@ -576,7 +563,7 @@ def export_micro(artifact: Any, out_dir: str | os.PathLike, *, sample_inputs: An
     >>> b.arena_bytes  # doctest: +SKIP
     4400
     """
-    artifact = _as_artifact(artifact)
+    artifact = as_artifact(artifact)
     out_dir = os.fspath(out_dir)
     methods = micro.resolver_methods(artifact)  # unsupported ops fail here, first
     if any(t.dtype == "UINT8" for t in artifact.inputs + artifact.outputs):
@@ -691,7 +678,7 @@ def check_bundle(bundle_dir: str | os.PathLike) -> BundleCheck:
     described = card.get("sha256") or (card.get("model") or {}).get("sha256")
     result.add("model hash", digest == described, "model.tflite is the model the card "
                "describes" if digest == described else "model.tflite differs from the card")
-    artifact = _guard(result, "model", _as_artifact, content)
+    artifact = _guard(result, "model", as_artifact, content)
     if artifact is None:
         return result
     samples = _guard(result, "samples", _load_samples, directory)

@@ -824,7 +824,7 @@ def to_keras3(model: Any, *, like: Any, check: bool = True) -> Any:
 class Keras3Bridge:
     """A Keras 3 model carried to tf_keras for ``wrap``, and the way back.
 
-    A plain object (not a layer), so an :class:`~tfedge.wrap.EdgeModel` can
+    A plain object (not a layer), so an :class:`~tfedge.EdgeModel` can
     hold it without tracking the user's model or its weights.
 
     Args:

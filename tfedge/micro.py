@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfedge.errors import UnsupportedModelError, VerificationError
+from tfedge.report import write_json
 
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tflm_worker.py")
 
@@ -116,7 +117,7 @@ def resolver_methods(artifact: Any) -> list[tuple[str, str]]:
     """The op resolver calls a model needs under TFLM, read from its flatbuffer.
 
     Args:
-        artifact: a :class:`~tfedge.convert.TFLiteArtifact`.
+        artifact: a :class:`~tfedge.TFLiteArtifact`.
 
     Returns:
         ``(op name, MicroMutableOpResolver method)`` pairs, one per op kind,
@@ -319,8 +320,7 @@ def run_tflm(content: bytes, inputs: Sequence[np.ndarray], *, num_outputs: int =
             f.write(content)
         np.savez(request["inputs"], **{f"input_{i}": np.asarray(x) for i, x in enumerate(inputs)})
         request_path = os.path.join(tmp, "request.json")
-        with open(request_path, "w") as f:
-            json.dump(request, f)
+        write_json(request_path, request)
         try:
             proc = subprocess.run([sys.executable, _WORKER, request_path], capture_output=True,
                                   text=True, timeout=timeout)

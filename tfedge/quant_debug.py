@@ -36,9 +36,17 @@ import warnings
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 from absl import logging
+from tensorflow.lite.python import convert as tflite_convert
 
+from tfedge.artifact import TFLiteArtifact
+from tfedge.calibration import class_labels, representative_samples, split_eval_data
+from tfedge.errors import ConversionError
+from tfedge.flatbuffer import FlatbufferModel
 from tfedge.report import format_table, to_json, write_json
+from tfedge.source import make_converter, model_source, quiet_converter
+from tfedge._validate import run_outputs
 
 
 # ----------------------------------------------------------------------------
@@ -233,7 +241,7 @@ class DebugSession:
     """The calibrated model of one source, quantized with chosen layers in float.
 
     Args:
-        source: a :class:`~tfedge.convert.ModelSource` (batch 1).
+        source: a :class:`~tfedge.ModelSource` (batch 1).
         samples: representative samples (batch-1 float arrays).
         eval_x: inputs on which losses are measured.
         eval_y: their labels, or None.
@@ -244,11 +252,6 @@ class DebugSession:
     def __init__(self, source: Any, samples: list[np.ndarray], eval_x: np.ndarray,
                  eval_y: np.ndarray | None = None, *, per_channel: bool = True,
                  num_debug_samples: int = 64):
-        import tensorflow as tf
-
-        from tfedge.convert import make_converter, quiet_converter
-        from tfedge.flatbuffer import FlatbufferModel
-
         self.source = source
         self.per_channel = per_channel
         self.eval_x, self.eval_y = eval_x, eval_y
@@ -262,8 +265,6 @@ class DebugSession:
                     converter=converter, debug_dataset=lambda: ([s] for s in debug_samples))
                 debugger.run()
             except Exception as err:  # noqa: BLE001 - the debugger raises many kinds
-                from tfedge.errors import ConversionError
-
                 raise ConversionError(
                     f"TFLite's QuantizationDebugger failed on {source.name!r}: "
                     f"{type(err).__name__}: {str(err).strip()[:1000]}") from err
@@ -298,22 +299,17 @@ class DebugSession:
         self.metric = _loss_metric(self.reference, eval_y)
         self.float_accuracy = None
         if eval_y is not None and self.metric == "accuracy drop":
-            self.float_accuracy = float(np.mean(self.reference.argmax(1) == _labels(eval_y)))
+            self.float_accuracy = float(np.mean(self.reference.argmax(1) == class_labels(eval_y)))
 
-    def quantize(self, float_layers: list[str] = (), input_type: str = "float32",
+    def quantized(self, float_layers: list[str] = (), input_type: str = "float32",
                  output_type: str = "float32") -> bytes:
         """The int8 model with ``float_layers`` kept in float.
 
         Calls the converter's quantizer (``mlir_quantize``) on the calibrated
         model, with the layers' output tensors denylisted.
         """
-        import tensorflow as tf
-        from tensorflow.lite.python import convert as tflite_convert
-
         deny = [t for name in float_layers for t in self.groups[name].tensors]
         types = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
-        from tfedge.convert import quiet_converter
-
         with quiet_converter():
             return tflite_convert.mlir_quantize(
                 self.calibrated, disable_per_channel=not self.per_channel,
@@ -322,8 +318,6 @@ class DebugSession:
 
     def loss(self, content: bytes) -> tuple[float, float]:
         """(loss, relative output RMSE) of a flatbuffer against the float model."""
-        from tfedge.convert import run_outputs
-
         out = run_outputs(content, self.eval_x, output_name=self.source.signature.outputs[0])
         out = np.asarray(out, np.float64).reshape(len(out), -1)
         ref = self.reference
@@ -331,7 +325,7 @@ class DebugSession:
         if not np.isfinite(out).all():
             rmse = float("inf")
         if self.metric == "accuracy drop":
-            return self.float_accuracy - float(np.mean(out.argmax(1) == _labels(self.eval_y))), rmse
+            return self.float_accuracy - float(np.mean(out.argmax(1) == class_labels(self.eval_y))), rmse
         if self.metric == "top-1 disagreement":
             return 1.0 - float(np.mean(out.argmax(1) == ref.argmax(1))), rmse
         return rmse, rmse
@@ -341,7 +335,7 @@ class DebugSession:
         names = list(self.groups)
         for name in names:
             others = [n for n in names if n != name]
-            loss, rmse = self.loss(self.quantize(others))
+            loss, rmse = self.loss(self.quantized(others))
             self.groups[name].output_loss, self.groups[name].output_rmse = loss, rmse
         ranked = sorted(self.groups.values(),
                         key=lambda g: (-_finite(g.output_loss), -_finite(g.output_rmse),
@@ -367,11 +361,6 @@ def _finite(value: float | None) -> float:
     if value is None or math.isnan(value):
         return -math.inf
     return value
-
-
-def _labels(y: np.ndarray) -> np.ndarray:
-    y = np.asarray(y)
-    return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(len(y)).astype(int)
 
 
 # ----------------------------------------------------------------------------
@@ -403,8 +392,6 @@ def debug_quantization(model: Any, representative_data: Any, eval_data: Any = No
         ValueError: bad representative or evaluation data.
         ConversionError: the converter or the debugger failed.
     """
-    from tfedge.convert import model_source, representative_samples, split_eval_data
-
     started = time.perf_counter()
     source = model_source(model, batch_size=1, signature=signature,
                           custom_objects=custom_objects)
@@ -414,7 +401,7 @@ def debug_quantization(model: Any, representative_data: Any, eval_data: Any = No
         eval_x = np.concatenate(samples)
     session = DebugSession(source, samples, eval_x, eval_y, per_channel=per_channel,
                            num_debug_samples=num_debug_samples)
-    int8_loss, _ = session.loss(session.quantize([]))
+    int8_loss, _ = session.loss(session.quantized([]))
     layers = session.layer_errors()
     return QuantizationDebugReport(
         model=source.name, layers=layers, metric=session.metric,
@@ -438,12 +425,10 @@ def accuracy_aware(source: Any, artifact: Any, samples: list[np.ndarray],
     model found is returned and a warning says so.
 
     Returns:
-        A :class:`~tfedge.convert.TFLiteArtifact` whose
+        A :class:`~tfedge.TFLiteArtifact` whose
         ``details["float_fallback"]`` is a :meth:`FallbackReport.to_dict` and
         ``details["quant_debug"]`` the layer ranking.
     """
-    from tfedge.convert import TFLiteArtifact
-
     started = time.perf_counter()
     session = DebugSession(source, samples, eval_x, eval_y, per_channel=per_channel)
     io_types = {"input_type": input_type, "output_type": output_type}
@@ -461,13 +446,13 @@ def accuracy_aware(source: Any, artifact: Any, samples: list[np.ndarray],
         return artifact
 
     ranking = session.layer_errors()
-    int8_bytes = len(session.quantize([], **io_types))
+    int8_bytes = len(session.quantized([], **io_types))
     cache: dict[tuple[str, ...], tuple[float, bytes]] = {}
 
     def trial(layers: list[str]) -> tuple[float, bytes]:
         key = tuple(sorted(layers))
         if key not in cache:
-            content = session.quantize(layers, **io_types)
+            content = session.quantized(layers, **io_types)
             cache[key] = (session.loss(content)[0], content)
             attempts.append({"float_layers": list(layers), "loss": cache[key][0],
                              "bytes": len(content)})

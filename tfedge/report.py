@@ -53,15 +53,39 @@ def to_json(data: Any) -> str:
 
 
 def write_json(path: "str | os.PathLike", data: Any) -> str:
-    """Writes ``data`` as JSON (see :func:`to_json`), creating parent folders.
+    """Writes ``data`` as JSON (see :func:`to_json`), atomically, creating parent folders.
+
+    The text goes to a temporary file in the same folder, which then replaces
+    ``path`` (``os.replace``): a reader never sees half a file, and a crash
+    leaves the old one.
+
+    Args:
+        path: the ``.json`` file to write.
+        data: what :func:`to_json` accepts (NumPy values, objects with ``to_dict``).
 
     Returns:
         The path written.
+
+    Example:
+
+    >>> import json, os, tempfile
+    >>> path = write_json(os.path.join(tempfile.mkdtemp(), "a", "r.json"), {"n": 1})
+    >>> json.load(open(path))
+    {'n': 1}
     """
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(to_json(data) + "\n")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    text = to_json(data) + "\n"  # serialized first: an error leaves no file behind
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:  # (open, not mkstemp: the file gets the usual mode)
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return path
 
 

@@ -21,6 +21,7 @@ from typing import Sequence
 
 from absl import logging
 
+from tfedge.report import write_json
 from tfedge.arm.sysroot import PACKAGE_DIR, ArmEmulationError, ArmEnvironment, prepare
 
 MARKER_SYSCALL = 124  # aarch64 sched_yield, what os.sched_yield() makes
@@ -186,8 +187,7 @@ def run_counted(model_path: str, input_paths: Sequence[str], cpu: str, workdir: 
             "mode": "count", "num_threads": 1, "op_resolver": op_resolver,
             "warmup": warmup, "runs": runs, "empty_windows": empty_windows}
     spec_path = os.path.join(workdir, f"spec-{tag}.json")
-    with open(spec_path, "w") as f:
-        json.dump(spec, f)
+    write_json(spec_path, spec)
     cmd = [env.qemu, "-cpu", cpu, "-L", view,
            "-plugin", f"{env.plugin},out={readings_path},syscall={MARKER_SYSCALL}",
            "-E", f"PYTHONPATH={env.site}", "-E", "PYTHONHASHSEED=0",

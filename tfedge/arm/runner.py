@@ -147,6 +147,8 @@ def main(spec_path):
     hwm_after, rss_after = _memory_kb()
     result.update({"hwm_before_kb": hwm_before, "rss_before_kb": rss_before,
                    "hwm_after_kb": hwm_after, "rss_after_kb": rss_after})
+    # (not tfedge.report.write_json: this script runs alone, in the aarch64 sysroot
+    # under qemu, where tfedge is not importable; the parent reads the file after exit)
     with open(spec["result"], "w") as f:
         json.dump(result, f)
     return 0

@@ -12,7 +12,7 @@ Entry points
 ``estimate_latency(model, target, *, method="macs", instructions=None) -> LatencyEstimate``
     The call for other stages (``tfedge.tune``) that need one number::
 
-        est = tfedge.bench.estimate_latency(artifact_or_bytes_or_path, "rpi4")
+        est = tfedge.estimate_latency(artifact_or_bytes_or_path, "rpi4")
         est.latency_ms          # float: the estimate of the chosen method
         est["lower_bound_ms"]   # also a read-only mapping / est.to_dict()
 
@@ -42,10 +42,10 @@ import collections.abc
 import dataclasses
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
-import types
 from typing import Any, Sequence
 
 import numpy as np
@@ -53,7 +53,10 @@ from absl import logging
 
 from tfedge import cost as cost_lib
 from tfedge import devices
-from tfedge.errors import InvalidModelFileError, TFEdgeError
+from tfedge.arm import CPUS, run_counted
+from tfedge.arm.sysroot import RUNNER_SCRIPT
+from tfedge.artifact import as_artifact
+from tfedge.errors import TFEdgeError
 from tfedge.report import format_table, to_json, write_json
 
 HOST = "host"
@@ -66,29 +69,6 @@ class BenchmarkError(TFEdgeError, RuntimeError):
 # ----------------------------------------------------------------------------
 # Models and inputs
 # ----------------------------------------------------------------------------
-def _load(model: Any):
-    """A TFLiteArtifact from an artifact, bytes or a path, with clear errors."""
-    from tfedge.convert import TFLiteArtifact
-
-    if isinstance(model, TFLiteArtifact):
-        return model
-    if isinstance(model, (bytes, bytearray, memoryview)):
-        return TFLiteArtifact(bytes(model))
-    if isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
-        if os.path.isdir(path):
-            raise InvalidModelFileError(
-                f"{path!r} is a folder (a SavedModel?), not a .tflite file. Convert it first: "
-                "tfedge.convert(model, ...).save('model.tflite').")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"No such model file: {path!r}. Pass the path of a "
-                                    ".tflite file, its bytes, or a converted artifact.")
-        with open(path, "rb") as f:
-            return TFLiteArtifact(f.read())
-    raise TypeError(f"bench needs a .tflite path, flatbuffer bytes or a TFLiteArtifact, got "
-                    f"{type(model).__name__}. Convert a Keras model with tfedge.convert first.")
-
-
 def _name(model: Any, index: int) -> str:
     if isinstance(model, (str, os.PathLike)):
         return os.path.basename(os.fspath(model))
@@ -220,7 +200,6 @@ def _machine() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import platform
     return platform.machine()
 
 
@@ -228,8 +207,6 @@ def _run_host(model_path: str, input_paths: list[str], workdir: str, *, runs: in
               warmup: int, num_threads: int | None, xnnpack: bool,
               timeout: float) -> tuple[HostResult, list[str]]:
     """Runs the benchmark runner in a fresh host process (no TF imported there)."""
-    from tfedge.arm.sysroot import RUNNER_SCRIPT
-
     outputs_dir = os.path.join(workdir, "outputs-host")
     os.makedirs(outputs_dir, exist_ok=True)
     spec = {"model": model_path, "inputs": input_paths, "outputs_dir": outputs_dir,
@@ -237,8 +214,7 @@ def _run_host(model_path: str, input_paths: list[str], workdir: str, *, runs: in
             "num_threads": num_threads, "op_resolver": "auto" if xnnpack else "no_delegates",
             "warmup": warmup, "runs": runs, "empty_windows": 0}
     spec_path = os.path.join(workdir, "spec-host.json")
-    with open(spec_path, "w") as f:
-        json.dump(spec, f)
+    write_json(spec_path, spec)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     try:
         proc = subprocess.run([sys.executable, RUNNER_SCRIPT, spec_path], env=env,
@@ -330,8 +306,6 @@ def _compare_outputs(host_paths: list[str], arm_paths: list[str]) -> tuple[bool,
 
 def _resolve_target(target: Any) -> tuple[str, str | None, devices.DeviceProfile | None]:
     """(name, qemu cpu, profile) of a target given by name or profile."""
-    from tfedge.arm.qemu import CPUS
-
     if isinstance(target, devices.DeviceProfile):
         return target.name, target.qemu_cpu, target
     if target in devices.PROFILES:
@@ -346,8 +320,6 @@ def _resolve_target(target: Any) -> tuple[str, str | None, devices.DeviceProfile
 
 def _emulate(model_path: str, input_paths: list[str], cpu: str, workdir: str, *,
              runs: int, xnnpack: bool, timeout: float):
-    from tfedge.arm import run_counted
-
     return run_counted(model_path, input_paths, cpu, workdir,
                        op_resolver="auto" if xnnpack else "no_delegates", runs=runs,
                        timeout=timeout)
@@ -602,7 +574,7 @@ def bench(model: Any, target: str | Sequence[Any] = HOST, *, compare: Sequence[A
                          f"runs={runs}, warmup={warmup}, emulation_runs={emulation_runs}.")
     targets = [target] if isinstance(target, (str, devices.DeviceProfile)) else list(target)
     resolved = [_resolve_target(t) for t in targets if t != HOST]
-    artifact = _load(model)
+    artifact = as_artifact(model)
     name = name or _name(model, 0)
     arrays = make_inputs(artifact, inputs, seed)
     model_cost = cost_lib.model_cost(artifact)
@@ -678,7 +650,7 @@ def compare(models: Sequence[Any] | dict[str, Any], target: str | Sequence[Any] 
 
     Example:
 
-    >>> print(tfedge.bench.compare({"float": f32, "int8": i8}, target="rpi4"))  # doctest: +SKIP
+    >>> print(tfedge.compare({"float": f32, "int8": i8}, target="rpi4"))  # doctest: +SKIP
     """
     if isinstance(models, dict):
         names, models = list(models), list(models.values())
@@ -753,7 +725,7 @@ def estimate_latency(model: Any, target: str | devices.DeviceProfile = "rpi4", *
 
     Example:
 
-    >>> tfedge.bench.estimate_latency(artifact, "rpi4").latency_ms  # doctest: +SKIP
+    >>> tfedge.estimate_latency(artifact, "rpi4").latency_ms  # doctest: +SKIP
     12.7
     """
     profile = devices.get_profile(target)
@@ -761,7 +733,7 @@ def estimate_latency(model: Any, target: str | devices.DeviceProfile = "rpi4", *
         method = "instructions"
     if method not in ("macs", "instructions"):
         raise ValueError(f"method={method!r}; use 'macs' (fast) or 'instructions' (emulated).")
-    artifact = _load(model)
+    artifact = as_artifact(model)
     model_cost = cost_lib.model_cost(artifact)
     split = model_cost.macs_by_dtype()
     note = "single-thread estimate from calibrated constants (tfedge/devices.py)"
@@ -785,15 +757,3 @@ def estimate_latency(model: Any, target: str | devices.DeviceProfile = "rpi4", *
         lower_bound_ms=profile.lower_bound_ms(split), mac_estimate_ms=mac_ms,
         instruction_estimate_ms=instr_ms, instructions=instructions, macs=model_cost.macs,
         macs_by_dtype=split, clock_hz=profile.clock_hz, ipc=profile.ipc, note=note)
-
-
-class _CallableModule(types.ModuleType):
-    """Makes ``tfedge.bench(model, ...)`` call :func:`bench` while
-    ``tfedge.bench.estimate_latency`` and ``from tfedge.bench import ...`` keep
-    working: the stage's module and its entry point share one name."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> BenchReport | CompareReport:
-        return bench(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -3,27 +3,33 @@
 Runs the ``.tflite`` in LiteRT (``ai_edge_litert``), quantizing inputs and
 dequantizing outputs with the model's own parameters, on the user's real
 data, and compares it with the Keras model on the same data.
+
+The output-running helpers every later stage uses live here too:
+:class:`TFLiteRunner`, :func:`run_outputs` and :func:`compare_outputs`
+(``convert`` uses them for its sparse check and ``eval_data``). No
+TensorFlow import.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from absl import logging
 
+from ai_edge_litert import interpreter as litert
+
+from tfedge.artifact import as_artifact
+from tfedge.calibration import class_labels
+from tfedge.flatbuffer import check_bytes
 from tfedge.report import format_table, to_json
 
 
-def _make_interpreter(content: bytes, num_threads: int | None = None,
+def make_interpreter(content: bytes, num_threads: int | None = None,
                       op_resolver: str = "auto") -> Any:
     """A LiteRT interpreter on ``content`` (checked first, so it cannot crash)."""
-    from ai_edge_litert import interpreter as litert
-
-    from tfedge.flatbuffer import check_bytes
-
     check_bytes(content)
     resolver = {"auto": litert.OpResolverType.AUTO,
                 "builtin": litert.OpResolverType.BUILTIN,
@@ -45,11 +51,11 @@ def _signature_interpreter(content: bytes, num_threads: int | None,
 
     A model that LiteRT's default XNNPACK delegate rejects (sparse int8 and
     sparse dynamic-range models) then runs without default delegates, with a
-    warning, as :func:`tfedge.convert.runtime_settings` records it.
+    warning, as :func:`tfedge.artifact.runtime_settings` records it.
     """
     chosen = op_resolver or "auto"
     try:
-        interpreter = _make_interpreter(content, num_threads, chosen)
+        interpreter = make_interpreter(content, num_threads, chosen)
         interpreter.allocate_tensors()
         return interpreter, chosen
     except RuntimeError as err:
@@ -65,12 +71,12 @@ def _signature_interpreter(content: bytes, num_threads: int | None,
                         "op_resolver='no_delegates'. On device, disable default delegates "
                         "(Android: Interpreter.Options().setUseXNNPACK(false)).",
                         str(err).strip().splitlines()[0])
-    interpreter = _make_interpreter(content, num_threads, "no_delegates")
+    interpreter = make_interpreter(content, num_threads, "no_delegates")
     interpreter.allocate_tensors()
     return interpreter, "no_delegates"
 
 
-def quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+def quantize_array(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     """Float inputs -> the tensor's type, with its scale and zero point."""
     dtype = np.dtype(detail["dtype"])
     scale, zero_point = detail["quantization"]
@@ -139,7 +145,7 @@ class TFLiteRunner:
         if len(arrays) != len(self.input_names):
             raise ValueError(f"The model has {len(self.input_names)} inputs "
                              f"({', '.join(self.input_names)}); got {len(arrays)}.")
-        feed = {name: quantize(np.asarray(a, np.float32), self.input_details[name])
+        feed = {name: quantize_array(np.asarray(a, np.float32), self.input_details[name])
                 for name, a in zip(self.input_names, arrays)}
         outputs = self._runner(**feed)
         return {name: dequantize(outputs[name], self.output_details[name])
@@ -176,6 +182,18 @@ class TFLiteRunner:
                              f"{', '.join(self.output_names)}.")
         values = [outputs[n] for n in names]
         return values[0] if len(values) == 1 else values
+
+
+def run_outputs(content: bytes, x: np.ndarray, op_resolver: str | None = None,
+                output_name: str | None = None) -> np.ndarray:
+    """Float outputs of a flatbuffer in LiteRT: one named output, or all, flattened side by side."""
+    runner = TFLiteRunner(content, op_resolver=op_resolver)
+    if output_name is not None and output_name in runner.output_names:
+        return runner.predict(x, output_names=[output_name])
+    out = runner.predict(x)
+    if isinstance(out, list):
+        return np.concatenate([np.reshape(o, (len(o), -1)) for o in out], axis=1)
+    return out
 
 
 @dataclasses.dataclass
@@ -240,11 +258,6 @@ class ValidationReport:
         return format_table(["validation", "value"], rows)
 
 
-def _labels(y: np.ndarray) -> np.ndarray:
-    y = np.asarray(y)
-    return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(len(y)).astype(int)
-
-
 def _error_stats(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     diff = reference - candidate
     noise = float(np.sum(diff ** 2))
@@ -300,7 +313,7 @@ def compare_outputs(reference: Any, candidate: Any, y: Any = None, mode: str = "
         ref_top, cand_top = reference.argmax(1), candidate.argmax(1)
         agreement = float(np.mean(ref_top == cand_top))
         if y is not None:
-            labels = _labels(y)
+            labels = class_labels(y)
             keras_acc = float(np.mean(ref_top == labels))
             tflite_acc = float(np.mean(cand_top == labels))
     return ValidationReport(num_samples=len(reference), agreement=agreement,
@@ -313,10 +326,10 @@ def validate(artifact: Any, keras_model: Any, x: Any, y: Any = None, *,
     """Runs the flatbuffer in LiteRT and compares it with the Keras model.
 
     Args:
-        artifact: a :class:`~tfedge.convert.TFLiteArtifact`, flatbuffer bytes,
+        artifact: a :class:`~tfedge.artifact.TFLiteArtifact`, flatbuffer bytes,
             or a path to a ``.tflite`` file (bytes and files are checked and
             first run in a child process, so a corrupt file cannot crash
-            this one; see :func:`tfedge.convert.load`).
+            this one; see :func:`tfedge.artifact.as_artifact`).
         keras_model: the Keras model it was converted from (an EdgeModel is
             accepted as is).
         x: float inputs, preprocessed as for training (array of samples).
@@ -325,7 +338,7 @@ def validate(artifact: Any, keras_model: Any, x: Any, y: Any = None, *,
         op_resolver: LiteRT op resolver (``"auto"`` uses XNNPACK); None
             (default) uses the settings the artifact needs (a sparse int8
             model runs with ``"no_delegates"``, see
-            :meth:`~tfedge.convert.TFLiteArtifact.runtime_settings`).
+            :meth:`~tfedge.artifact.TFLiteArtifact.runtime_settings`).
 
     Returns:
         A :class:`ValidationReport` (prints as a table, ``to_dict``/``to_json``).
@@ -340,12 +353,7 @@ def validate(artifact: Any, keras_model: Any, x: Any, y: Any = None, *,
     >>> report = tfedge.validate(artifact, model, x_test, y_test)  # doctest: +SKIP
     >>> print(report)  # doctest: +SKIP
     """
-    from tfedge.convert import TFLiteArtifact, load, load_bytes
-
-    if isinstance(artifact, (bytes, bytearray)):
-        artifact = load_bytes(bytes(artifact))  # checked, and probed in a child process
-    elif not isinstance(artifact, TFLiteArtifact):
-        artifact = load(artifact)
+    artifact = as_artifact(artifact)  # bytes and files: checked, probed in a child
     x = np.asarray(x, dtype=np.float32)
     if len(x) == 0:
         raise ValueError("validate needs at least one sample in x.")
