@@ -1,6 +1,8 @@
 # Set-up and entry points. Everything installs into a local virtualenv (.venv).
 #   make demo   install, then run the main job (classification recipe on digits)
 #   make test   install (Python and system packages), then run the test suite
+#               (tests/unit, tests/integration and the doctests of tfedge/)
+#   make test-unit  only the tests that train nothing, and the doctests
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -9,7 +11,7 @@ STAMP  := $(VENV)/.tfedge-installed
 # harness; a C/C++ compiler builds its qemu plugin and checks micro bundles.
 APT_PACKAGES := qemu-user gcc g++ make
 
-.PHONY: install system-deps arm-emulation demo test test-fast clean
+.PHONY: install system-deps arm-emulation demo test test-unit test-fast clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +45,9 @@ demo: install
 
 test: install system-deps arm-emulation
 	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit tfedge
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"

@@ -1,36 +1,20 @@
-"""Shared fixtures: real digits data and a small CNN trained on it once per session."""
+"""Shared fixtures: real digits data and a small CNN trained on it once per session.
+
+tests/unit holds the tests that train nothing; tests/integration the rest.
+The builders the fixtures use are in :mod:`tests.helpers`.
+"""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import tfedge  # noqa: E402  (sets TF_USE_LEGACY_KERAS before TF builds tf.keras)
 from tfedge import keras  # noqa: E402
 from tfedge.data import load_digits  # noqa: E402
 
-
-def build_digits_cnn(width: int = 16, name: str = "digits_cnn", keras=keras):
-    """A small int8-friendly CNN for 8x8x1 digits (logits output).
-
-    ``keras``: the Keras to build it with (tf_keras; Keras 3 in test_keras3).
-    """
-    inputs = keras.Input((8, 8, 1), name="image")
-    h = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(inputs)
-    h = keras.layers.Conv2D(2 * width, 3, strides=2, padding="same", activation="relu")(h)
-    h = keras.layers.Flatten()(h)
-    h = keras.layers.Dense(4 * width, activation="relu")(h)
-    outputs = keras.layers.Dense(10, name="logits")(h)
-    return keras.Model(inputs, outputs, name=name)
-
-
-def compile_for_digits(model):
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    return model
+from tests.helpers import build_digits_cnn, compile_for_digits  # noqa: E402
 
 
 @pytest.fixture(scope="session")

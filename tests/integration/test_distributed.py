@@ -17,8 +17,9 @@ import textwrap
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))  # the repository: tests.helpers, tfedge
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
-       "PYTHONPATH": os.pathsep.join([os.path.dirname(HERE), HERE,
+       "PYTHONPATH": os.pathsep.join([ROOT,
                                       os.environ.get("PYTHONPATH", "")])}
 for _var in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT", "TF_CONFIG"):
     ENV.pop(_var, None)
@@ -46,7 +47,7 @@ MIRRORED = """
     import numpy as np
     import tensorflow as tf
     from tfedge import keras
-    from conftest import build_digits_cnn, compile_for_digits
+    from tests.helpers import build_digits_cnn, compile_for_digits
     from tfedge.data import load_digits
     from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
         PruneLowMagnitude)
@@ -150,7 +151,7 @@ MULTI_WORKER = """
     import tfedge
     import tensorflow as tf
     from tfedge import keras
-    from conftest import build_digits_cnn, compile_for_digits
+    from tests.helpers import build_digits_cnn, compile_for_digits
     from tfedge.data import load_digits
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()  # cluster from TF_CONFIG

@@ -7,7 +7,7 @@ import tfedge
 from tfedge import keras
 from tfedge.distill import DistillConfig, soft_target_loss
 
-from conftest import compile_for_digits
+from tests.helpers import compile_for_digits
 
 
 def _net(width, name):

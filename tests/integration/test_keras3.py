@@ -15,7 +15,7 @@ from tfedge import keras as tf_keras
 from tfedge import keras3 as bridge
 from tfedge.errors import UnsupportedModelError
 
-from conftest import build_digits_cnn
+from tests.helpers import build_digits_cnn
 
 keras = pytest.importorskip("keras")
 if not keras.__version__.startswith("3."):  # pragma: no cover - the venv pins Keras 3

@@ -8,12 +8,12 @@ import pytest
 import tfedge
 from tfedge.errors import ConversionError
 
-from conftest import compile_for_digits
+from tests.helpers import compile_for_digits
 
 
 @pytest.fixture(scope="module")
 def pruned_pipeline(digits):
-    from conftest import build_digits_cnn
+    from tests.helpers import build_digits_cnn
     from tfedge import keras
 
     (x_train, y_train), (x_test, y_test) = digits

@@ -12,7 +12,7 @@ from tfedge.quantize import QATConfig, apply_qat, is_quantization_aware
 
 import tensorflow_model_optimization as tfmot
 
-from conftest import compile_for_digits
+from tests.helpers import compile_for_digits
 
 _quantizers = tfmot.quantization.keras.quantizers
 

@@ -11,7 +11,7 @@ from tfedge.cluster import ClusterConfig
 from tfedge.quantize import QATConfig
 from tfedge._wrap import Phase, plan_phases
 
-from conftest import compile_for_digits
+from tests.helpers import compile_for_digits
 
 
 def test_prune_then_pqat_keeps_sparsity_in_the_int8_flatbuffer(trained_digits_cnn, digits,

@@ -17,10 +17,11 @@ from tfedge import keras
 from tfedge.card import card_path, read_model_card
 from tfedge import artifact as artifact_module
 from tfedge.artifact import TFLiteArtifact, load
-from tfedge.calibration import representative_from_dataset, representative_samples
 from tfedge.errors import InvalidModelFileError, UnsupportedModelError
 from tfedge.quant_debug import debug_quantization
 from tfedge import TFLiteRunner
+
+from tests.helpers import warning_messages
 
 # mode, input/output type -> expected input, output and activation tensor types
 MODE_CASES = [
@@ -34,10 +35,6 @@ MODE_CASES = [
 ]
 WEIGHT_TYPES = {"int8": "INT8", "int16x8": "INT8", "float16": "FLOAT16",
                 "dynamic_range": "INT8", "float32": "FLOAT32"}
-
-
-def _warnings(caplog):
-    return [r.getMessage() for r in caplog.records if r.levelno >= std_logging.WARNING]
 
 
 @pytest.mark.parametrize("mode,io_type,in_type,out_type,act_type", MODE_CASES,
@@ -113,32 +110,6 @@ def test_keras_files_and_savedmodel_keep_signature_names(trained_digits_cnn, dig
         tfedge.convert(str(tmp_path / "missing.keras"), mode="float32")
 
 
-def test_representative_data_is_checked_with_clear_errors(digits, caplog):
-    (x_train, y_train), _ = digits
-    shape = (None, 8, 8, 1)
-    with pytest.raises(ValueError, match=r"does not fit the model input"):
-        representative_samples(x_train[:, :4], shape, 300)
-    with pytest.raises(ValueError, match="numeric"):
-        representative_samples(np.array([["a"] * 64]).reshape(1, 8, 8, 1), shape, 300)
-    bad = x_train[:150].copy()
-    bad[7, 0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match=r"NaN.*\[7\]"):
-        representative_samples(bad, shape, 300)
-    with pytest.raises(ValueError, match="identical"):
-        representative_samples(np.repeat(x_train[:1], 150, axis=0), shape, 300)
-    with pytest.raises(ValueError, match="needs representative_data"):
-        representative_samples(None, shape, 300)
-    with caplog.at_level(std_logging.WARNING):
-        assert len(representative_samples(x_train[:40], shape, 300)) == 40
-    assert any("only 40 representative samples" in m for m in _warnings(caplog))
-    # (x, y) datasets: only x is used, batched or not
-    ds = tf.data.Dataset.from_tensor_slices((x_train[:70], y_train[:70]))
-    np.testing.assert_array_equal(representative_from_dataset(ds.batch(32), 50), x_train[:50])
-    np.testing.assert_array_equal(representative_from_dataset(ds, 300), x_train[:70])
-    samples = representative_samples(ds.batch(16), shape, 64)
-    assert len(samples) == 64 and samples[0].shape == (1, 8, 8, 1)
-
-
 def _train_pruned_mlp(digits, sparsity):
     (x_train, y_train), _ = digits
     x = x_train.reshape(len(x_train), 64)
@@ -167,7 +138,7 @@ def test_sparse_flatbuffer_of_a_pruned_model(digits, caplog, tmp_path):
     assert all(r["encoding"] == "sparse" and r["sparsity"] >= 0.89 for r in facts["tensors"])
     # the measured trap: XNNPACK rejects it, so the artifact says what it needs ...
     assert sparse.runtime["op_resolver"] == "no_delegates"
-    assert any("setUseXNNPACK(false)" in m for m in _warnings(caplog))
+    assert any("setUseXNNPACK(false)" in m for m in warning_messages(caplog))
     with pytest.raises(RuntimeError, match="no_delegates"):
         TFLiteRunner(sparse.content, op_resolver="auto")
     # ... and validation uses it; the outputs are those of the dense model, exactly
@@ -199,7 +170,7 @@ def test_sparsity_the_encoder_leaves_dense_is_reported(caplog):
     assert facts["used"] and [r["encoding"] for r in facts["tensors"]] == \
         ["sparse", "dense", "dense"]
     assert [r["tensor"].split("/")[1] for r in facts["left_dense"]] == ["lightly_pruned"]
-    assert any("left it dense" in m and "lightly_pruned" in m for m in _warnings(caplog))
+    assert any("left it dense" in m and "lightly_pruned" in m for m in warning_messages(caplog))
 
 
 def test_sparse_encoding_litert_runs_wrongly_is_rejected(caplog):
@@ -219,7 +190,7 @@ def test_sparse_encoding_litert_runs_wrongly_is_rejected(caplog):
     facts = art.details["sparse"]
     assert not facts["used"] and "NaN" in facts["reason"] and facts["ratio"] < 0.5
     assert not any(r["encoding"] == "sparse" for r in art.flatbuffer.weight_sparsity())
-    assert any("sparse encoding rejected" in m for m in _warnings(caplog))
+    assert any("sparse encoding rejected" in m for m in warning_messages(caplog))
     np.testing.assert_allclose(TFLiteRunner(art.content).predict(x), model.predict(x, verbose=0),
                                rtol=1e-2, atol=1e-2)
 
@@ -283,7 +254,7 @@ def test_unreachable_tolerance_says_so_and_returns_the_best(digits, caplog):
     assert not fallback["reached"] and fallback["final_loss"] > 0.02
     assert fallback["final_loss"] == min(a["loss"] for a in fallback["attempts"])
     assert art.outputs[0].dtype == "INT8"
-    assert any("not reachable" in m and "output" in m for m in _warnings(caplog))
+    assert any("not reachable" in m and "output" in m for m in warning_messages(caplog))
 
 
 # Runs LiteRT on every file given; only LiteRT is imported, to start fast.

@@ -7,7 +7,7 @@ import tfedge
 from tfedge import keras
 from tfedge.errors import UnsupportedModelError
 
-from conftest import compile_for_digits
+from tests.helpers import compile_for_digits
 
 
 def _snapshot(model):

@@ -1,0 +1,49 @@
+"""Shared builders for the tests: the small digits CNN, its compile settings, log messages.
+
+Import them as ``from tests.helpers import build_digits_cnn`` (the fixtures that
+use them are in ``tests/conftest.py``).
+"""
+
+import logging as std_logging
+
+from tfedge import keras
+
+
+def build_digits_cnn(width: int = 16, name: str = "digits_cnn", keras=keras):
+    """A small int8-friendly CNN for 8x8x1 digits (logits output).
+
+    ``keras``: the Keras to build it with (tf_keras; Keras 3 in test_keras3).
+    """
+    inputs = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(inputs)
+    h = keras.layers.Conv2D(2 * width, 3, strides=2, padding="same", activation="relu")(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(4 * width, activation="relu")(h)
+    outputs = keras.layers.Dense(10, name="logits")(h)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def compile_for_digits(model):
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+def build_cnn(width, input_shape):
+    """A small digits CNN whose channels scale with ``width`` (tune's ``build_fn``)."""
+    inputs = keras.Input(input_shape)
+    h = keras.layers.Conv2D(max(1, int(16 * width)), 3, padding="same", activation="relu")(inputs)
+    h = keras.layers.Conv2D(max(1, int(32 * width)), 3, strides=2, padding="same",
+                            activation="relu")(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(max(1, int(64 * width)), activation="relu")(h)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(h), name="cnn")
+
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def warning_messages(caplog) -> list:
+    """The messages of the records ``caplog`` caught at WARNING or above."""
+    return [r.getMessage() for r in caplog.records if r.levelno >= std_logging.WARNING]
