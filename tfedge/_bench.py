@@ -34,6 +34,13 @@ Host mode wraps LiteRT's Python interpreter (``ai_edge_litert``) and ARM mode
 runs the same interpreter's aarch64 wheel; neither re-implements a kernel.
 LiteRT's Python API has no per-operator profiler, so per-op figures here are
 MACs from :mod:`tfedge.cost`, not times.
+
+Size: about 760 lines, one module for now: the host run, the emulated ARM
+run, their reports and the latency estimate share the inputs, the runner
+spec and the target resolution. The layers below are separate modules
+already (:mod:`tfedge.cost`, :mod:`tfedge.devices`, :mod:`tfedge.arm`); the
+next cut is the report classes (``BenchReport``, ``CompareReport``) into a
+module of their own.
 """
 
 from __future__ import annotations

@@ -28,6 +28,14 @@ metadata writers (``tflite-support``, last release 0.4.4) require
 both next to the model and inside it, under the metadata name
 :data:`METADATA_ENTRY` (the name ``TFLITE_METADATA`` is left alone: Task
 Library parses it as a TFLite Support flatbuffer).
+
+Size: about 750 lines, kept in one module for now because the two bundle
+writers and :func:`check_bundle` share every helper here (samples, hashes,
+the LiteRT comparison, the card) and nothing else uses them; the cut, when
+it grows, is by bundle kind (Android, micro, the checker) over a shared
+bundle module. The flatbuffer, metadata and TFLM layers are already their
+own modules (:mod:`tfedge.flatbuffer`, :mod:`tfedge.metadata`,
+:mod:`tfedge.micro`).
 """
 
 from __future__ import annotations
