@@ -29,6 +29,7 @@ def take_x(item: Any) -> Any:
 
 
 def as_numpy(value: Any) -> np.ndarray:
+    """A tensor (anything with ``.numpy()``) or array-like as a NumPy array."""
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
 
 
@@ -175,6 +176,7 @@ def representative_samples(data: Any, input_shape: tuple[int | None, ...],
 
 
 def data_range(samples: list[np.ndarray]) -> dict[str, float]:
+    """Min, max, mean and std of the calibration samples (recorded in the artifact)."""
     stacked = np.concatenate(samples)
     return {"min": float(stacked.min()), "max": float(stacked.max()),
             "mean": float(stacked.mean()), "std": float(stacked.std())}

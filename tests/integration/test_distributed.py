@@ -205,7 +205,7 @@ WORKER = """
     import json, os, sys
     import tfedge
     from tfedge import keras
-    from test_tune import build_cnn
+    from tests.helpers import build_cnn
     from tfedge.data import load_digits
 
     (x, y), _ = load_digits()

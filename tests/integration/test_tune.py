@@ -18,11 +18,6 @@ from tests.helpers import LOSS, build_cnn
 
 
 # ----------------------------------------------------------------------------
-# Budget, score, Pareto front
-# ----------------------------------------------------------------------------
-
-
-# ----------------------------------------------------------------------------
 # A real search on digits
 # ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
@@ -112,13 +107,11 @@ def test_search_resumes_without_rerunning_finished_trials(digits, search_dir):
 # ----------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------
-
-
 def test_cli_tune_runs_a_tiny_search(tmp_path, capsys):
     from tfedge.cli import main
 
     builder = tmp_path / "models.py"
-    builder.write_text("from test_tune import build_cnn as build\n")
+    builder.write_text("from tests.helpers import build_cnn as build\n")
     status = main(["tune", "--builder", f"{builder}:build", "--data", "digits",
                    "--sparsity", "0.5", "--width", "0.5", "--epochs", "1", "--max-trials", "1",
                    "--max-size-bytes", "100000", "--max-arena-bytes", "100000",
