@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfedge.errors import UnsupportedModelError, VerificationError
+from tfedge.flatbuffer import _op_name, _parse  # the reader's own parse, cached
 from tfedge.report import write_json
 
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tflm_worker.py")
@@ -102,8 +103,6 @@ def tflm_version() -> str | None:
 
 def _op_codes(artifact: Any) -> list[str]:
     """Names of every op code the flatbuffer declares (all subgraphs)."""
-    from tfedge.flatbuffer import _op_name, _parse  # the reader's own parse, cached
-
     return [_op_name(code) for code in _parse(artifact.content).operatorCodes or []]
 
 

@@ -29,6 +29,7 @@ from absl import logging
 
 from tfedge._config import PhaseConfig
 from tfedge._keras import keras
+from tfedge.report import format_table
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
@@ -464,7 +465,6 @@ class SparsityReport:
         return {"overall": self.overall, "layers": self.rows}
 
     def __str__(self) -> str:
-        from tfedge.report import format_table
         rows = [[r["layer"], r["weight"], "x".join(map(str, r["shape"])), r["size"],
                  f"{100 * r['sparsity']:.1f}%"] for r in self.rows]
         rows.append(["overall", "", "", sum(r["size"] for r in self.rows),
