@@ -12,6 +12,18 @@ arrays, samples first, already in the input tensors' dtypes), ``outputs``
 (where to write the ``output_<i>`` arrays) and ``arena_size`` (bytes, or null
 to measure the smallest arena that works). Progress lines ``stage <name>`` go to stdout; the
 last line printed is the JSON result.
+
+Measuring the arena: TFLM's recording allocator reports what the arena holds
+after a run, but that total is only a lower bound: during ``AllocateTensors``
+the memory planner also needs scratch space (its buffer list, e.g. "Too many
+buffers (max is 10)" when it is short) that the recording does not count. So
+the smallest arena is found by search, in steps of TFLM's arena alignment
+(:data:`ALIGNMENT`: TFLM aligns the arena's start up and its end down to it,
+so only multiples of it matter), from the recorded total upwards: each probe
+allocates the model and runs one sample in a forked child, so a probe that
+crashes TFLM (some too-small arenas abort instead of failing) only fails that
+probe. Arena use does not depend on input values (TFLM plans memory
+statically), and the chosen arena then runs every sample.
 """
 
 import json
@@ -22,6 +34,8 @@ import tempfile
 
 import numpy as np
 
+# TFLM's MicroArenaBufferAlignment() (tensorflow/lite/micro/memory_helpers.h).
+ALIGNMENT = 16
 _FIRST_ARENA = 64 << 20
 _MAX_ARENA = 1 << 30
 _TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
@@ -74,6 +88,74 @@ def _recorded_total(interpreter):
     return int(match.group(1)) if match else None
 
 
+def _align_up(size):
+    return -(-int(size) // ALIGNMENT) * ALIGNMENT
+
+
+def _fits(runtime, content, inputs, arena_size):
+    """Whether TFLM allocates the model in ``arena_size`` bytes and runs one sample.
+
+    The probe runs in a forked child (TFLM may abort on a too-small arena);
+    its messages are discarded.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # child: exit status 0 means it allocated and ran
+        status = 1
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            interpreter = runtime.Interpreter.from_bytes(content, arena_size=int(arena_size))
+            for i, batch in enumerate(inputs):
+                interpreter.set_input(batch[:1], i)
+            interpreter.invoke()
+            status = 0
+        except BaseException:  # any failure is a failed probe
+            status = 1
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def _smallest_arena(runtime, content, inputs, recorded, known_good):
+    """The smallest multiple of :data:`ALIGNMENT` that allocates and runs the model.
+
+    Args:
+        recorded: TFLM's recorded arena use (a lower bound).
+        known_good: an arena size known to work.
+
+    Returns:
+        ``(arena bytes, [(probed size, fits), ...])``.
+    """
+    probes = []
+
+    def fits(size):
+        ok = _fits(runtime, content, inputs, size)
+        probes.append([int(size), bool(ok)])
+        return ok
+
+    low = _align_up(recorded) - ALIGNMENT  # below the recorded use: cannot fit
+    step = ALIGNMENT
+    high = low + step
+    while high < known_good and not fits(high):  # grow until an arena fits
+        low = high
+        step *= 2
+        high = min(low + step, known_good)
+    high = min(high, known_good)
+    while high - low > ALIGNMENT:  # invariant: low fails (or is below the bound), high fits
+        middle = _align_up((low + high) // 2)
+        if middle >= high:
+            middle = high - ALIGNMENT
+        if fits(middle):
+            high = middle
+        else:
+            low = middle
+    return int(high), probes
+
+
 def _run(interpreter, inputs, num_outputs):
     """Invokes the interpreter once per sample; returns outputs, samples first."""
     rows = []
@@ -115,8 +197,8 @@ def main(request_path):
                 result.update(stage="allocate", arena_size=arena, log=log)
                 return result
             arena *= 2
-        # The recording allocator reports what the arena really holds after a run;
-        # the samples then run in exactly that arena.
+        # The recording allocator reports what the arena really holds after a run: a
+        # lower bound of the smallest arena (see the module docstring).
         _stage("measure", arena)
         for i, batch in enumerate(inputs):
             interpreter.set_input(batch[:1], i)
@@ -125,13 +207,15 @@ def main(request_path):
         if total is None:
             result.update(stage="measure", log="TFLM did not report its arena use.")
             return result
-        interpreter, log = _interpreter(runtime, content, total, "measure")
+        del interpreter
+        arena, probes = _smallest_arena(runtime, content, inputs, total, arena)
+        result.update(recorded_size=int(total), probes=probes)
+        interpreter, log = _interpreter(runtime, content, arena, "measure")
         if interpreter is None:
-            result.update(stage="allocate", arena_size=total,
-                          log=f"TFLM recorded {total} bytes of arena use but cannot allocate "
-                              f"the model in exactly {total} bytes:\n{log}")
+            result.update(stage="allocate", arena_size=arena,
+                          log=f"TFLM allocated the model in a {arena}-byte arena in a probe "
+                              f"but not again:\n{log}")
             return result
-        arena = total
     result["arena_size"] = int(arena)
 
     _stage("invoke")

@@ -70,6 +70,9 @@ IO_TYPES = ("int8", "uint8", "float32")
 _NUM_RANDOM_SAMPLES = 32
 # LiteRT's builtin kernels, without the default XNNPACK delegate (see above).
 REFERENCE_RESOLVER = "no_delegates"
+# Bytes added to the smallest arena in a micro bundle: TFLM aligns the arena's
+# start up to 16 bytes, so a buffer without alignas(16) loses up to 15 of them.
+ARENA_HEADROOM = micro.ARENA_ALIGNMENT
 _FLOAT_RTOL, _FLOAT_ATOL = 1e-4, 1e-5
 
 
@@ -94,7 +97,7 @@ class Bundle:
 
     @property
     def arena_bytes(self) -> int | None:
-        """Measured TFLM tensor arena (micro bundles), else None."""
+        """The TFLM tensor arena the bundle states (micro bundles), else None."""
         return self.card["bundle"].get("arena_bytes")
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,7 +111,11 @@ class Bundle:
                               title=f"{self.kind} bundle in {self.directory}")]
         if self.kind == "micro":
             ops = ", ".join(o["op"] for o in facts["ops"])
-            lines.append(f"tensor arena: {facts['arena_bytes']:,} bytes (measured in TFLM "
+            how = (f"smallest that runs {facts['arena_min_bytes']:,} + "
+                   f"{facts['arena_headroom_bytes']} alignment headroom; TFLM recorded "
+                   f"{facts['arena_recorded_bytes']:,}" if "arena_min_bytes" in facts
+                   else "given")
+            lines.append(f"tensor arena: {facts['arena_bytes']:,} bytes ({how}; TFLM "
                          f"{facts['tflm_version']}); ops: {ops}")
         check = facts["verification"]
         lines.append(f"verified: {check['summary']}")
@@ -524,7 +531,8 @@ def export_android(artifact: Any, out_dir: str | os.PathLike, *,
 def export_micro(artifact: Any, out_dir: str | os.PathLike, *, sample_inputs: Any = None,
                  name: str = "model", description: str = "",
                  labels: Sequence[str] | None = None, max_diff: int = 0,
-                 validation: Any = None, benchmark: Any = None) -> Bundle:
+                 arena_size: int | None = None, validation: Any = None,
+                 benchmark: Any = None) -> Bundle:
     """Writes the microcontroller (TFLM) handoff bundle, verified in TFLM.
 
     Before anything is written: every op must have a TFLM kernel, the model
@@ -553,6 +561,8 @@ def export_micro(artifact: Any, out_dir: str | os.PathLike, *, sample_inputs: An
             bit-exact outputs; TFLM and LiteRT do not round requantization
             identically, so some models differ by one step on a few values,
             and ``max_diff=1`` accepts that (the count is in the card).
+        arena_size: tensor arena bytes to state instead of the searched
+            minimum plus headroom (e.g. the size the firmware reserves).
         validation: a ValidationReport to record in the card.
         benchmark: a benchmark report to record in the card.
 
@@ -561,8 +571,10 @@ def export_micro(artifact: Any, out_dir: str | os.PathLike, *, sample_inputs: An
 
     Raises:
         UnsupportedModelError: an op has no TFLM kernel (the op is named).
-        VerificationError: TFLM crashed or failed on the model, or its
-            outputs differ from LiteRT's.
+        VerificationError: TFLM crashed or failed on the model (also: it
+            cannot run in the given ``arena_size``), or its outputs differ
+            from LiteRT's.
+        ValueError: ``arena_size`` is not a positive number of bytes.
 
     Example:
 
@@ -573,13 +585,31 @@ def export_micro(artifact: Any, out_dir: str | os.PathLike, *, sample_inputs: An
     """
     artifact = as_artifact(artifact)
     out_dir = os.fspath(out_dir)
+    if arena_size is not None and (int(arena_size) != arena_size or arena_size <= 0):
+        raise ValueError(f"arena_size={arena_size!r} must be a positive whole number of bytes "
+                         "(or None to measure the smallest arena).")
     methods = micro.resolver_methods(artifact)  # unsupported ops fail here, first
     if any(t.dtype == "UINT8" for t in artifact.inputs + artifact.outputs):
         logging.warning("tfedge: the model has uint8 inputs/outputs; TFLM deprecated uint8, "
                         "convert with input_type='int8' for microcontrollers.")
     inputs, source = _sample_inputs(artifact, sample_inputs)
     reference = litert_outputs(artifact.content, inputs)
-    run = micro.run_tflm(artifact.content, inputs, num_outputs=len(artifact.outputs))
+    run = micro.run_tflm(artifact.content, inputs, num_outputs=len(artifact.outputs),
+                         arena_size=None if arena_size is None else int(arena_size))
+    if arena_size is None:
+        stated, arena_facts = run.arena_bytes + ARENA_HEADROOM, {
+            "arena_min_bytes": run.arena_bytes, "arena_recorded_bytes": run.recorded_bytes,
+            "arena_headroom_bytes": ARENA_HEADROOM,
+            "arena_measured_by": (
+                "search: the smallest multiple of 16 bytes in which TFLM allocates the model "
+                "and runs the samples (16 bytes less fails), starting from the "
+                "RecordingMicroAllocator's total (a lower bound), plus 16 bytes of headroom "
+                "for a buffer that is not 16-byte aligned"),
+            "arena_probes": run.probes}
+    else:
+        stated, arena_facts = int(arena_size), {
+            "arena_measured_by": "given (arena_size=); TFLM ran the samples in exactly this "
+                                 "arena"}
     agreement = _agreement(reference, run.outputs, max_diff)
     if not agreement["equal"]:
         hint = ""
@@ -597,9 +627,9 @@ def export_micro(artifact: Any, out_dir: str | os.PathLike, *, sample_inputs: An
     xnnpack = _agreement(reference, litert_outputs(artifact.content, inputs, "auto"))
 
     os.makedirs(out_dir, exist_ok=True)
-    source_cc, header = micro.model_data_sources(artifact.content, name, run.arena_bytes,
-                                                 sha256=artifact.sha256,
-                                                 header_name=MODEL_DATA_HEADER)
+    source_cc, header = micro.model_data_sources(
+        artifact.content, name, stated, sha256=artifact.sha256, header_name=MODEL_DATA_HEADER,
+        headroom=ARENA_HEADROOM if arena_size is None else None)
     counts = artifact.flatbuffer.op_counts()
     _write(out_dir, MODEL_FILE, artifact.content)
     _write(out_dir, MODEL_DATA_SOURCE, source_cc)
@@ -611,9 +641,7 @@ def export_micro(artifact: Any, out_dir: str | os.PathLike, *, sample_inputs: An
     verification = {**agreement, "summary": f"TFLM matches LiteRT: {agreement['summary']}",
                     "xnnpack_vs_builtin_kernels": xnnpack}
     return _finish("micro", out_dir, artifact, files, {
-        "tflm_version": micro.tflm_version(), "arena_bytes": run.arena_bytes,
-        "arena_measured_by": "TFLM's RecordingMicroAllocator total after a run; the samples "
-                             "then ran in exactly this arena",
+        "tflm_version": micro.tflm_version(), "arena_bytes": stated, **arena_facts,
         "ops": [{"op": op, "method": m, "count": counts.get(op, 0)} for op, m in methods],
         "symbols": micro.c_symbols(name),
         "samples": {"file": SAMPLES_FILE, "count": len(inputs[0]), "source": source},

@@ -36,6 +36,9 @@ from tfedge.flatbuffer import _op_name, _parse  # the reader's own parse, cached
 from tfedge.report import write_json
 
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tflm_worker.py")
+# TFLM aligns the arena's start up and its end down to 16 bytes
+# (MicroArenaBufferAlignment); the worker searches in these steps.
+ARENA_ALIGNMENT = 16
 
 # Builtin op -> MicroMutableOpResolver method, for every builtin kernel that
 # TFLM registers (tensorflow/lite/micro/micro_mutable_op_resolver.h; the same
@@ -177,7 +180,8 @@ def _banner(what: str, content_name: str, size: int, sha256: str) -> str:
 
 
 def model_data_sources(content: bytes, name: str, arena_size: int, *,
-                       sha256: str, header_name: str = "model_data.h") -> tuple[str, str]:
+                       sha256: str, header_name: str = "model_data.h",
+                       headroom: int | None = None) -> tuple[str, str]:
     """The model as a C++ array: ``(model_data.cc text, model_data.h text)``.
 
     The array is ``const`` (it stays in flash) and ``alignas(16)``, as TFLM
@@ -188,9 +192,12 @@ def model_data_sources(content: bytes, name: str, arena_size: int, *,
         content: the flatbuffer bytes.
         name: model name; symbols are ``g_<name>_model_data``,
             ``g_<name>_model_data_len`` and ``k<Name>TensorArenaSize``.
-        arena_size: tensor arena bytes (from :func:`run_tflm`).
+        arena_size: tensor arena bytes to state.
         sha256: the flatbuffer's sha256, written in the banner.
         header_name: file name the ``.cc`` includes.
+        headroom: bytes of ``arena_size`` added to the measured smallest
+            arena (from :func:`run_tflm`); None: the size was given, not
+            measured.
 
     Returns:
         The ``.cc`` and ``.h`` file contents.
@@ -206,8 +213,13 @@ def model_data_sources(content: bytes, name: str, arena_size: int, *,
         f"// The .tflite flatbuffer, 16-byte aligned, in read-only memory.\n"
         f"extern const unsigned char {data}[];\n"
         f"extern const unsigned int {length};  // {len(content)} bytes\n\n"
-        f"// Smallest tensor arena the model ran in, measured in the TFLM interpreter\n"
-        f"// (tflite-micro {tflm_version()}, reference kernels, 64-bit host: 32-bit targets\n"
+        + (f"// Tensor arena: the smallest in which the TFLM interpreter allocated the model\n"
+           f"// and ran the samples ({int(arena_size) - headroom} bytes; {ARENA_ALIGNMENT} less "
+           f"fails), plus {headroom} bytes\n// so that a buffer without alignas(16) also "
+           f"fits (TFLM aligns the arena's start).\n" if headroom is not None else
+           "// Tensor arena: the size given at export; the TFLM interpreter ran the samples "
+           "in it.\n")
+        + f"// (tflite-micro {tflm_version()}, reference kernels, 64-bit host: 32-bit targets\n"
         f"// need the same or less; optimized kernels such as CMSIS-NN may ask for\n"
         f"// scratch buffers, so check on the target with RecordingMicroInterpreter).\n"
         f"// Declare it as: alignas(16) static uint8_t tensor_arena[{arena}];\n"
@@ -272,13 +284,20 @@ class TFLMRun:
 
     Attributes:
         arena_bytes: the tensor arena the samples ran in. When measured, it is
-            the total TFLM's recording allocator reports after a run in a
-            large arena; on the digits CNN one byte less fails to allocate.
+            the smallest multiple of :data:`ARENA_ALIGNMENT` in which TFLM
+            allocates the model and runs it, found by search: one alignment
+            step less fails.
         outputs: raw output tensors, one array per output, samples first.
+        recorded_bytes: what TFLM's recording allocator reported after a run
+            (measured runs only): a lower bound of ``arena_bytes``, short of
+            the scratch space the memory planner needs while allocating.
+        probes: ``[arena bytes, fits]`` of each size the search tried.
     """
 
     arena_bytes: int
     outputs: list[np.ndarray]
+    recorded_bytes: int | None = None
+    probes: list[list[Any]] = dataclasses.field(default_factory=list)
 
 
 def _tail(text: str, lines: int = 12) -> str:
@@ -294,8 +313,10 @@ def run_tflm(content: bytes, inputs: Sequence[np.ndarray], *, num_outputs: int =
         inputs: one array per model input, samples first, in the input
             tensor's dtype (quantized already).
         num_outputs: number of model outputs.
-        arena_size: tensor arena bytes; None measures what the model needs
-            (TFLM's recorded arena use) and runs the samples in exactly that.
+        arena_size: tensor arena bytes; None searches for the smallest arena
+            that allocates and runs the model (from TFLM's recorded use, a
+            lower bound, up in :data:`ARENA_ALIGNMENT` steps) and runs the
+            samples in exactly that.
         timeout: seconds before the run is abandoned.
 
     Returns:
@@ -358,8 +379,8 @@ def run_tflm(content: bytes, inputs: Sequence[np.ndarray], *, num_outputs: int =
             raise VerificationError(f"TFLM ({version}) failed {where}:\n{_tail(log)}")
         with np.load(request["outputs"]) as data:
             outputs = [data[f"output_{k}"] for k in range(len(data.files))]
-    return TFLMRun(arena_bytes=int(result["arena_size"]),
-                   outputs=outputs)
+    return TFLMRun(arena_bytes=int(result["arena_size"]), outputs=outputs,
+                   recorded_bytes=result.get("recorded_size"), probes=result.get("probes", []))
 
 
 _STAGES = {"start": "starting", "load": "loading the model and allocating its tensors",

@@ -52,9 +52,11 @@ def test_arena_is_measured_and_is_the_smallest_that_works(micro_bundle, digits_i
     assert arena > 0
     header = (pathlib.Path(micro_bundle.directory) / "model_data.h").read_text()
     assert f"TensorArenaSize = {arena};" in header
+    smallest = micro_bundle.card["bundle"]["arena_min_bytes"]
+    assert arena == smallest + export.ARENA_HEADROOM  # tests/test_micro_arena.py: the search
     inputs = [export._quantize(x_test[:1], digits_int8.inputs[0])]
     with pytest.raises(VerificationError, match="allocating tensors"):
-        micro.run_tflm(digits_int8.content, inputs, arena_size=arena - 1)
+        micro.run_tflm(digits_int8.content, inputs, arena_size=smallest - 1)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs the system C++ compiler")
