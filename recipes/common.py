@@ -81,7 +81,8 @@ def add_common_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_size
     parser.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
     parser.add_argument("--verbose", type=int, default=None, choices=(0, 1, 2),
                         help="Keras fit verbosity: 1 progress bars, 2 one line per epoch, 0 "
-                             "silent (default: 1 on a terminal, 2 otherwise).")
+                             "silent (default: 1 on a terminal, 2 otherwise). Given as 1 or 2, "
+                             "it also shows TensorFlow's C++ start-up lines, hidden by default.")
 
 
 def fit_verbosity(args: argparse.Namespace) -> int:

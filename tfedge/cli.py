@@ -13,6 +13,10 @@ inputs, or a ``.npz`` with the inputs as ``x`` and labels as ``y``
 (``np.savez(path, x=x, y=y)``); a training file for ``tune`` adds the
 validation split as ``x_val`` and ``y_val``. ``x_train`` / ``y_train`` are
 still read as ``x`` / ``y``.
+
+The command starts quiet: ``TF_CPP_MIN_LOG_LEVEL=2`` is set (unless ``--verbose``)
+before TensorFlow loads, and ``tfedge._quiet`` holds TensorFlow's C++
+start-up lines to it whenever a subcommand first imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tfedge import _quiet
 from tfedge.artifact import MODES, load
 from tfedge.card import card_path
 from tfedge.data import load_digits
@@ -222,6 +227,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-diff", type=int, default=0,
                    help="Largest difference allowed between TFLM's and LiteRT's integer "
                         "outputs, in quantization steps (default: 0, bit-exact).")
+    p.add_argument("--arena-size", type=int, metavar="BYTES",
+                   help="Tensor arena to state in the micro bundle (checked in TFLM). "
+                        "Default: the smallest arena TFLM allocates and runs the model in, "
+                        "found by search, plus 16 bytes of alignment headroom.")
     p.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
     p.set_defaults(func=_run_export)
 
@@ -245,7 +254,7 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.micro:
         bundles.append(export_micro(artifact, args.micro, sample_inputs=samples, name=name,
                                     description=args.description, labels=labels,
-                                    max_diff=args.max_diff))
+                                    max_diff=args.max_diff, arena_size=args.arena_size))
     if args.json:
         print(to_json([b.to_dict() for b in bundles]))
     else:
@@ -520,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfedge",
         description="tfedge: Keras models to validated int8 TFLite models for the edge.")
+    parser.add_argument("--verbose", action="store_true", dest="tensorflow_logs",
+                        help="Also show TensorFlow's C++ start-up lines (oneDNN, CUDA, CPU "
+                             "features), hidden by default (TF_CPP_MIN_LOG_LEVEL=2, set before "
+                             "TensorFlow loads; see tfedge/_quiet.py).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_inspect(sub)
     _add_convert(sub)
@@ -533,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tfedge`` command. Returns the exit status."""
     args = build_parser().parse_args(argv)
+    if not args.tensorflow_logs:
+        _quiet.quiet_tensorflow_import()
     try:
         return args.func(args)
     except (TFEdgeError, FileNotFoundError, ValueError) as err:
