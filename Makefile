@@ -1,5 +1,6 @@
 # Set-up and entry points. Everything installs into a local virtualenv (.venv).
-#   make demo   install, then run the main job (classification recipe on digits)
+#   make demo   install, prepare ARM emulation, then run the main job
+#               (classification recipe on digits: prune, QAT, distill, int8, bench, bundles)
 #   make test   install (Python and system packages), then run the test suite
 #               (tests/unit, tests/integration and the doctests of tfedge/)
 #   make test-unit  only the tests that train nothing, and the doctests
@@ -8,8 +9,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tfedge-installed
 # System packages: qemu-user runs LiteRT's aarch64 build for the ARM benchmark
-# harness; a C/C++ compiler builds its qemu plugin and checks micro bundles.
-APT_PACKAGES := qemu-user gcc g++ make
+# harness; a C/C++ compiler builds its qemu plugin and checks micro bundles;
+# chromium renders the HTML report in its headless test.
+APT_PACKAGES := qemu-user gcc g++ make chromium
 
 .PHONY: install system-deps arm-emulation demo test test-unit test-fast clean
 
@@ -22,7 +24,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 system-deps:
-	@if command -v qemu-aarch64 >/dev/null && command -v gcc >/dev/null && command -v g++ >/dev/null; then \
+	@if command -v qemu-aarch64 >/dev/null && command -v gcc >/dev/null && command -v g++ >/dev/null \
+			&& command -v chromium >/dev/null; then \
 		echo "system packages present"; \
 	elif [ "$$(id -u)" = 0 ]; then \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
@@ -37,10 +40,14 @@ arm-emulation: install system-deps
 	@if [ "$$(id -u)" = 0 ]; then \
 		$(BIN)/python -m tfedge.arm > /dev/null && echo "ARM emulation ready"; \
 	else \
-		echo "Not root: the ARM emulation tests use an existing cache or are skipped."; \
+		echo "Not root: ARM emulation uses an existing cache; to prepare it run as root: $(BIN)/python -m tfedge.arm"; \
 	fi
 
+# Emulation is prepared as for `make test`; without root or qemu the job says
+# which command enables it.
 demo: install
+	@$(MAKE) --no-print-directory system-deps arm-emulation || \
+		echo "ARM emulation not prepared: the main job will say how to enable it."
 	$(BIN)/python -m recipes.classifier
 
 test: install system-deps arm-emulation
