@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import zlib
 from typing import Any
 
 import numpy as np
@@ -282,8 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--int8_friendly", action="store_true",
                         help="For mobilenet_v3_small: rebuild it without hard-swish and "
                              "squeeze-excite (int8_friendly_mobilenet_v3). Implied by --qat.")
-    common.add_common_flags(parser, epochs=20, batch_size=32,
-                            name="<dataset>_<model>")
+    parser.add_argument("--html_report", action=argparse.BooleanOptionalAction, default=True,
+                        help="Write <name>/report.html (figures and tables, self-contained; "
+                             "runs tfedge.debug_quantization for the per-layer int8 error).")
+    # The main job shows the whole product: prune, then sparsity-preserving QAT, with
+    # distillation from the float model, and emulated ARM runs.
+    common.add_common_flags(parser, epochs=20, batch_size=32, name="<dataset>_<model>",
+                            prune=0.5, qat=True, distill_from=common.FLOAT_TEACHER,
+                            emulate=True, bench_targets="rpi4,rpi5,cortex-m7")
     return parser
 
 
@@ -326,7 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             model = int8_friendly_mobilenet_v3(model)
             model._name = name
             print("   rebuilt with int8_friendly_mobilenet_v3: hard-swish -> ReLU6, "
-                  "squeeze-excite removed (QAT cannot handle them)")
+                  "squeeze-excite removed (tfmot's QAT cannot handle them yet)")
         print(f"   {model.count_params():,} parameters")
 
     lr = args.learning_rate or (5e-4 if weights else 3e-3)
@@ -340,18 +347,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         os.makedirs(out_dir, exist_ok=True)
         model.save(os.path.join(out_dir, "keras_model.keras"))
 
-    final = model
-    optimizations = []
+    stages = [_stage_row("float", float_acc, model)]
+    final, debug_source, edge = model, model, None
+    optimizations, losses = [], {}
     if common.wants_optimization(args):
         epochs = common.finetune_epochs(args)
         optimizations = [f for f, on in (("prune", args.prune), ("qat", args.qat),
-                                         ("distill", args.distill_from)) if on]
-        with common.stage(f"optimization fine-tune ({', '.join(optimizations)}): "
-                          f"{epochs} epochs", timings, cpu):
-            edge = common.wrap_for_flags(model, args, epochs)
-            _compile(edge, lr / 10, epochs * data.steps_per_epoch)
-            edge.fit(data.train, epochs=epochs, verbose=verbose)
-            final = common.plain_model(edge)
+                                         ("distill", common.distills(args))) if on]
+        edge = common.wrap_for_flags(model, args, epochs)
+        _compile(edge, lr / 10, epochs * data.steps_per_epoch)
+        prune_end = common.prune_end_epoch(args, epochs)
+        parts = ([("prune", prune_end), ("qat", epochs - prune_end)] if prune_end
+                 else [("prune" if args.prune else "qat" if args.qat else "distill", epochs)])
+        for part, part_epochs in parts:
+            title = {"prune": f"pruning (polynomial decay to {args.prune:.0%} zeros)",
+                     "qat": "sparsity-preserving QAT" if args.prune else "QAT",
+                     "distill": "distillation"}[part]
+            if common.distills(args):
+                title += f" + distillation from the {_teacher_name(args)}"
+            with common.stage(f"{title}: {part_epochs} epochs", timings, cpu):
+                history = edge.fit(data.train, epochs=part_epochs, verbose=verbose)
+                losses[part] = _print_losses(history)
+                if part == "prune" and prune_end:  # measured before QAT starts
+                    sparsity = tfedge.sparsity_report(edge.network).overall
+                    accuracy = _accuracy(edge, data.x_test, data.y_test)
+                    debug_source = tfedge.prune.strip_pruning(edge.network)
+                    stages.append(_stage_row("pruned", accuracy, debug_source,
+                                             sparsity=sparsity))
+                    print(f"   pruned: {100 * sparsity:.1f}% of kernel weights are zero; "
+                          f"test accuracy {100 * accuracy:.2f}%")
+        final = common.plain_model(edge)
+        accuracy = _accuracy(final, data.x_test, data.y_test)
+        sparsity = tfedge.sparsity_report(final).overall if args.prune else None
+        label = "QAT" if args.qat else "pruned" if args.prune else "distilled"
+        stages.append(_stage_row(label, accuracy, final, sparsity=sparsity))
+        if args.qat:
+            print(f"   QAT model: test accuracy {100 * accuracy:.2f}%"
+                  + (f", {100 * sparsity:.1f}% zeros kept" if sparsity is not None else ""))
+        if not args.qat:
+            debug_source = final
 
     with common.stage("convert: full int8", timings, cpu):
         artifact = tfedge.convert(final, representative_data=data.x_calib)
@@ -361,9 +395,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with common.stage("validate: LiteRT vs Keras", timings, cpu):
         report = tfedge.validate(artifact, final, data.x_test, data.y_test)
         print(report)
+        weights = artifact.flatbuffer.weight_sparsity()
+        stages.append({"stage": "int8", "accuracy": report.tflite_accuracy,
+                       "size_bytes": artifact.size_bytes,
+                       "kernel_sparsity": (sum(w["sparsity"] * w["size"] for w in weights)
+                                           / max(1, sum(w["size"] for w in weights))),
+                       "compressed_bytes": len(zlib.compress(artifact.content, 9)),
+                       "size_note": "the .tflite file (int8 weights)"})
+        drop = float_acc - report.tflite_accuracy
+        print(f"   int8 accuracy {100 * report.tflite_accuracy:.2f}% vs float "
+              f"{100 * float_acc:.2f}%: {100 * drop:+.2f} pp drop "
+              f"({'within' if drop <= 0.01 else 'MORE than'} 1 pp)")
 
     with common.stage("benchmark: tfedge.bench", timings, cpu):
         bench_report = common.benchmark(artifact, args, name)
+
+    quant_errors = None
+    if args.html_report:
+        with common.stage("quantization error per layer: tfedge.debug_quantization", timings,
+                          cpu):
+            quant_errors = _debug_quantization(debug_source, data)
 
     results = {
         "name": name, "dataset": args.dataset, "model": args.model, "alpha": args.alpha,
@@ -373,30 +424,117 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "float_accuracy": float_acc, "keras_accuracy": report.keras_accuracy,
         "int8_accuracy": report.tflite_accuracy, "agreement": report.agreement,
         "size_bytes": artifact.size_bytes, "parameters": int(final.count_params()),
-        "seconds": timings, "cpu_seconds": cpu,
+        "stages": stages, "seconds": timings, "cpu_seconds": cpu,
     }
+    with common.stage("export: Android and micro bundles", timings, cpu):
+        results["bundles"] = common.export_bundles(
+            artifact, out_dir, which=args.bundles, name=name,
+            description=_describe(args, rebuilt), labels=data.labels,
+            sample_inputs=data.x_test[:16], validation=report, benchmark=bench_report)
+    pipeline = _pipeline_facts(args, edge, stages, losses, bench_report, results["bundles"])
+    readme = (_report(results, artifact, args) + common.bench_section(bench_report) + "\n"
+              + "\n".join(common.bundles_section(results["bundles"])))
     paths = common.write_outputs(
         out_dir, artifact, name=name, description=_describe(args, rebuilt),
-        labels=data.labels, validation=report, benchmark=bench_report,
-        report=_report(results, artifact, args) + common.bench_section(bench_report),
+        labels=data.labels, validation=report, benchmark=bench_report, report=readme,
         extra={"recipe": "recipes.classifier", "command": common.command_line(),
                "input": "RGB float32 in [0, 1] (pixel / 255); the int8 input tensor's scale "
                         "and zero point map uint8 pixels directly",
                "output": "logits (apply softmax for probabilities)",
                "training": {k: results[k] for k in ("dataset", "model", "alpha", "input_size",
                                                      "weights", "epochs", "optimizations",
-                                                     "int8_friendly_rebuild")}})
-    with common.stage("export: Android and micro bundles", timings, cpu):
-        results["bundles"] = common.export_bundles(
-            artifact, out_dir, which=args.bundles, name=name,
-            description=_describe(args, rebuilt), labels=data.labels,
-            sample_inputs=data.x_test[:16], validation=report, benchmark=bench_report)
-    if results["bundles"]:
-        with open(paths["report"], "a") as f:
-            f.write("\n" + "\n".join(common.bundles_section(results["bundles"])))
+                                                     "int8_friendly_rebuild")},
+               "pipeline": pipeline})
+    if args.html_report:
+        with common.stage("report.html", timings, cpu):
+            paths["html"] = common.write_html_report(
+                out_dir, name=name, summary=_describe(args, rebuilt), stages=stages,
+                benchmark=bench_report, sparsity=tfedge.sparsity_report(final).rows,
+                quantization_errors=quant_errors, readme=readme, bundles=results["bundles"])
+            print(f"   {paths['html']}")
     results["files"] = paths
     _print_summary(results)
     return results
+
+
+def _teacher_name(args: argparse.Namespace) -> str:
+    if args.distill_from.lower() == common.FLOAT_TEACHER:
+        return "float model"
+    return f"teacher {os.path.basename(args.distill_from)}"
+
+
+def _weights_bytes(model: Any) -> tuple[int, int]:
+    """(bytes, zlib-compressed bytes) of a Keras model's weights as float32."""
+    flat = np.concatenate([np.asarray(w, np.float32).ravel() for w in model.get_weights()])
+    raw = flat.tobytes()
+    return len(raw), len(zlib.compress(raw, 9))
+
+
+def _stage_row(stage: str, accuracy: float, model: Any,
+               sparsity: float | None = None) -> dict[str, Any]:
+    size, compressed = _weights_bytes(model)
+    return {"stage": stage, "accuracy": accuracy, "size_bytes": size,
+            "compressed_bytes": compressed, "kernel_sparsity": sparsity,
+            "size_note": "Keras weights as float32 (4 bytes each)"}
+
+
+def _print_losses(history: Any) -> dict[str, float]:
+    """Prints and returns the last epoch's losses (distillation terms included)."""
+    last = {k: float(v[-1]) for k, v in history.history.items() if v}
+    if "soft_loss" in last:
+        first = float(history.history["soft_loss"][0])
+        print(f"   distillation: soft-target loss {first:.4f} -> {last['soft_loss']:.4f}, "
+              f"hard-label loss {last['hard_loss']:.4f}, total {last['loss']:.4f}")
+    return last
+
+
+def _debug_quantization(model: Any, data: Any) -> list[dict[str, Any]] | None:
+    """Per-layer int8 error of the float network QAT started from (or the final float one)."""
+    try:
+        debug = tfedge.debug_quantization(model, data.x_calib, (data.x_test, data.y_test),
+                                          num_samples=100, num_debug_samples=32,
+                                          output_effects=False)
+    except (tfedge.TFEdgeError, ValueError) as err:
+        print(f"   quantization debug not run: {str(err).splitlines()[0][:300]}")
+        return None
+    worst = sorted(debug.layers, key=lambda r: -(r.rmse_over_scale or 0))[:3]
+    print(f"   {len(debug.layers)} layers ({debug.seconds:.0f} s); largest RMSE / scale: "
+          + ", ".join(f"{r.layer} {r.rmse_over_scale:.3f}" for r in worst
+                      if r.rmse_over_scale is not None))
+    return [layer.to_dict() for layer in debug.layers]
+
+
+def _pipeline_facts(args: argparse.Namespace, edge: Any, stages: list[dict[str, Any]],
+                    losses: dict[str, dict[str, float]], bench: Any,
+                    bundles: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What each stage did, for the model card."""
+    facts: dict[str, Any] = {"stages": stages}
+    if edge is not None:
+        config = edge.get_config()
+        facts["phases"] = config["phases"]
+        if config["prune"]:
+            facts["pruning"] = {**config["prune"], "kernel_sparsity_after_pruning":
+                                next((s["kernel_sparsity"] for s in stages
+                                      if s["stage"] == "pruned"), None),
+                                "kernel_sparsity_final": next(
+                                    (s["kernel_sparsity"] for s in stages
+                                     if s["stage"] == "int8"), None),
+                                "losses": losses.get("prune")}
+        if config["quantize"]:
+            facts["qat"] = {**config["quantize"], "sparsity_preserving": bool(config["prune"]),
+                            "losses": losses.get("qat")}
+        if config["distill"]:
+            facts["distillation"] = {**config["distill"], "teacher": (
+                "the float model trained in this run" if
+                args.distill_from.lower() == common.FLOAT_TEACHER else args.distill_from),
+                "losses": losses}
+    if bench is not None:
+        facts["emulated_instructions"] = {
+            t.target: {"qemu_cpu": t.qemu_cpu, "instructions": t.instructions,
+                       "repeatable": t.deterministic, "outputs_equal_host": t.outputs_match,
+                       "note": t.note or None} for t in bench.targets if t.qemu_cpu}
+    facts["bundles"] = bundles
+    return facts
 
 
 def _compile(model: Any, lr: float, steps: int) -> None:
@@ -434,6 +572,10 @@ def _report(r: dict[str, Any], artifact: Any, args: argparse.Namespace) -> str:
         "input tensor's scale and zero point (with scale 1/255 and zero point -128 that is "
         "`int8 = uint8_pixel - 128`). Output: logits; dequantize, then softmax.", "",
         f"## Accuracy ({r['test_samples']} held-out images)", "", "```", acc, "```", "",
+        "## After each stage", "",
+        "Sizes of the Keras stages count their weights as float32; zlib shows what the "
+        "zeros of pruning save once compressed.", "",
+        "```", _stages_table(r["stages"]), "```", "",
         "## Model", "",
         f"- {r['parameters']:,} parameters, {r['size_bytes']:,} bytes as int8 TFLite.",
         "- ops: " + ", ".join(f"{k} x{v}" for k, v in artifact.ops.items()),
@@ -447,7 +589,10 @@ def _report(r: dict[str, Any], artifact: Any, args: argparse.Namespace) -> str:
                 "This model was rebuilt with `recipes.classifier.int8_friendly_mobilenet_v3`: "
                 "every hard-swish is ReLU6 and the squeeze-excite blocks are removed (as in "
                 "EfficientNet-Lite), because tfmot's QAT cannot handle keras.applications' "
-                "hard-sigmoid ops (model-optimization issue 980) or the Multiply layers.")
+                "hard-sigmoid ops (model-optimization issue 980) or the Multiply layers. "
+                "This rebuild is the main job's default for now; the unmodified "
+                "keras.applications MobileNetV3-Small becomes the default once it goes "
+                "through prune -> QAT.")
         else:
             lines.append(
                 "keras.applications' hard-swish and squeeze-excite are kept: post-training "
@@ -458,14 +603,27 @@ def _report(r: dict[str, Any], artifact: Any, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def _stages_table(stages: list[dict[str, Any]]) -> str:
+    return format_table(
+        ["stage", "test accuracy", "zero kernels", "size (bytes)", "zlib (bytes)"],
+        [[s["stage"], _pct(s["accuracy"]),
+          "-" if s.get("kernel_sparsity") is None else f"{100 * s['kernel_sparsity']:.1f}%",
+          f"{s['size_bytes']:,}", f"{s['compressed_bytes']:,}"] for s in stages])
+
+
 def _print_summary(r: dict[str, Any]) -> None:
+    print("\n" + _stages_table(r["stages"]))
     rows = [["float Keras accuracy", _pct(r["float_accuracy"])],
             ["final Keras accuracy", _pct(r["keras_accuracy"])],
             ["int8 TFLite accuracy", _pct(r["int8_accuracy"])],
-            ["int8 size", f"{r['size_bytes']:,} bytes"],
-            ["total time", f"{sum(r['seconds'].values()):.0f} s"],
-            ["output", os.path.dirname(r["files"]["tflite"])]]
+            ["int8 size", f"{r['size_bytes']:,} bytes"]]
+    for kind, facts in r["bundles"].items():
+        rows.append([f"{kind} bundle", facts.get("verified") or f"NOT written: {facts['error']}"])
+    rows += [["total time", f"{sum(r['seconds'].values()):.0f} s"],
+             ["output", os.path.dirname(r["files"]["tflite"])]]
     print("\n" + format_table(["result", "value"], rows, title=f"== {r['name']} =="))
+    print("\n" + format_table(["stage", "seconds"], [[k, v] for k, v in r["seconds"].items()],
+                              title="stage times"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,9 @@ import time
 from typing import Any, Iterator
 
 import tfedge
+from tfedge import arm
 from tfedge._keras import keras
+from tfedge import html_report
 from tfedge.card import model_card, write_model_card
 from tfedge.report import format_table
 
@@ -25,26 +27,37 @@ DEFAULT_OUTPUT_DIR = "tflite_models"
 
 
 def add_common_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int,
-                     name: str) -> None:
-    """Flags every recipe has: training length, optimizations, outputs."""
+                     name: str, prune: float | None = None, qat: bool = False,
+                     distill_from: str | None = None, emulate: bool = False,
+                     bench_targets: str = "rpi4,cortex-m7") -> None:
+    """Flags every recipe has: training length, optimizations, outputs.
+
+    The keyword arguments after ``name`` are the recipe's defaults for the
+    optimization and benchmark flags (the classifier, the main job, turns
+    everything on).
+    """
     parser.add_argument("--epochs", type=int, default=epochs,
                         help=f"Epochs of float training (default {epochs}). With --weights "
                              "imagenet this is fine-tuning.")
     parser.add_argument("--batch_size", type=int, default=batch_size,
                         help=f"Training batch size (default {batch_size}).")
-    parser.add_argument("--prune", type=float, default=None, metavar="SPARSITY",
-                        help="Prune to this fraction of zero weights (e.g. 0.5) during the "
-                             "optimization fine-tune (tfedge.wrap(prune=...)). Default: no "
-                             "pruning.")
-    parser.add_argument("--qat", action="store_true",
+    parser.add_argument("--prune", type=float, default=prune, metavar="SPARSITY",
+                        help="Prune to this fraction of zero weights (e.g. 0.5) with tfmot's "
+                             "polynomial-decay schedule during the optimization fine-tune "
+                             "(tfedge.wrap(prune=...)); 0: no pruning. Default: "
+                             + (f"{prune}." if prune else "no pruning."))
+    parser.add_argument("--qat", action=argparse.BooleanOptionalAction, default=qat,
                         help="Quantization-aware training during the optimization fine-tune "
-                             "(tfedge.wrap(quantize=True)), so the int8 model keeps the float "
-                             "accuracy. Default: post-training quantization only.")
-    parser.add_argument("--distill_from", default=None, metavar="PATH",
-                        help="A trained Keras model file (.keras, .h5 or SavedModel folder; "
-                             "e.g. one this recipe saved with --save_keras) to distill from "
-                             "during the optimization fine-tune (tfedge.wrap(teacher=...)). "
-                             "It must output logits for the same classes.")
+                             "(tfedge.wrap(quantize=...); after pruning it preserves the "
+                             "sparsity), so the int8 model keeps the float accuracy. "
+                             "--no-qat: post-training quantization only.")
+    parser.add_argument("--distill_from", default=distill_from, metavar="PATH",
+                        help="Teacher to distill from during the optimization fine-tune "
+                             "(tfedge.wrap(teacher=...)): 'float' for the float model this "
+                             "run trains, or a trained Keras model file (.keras, .h5 or "
+                             "SavedModel folder; e.g. one saved with --save_keras) with logits "
+                             "for the same classes; 'none': no distillation. Default: "
+                             f"{distill_from or 'none'}.")
     parser.add_argument("--finetune_epochs", type=int, default=None,
                         help="Epochs of the optimization fine-tune that runs after float "
                              "training when --prune, --qat or --distill_from is given "
@@ -60,14 +73,16 @@ def add_common_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_size
                              "(tfedge.export_android / export_micro, each verified in its "
                              "runtime). A bundle the runtime cannot take (e.g. TFLM lacks a "
                              "kernel) is reported in the README instead of stopping the run.")
-    parser.add_argument("--bench_targets", default="rpi4,cortex-m7",
+    parser.add_argument("--bench_targets", default=bench_targets,
                         help="Comma-separated device profiles for tfedge.bench's latency "
                              "estimates next to the host timing (rpi3, rpi4, rpi5, phone, "
                              "cortex-m7), or 'none' to skip benchmarking.")
-    parser.add_argument("--emulate", action="store_true",
+    parser.add_argument("--emulate", action=argparse.BooleanOptionalAction, default=emulate,
                         help="Run the ARM targets in LiteRT's aarch64 build under qemu for "
-                             "exact instruction counts (slow; needs qemu-user and "
-                             "tfedge.arm.prepare). Default: estimates from MACs only.")
+                             "exact instruction counts and a bit-exact comparison with the "
+                             "host (needs qemu-user and a prepared cache: `make arm-emulation` "
+                             "or, as root, `python -m tfedge.arm`; without them the run says "
+                             "so and uses MAC estimates). --no-emulate: MAC estimates only.")
     parser.add_argument("--save_keras", action="store_true",
                         help="Also save the trained float Keras model as keras_model.keras in "
                              "the output folder (usable later with --distill_from).")
@@ -128,8 +143,32 @@ def load_teacher(path: str) -> Any:
             from err
 
 
+FLOAT_TEACHER = "float"
+
+
+def distills(args: argparse.Namespace) -> bool:
+    return bool(args.distill_from) and args.distill_from.lower() != "none"
+
+
 def wants_optimization(args: argparse.Namespace) -> bool:
-    return bool(args.prune or args.qat or args.distill_from)
+    return bool(args.prune or args.qat or distills(args))
+
+
+def prune_end_epoch(args: argparse.Namespace, epochs: int) -> int | None:
+    """The epoch pruning ends (and QAT starts) with --prune and --qat, else None.
+
+    Pruning takes the first 60% of the fine-tune (at least one epoch), QAT
+    the rest.
+
+    Raises:
+        ValueError: --prune with --qat in a one-epoch fine-tune.
+    """
+    if not (args.prune and args.qat):
+        return None
+    if epochs < 2:
+        raise ValueError("--prune with --qat needs a fine-tune of at least 2 epochs "
+                         "(pruning first, then QAT): pass --finetune_epochs 2 or more.")
+    return min(epochs - 1, max(1, math.ceil(0.6 * epochs)))
 
 
 def finetune_epochs(args: argparse.Namespace) -> int:
@@ -141,9 +180,14 @@ def finetune_epochs(args: argparse.Namespace) -> int:
 def wrap_for_flags(model: Any, args: argparse.Namespace, epochs: int) -> Any:
     """The one ``tfedge.wrap`` call for --prune / --qat / --distill_from.
 
-    Pruning runs over the whole fine-tune, or, with QAT, over its first 60%
-    (at least one epoch) with QAT in the remaining epochs; QAT alone runs
-    throughout; distillation spans the whole fine-tune.
+    Pruning (polynomial decay from 0 to --prune) runs over the whole
+    fine-tune, or, with QAT, over its first 60% (at least one epoch, see
+    :func:`prune_end_epoch`) with sparsity-preserving QAT in the remaining
+    epochs; QAT alone runs throughout; distillation (``DistillConfig()``'s
+    temperature 4 and hard-label weight 0.1) spans the whole fine-tune.
+    ``--distill_from float`` distills from ``model`` itself: the float model
+    is the teacher of its pruned, quantization-aware copy (``wrap`` copies the
+    student and only reads the teacher).
 
     Returns:
         A ``tfedge.EdgeModel`` to compile and fit.
@@ -156,19 +200,19 @@ def wrap_for_flags(model: Any, args: argparse.Namespace, epochs: int) -> Any:
     # is calibrated at conversion like any other op.
     rescaling = [layer.name for layer in model.layers
                  if isinstance(layer, keras.layers.Rescaling)]
-    if args.prune and args.qat:
-        if epochs < 2:
-            raise ValueError("--prune with --qat needs a fine-tune of at least 2 epochs "
-                             "(pruning first, then QAT): pass --finetune_epochs 2 or more.")
-        prune_end = min(epochs - 1, max(1, math.ceil(0.6 * epochs)))
-        kwargs["prune"] = tfedge.PruneConfig(args.prune, end_epoch=prune_end)
+    prune_end = prune_end_epoch(args, epochs)
+    if prune_end is not None:
+        kwargs["prune"] = tfedge.PruneConfig(args.prune, schedule="polynomial_decay",
+                                             end_epoch=prune_end)
         kwargs["quantize"] = tfedge.QATConfig(start_epoch=prune_end, skip=rescaling)
     elif args.prune:
-        kwargs["prune"] = tfedge.PruneConfig(args.prune)
+        kwargs["prune"] = tfedge.PruneConfig(args.prune, schedule="polynomial_decay")
     elif args.qat:
         kwargs["quantize"] = tfedge.QATConfig(skip=rescaling)
-    if args.distill_from:
-        kwargs["teacher"] = load_teacher(args.distill_from)
+    if distills(args):
+        kwargs["teacher"] = (model if args.distill_from.lower() == FLOAT_TEACHER
+                             else load_teacher(args.distill_from))
+        kwargs["distill"] = tfedge.DistillConfig()
     return tfedge.wrap(model, **kwargs)
 
 
@@ -211,14 +255,34 @@ def benchmark(artifact: Any, args: argparse.Namespace, name: str) -> Any:
     if args.bench_targets.strip().lower() == "none":
         return None
     targets = ["host"] + [t.strip() for t in args.bench_targets.split(",") if t.strip()]
+    emulate, reason = args.emulate, None
+    if emulate:
+        reason = emulation_unavailable()
+        if reason:
+            emulate = False
+            print(f"   ARM emulation is not available here, so the ARM figures below are "
+                  f"MAC-based estimates only. {reason}")
     try:
         report = tfedge.bench(artifact, target=targets, runs=10 if args.quick else 50,
-                              emulate=args.emulate, name=name)
+                              emulate=emulate, name=name)
     except (tfedge.TFEdgeError, ValueError, RuntimeError, OSError) as err:
         print(f"   benchmark not run: {str(err).strip().splitlines()[0][:300]}")
         return None
+    for target in report.targets:
+        if target.qemu_cpu and target.instructions is None:
+            target.note = ("not emulated: " + (reason or "emulation off (--no-emulate)")
+                           + "; figures from MACs only.")
     print(report)
     return report
+
+
+def emulation_unavailable() -> str | None:
+    """Why ARM emulation cannot run here, with the command that enables it; None if it can."""
+    try:
+        arm.prepare()
+    except arm.ArmEmulationError as err:
+        return " ".join(str(err).split())
+    return None
 
 
 def bench_section(report: Any) -> str:
@@ -281,6 +345,22 @@ def bundles_section(bundles: dict[str, dict[str, Any]]) -> list[str]:
                      if facts.get("arena_bytes") else "")
             lines.append(f"- `{kind}/`: {facts['verified']}{arena}")
     return lines + [""]
+
+
+def write_html_report(out_dir: str, *, name: str, summary: str, stages: list[dict[str, Any]],
+                      benchmark: Any, sparsity: list[dict[str, Any]],
+                      quantization_errors: list[dict[str, Any]] | None, readme: str,
+                      bundles: dict[str, dict[str, Any]]) -> str:
+    """``<out_dir>/report.html`` (:func:`tfedge.html_report.write_report`); returns its path."""
+    links = {"model.tflite (full int8)": "model.tflite", "model_card.json": "model_card.json",
+             "README.md": "README.md"}
+    for kind, facts in bundles.items():
+        if "error" not in facts:
+            links[f"{kind} bundle ({facts['verified']})"] = f"{kind}/"
+    return html_report.write_report(
+        os.path.join(out_dir, "report.html"), title=name, summary=summary, stages=stages,
+        benchmark=benchmark.to_dict() if benchmark is not None else None, sparsity=sparsity,
+        quantization_errors=quantization_errors or (), readme=readme, links=links)
 
 
 def command_line() -> str:

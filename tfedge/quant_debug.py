@@ -330,9 +330,9 @@ class DebugSession:
             return 1.0 - float(np.mean(out.argmax(1) == ref.argmax(1))), rmse
         return rmse, rmse
 
-    def layer_errors(self) -> list[LayerError]:
-        """Every layer with its output effect measured, worst first."""
-        names = list(self.groups)
+    def layer_errors(self, output_effects: bool = True) -> list[LayerError]:
+        """Every layer with its output effect measured (unless not asked), worst first."""
+        names = list(self.groups) if output_effects else []
         for name in names:
             others = [n for n in names if n != name]
             loss, rmse = self.loss(self.quantized(others))
@@ -369,7 +369,8 @@ def _finite(value: float | None) -> float:
 def debug_quantization(model: Any, representative_data: Any, eval_data: Any = None, *,
                        num_samples: int = 300, num_debug_samples: int = 64,
                        per_channel: bool = True, signature: str | None = None,
-                       custom_objects: dict[str, Any] | None = None) -> QuantizationDebugReport:
+                       custom_objects: dict[str, Any] | None = None,
+                       output_effects: bool = True) -> QuantizationDebugReport:
     """Layer-wise int8 quantization error of a model, worst layer first.
 
     Args:
@@ -383,6 +384,11 @@ def debug_quantization(model: Any, representative_data: Any, eval_data: Any = No
         per_channel: per-channel weight scales.
         signature: the signature to debug, for a SavedModel with several.
         custom_objects: custom layers, for loading a Keras file.
+        output_effects: measure each layer's effect on the model's output
+            (one partly-int8 model per layer: most of the time on large
+            models). False keeps the debugger's per-layer statistics only
+            (``rmse_over_scale`` and the errors; ``output_loss`` is None),
+            ranked by ``rmse_over_scale``.
 
     Returns:
         A :class:`QuantizationDebugReport` (prints as a table; ``save``
@@ -402,7 +408,7 @@ def debug_quantization(model: Any, representative_data: Any, eval_data: Any = No
     session = DebugSession(source, samples, eval_x, eval_y, per_channel=per_channel,
                            num_debug_samples=num_debug_samples)
     int8_loss, _ = session.loss(session.quantized([]))
-    layers = session.layer_errors()
+    layers = session.layer_errors(output_effects)
     return QuantizationDebugReport(
         model=source.name, layers=layers, metric=session.metric,
         float_accuracy=session.float_accuracy, int8_loss=int8_loss,

@@ -20,6 +20,10 @@ from tfedge.errors import VerificationError
 from recipes.classifier import build_classifier
 
 
+def bundle_inputs(artifact, samples):
+    return [export._quantize(samples, artifact.inputs[0])]
+
+
 def _check_stated_arena(bundle, artifact, samples):
     facts = bundle.card["bundle"]
     smallest, headroom = facts["arena_min_bytes"], facts["arena_headroom_bytes"]
@@ -111,3 +115,29 @@ def test_small_digits_cnns_the_recorded_size_refused_now_export(build, digits, t
     _check_stated_arena(bundle, artifact, x_test)
     card = json.loads((tmp_path / "micro" / "model_card.json").read_text())
     assert card["bundle"]["verification"]["equal"]
+
+
+def test_tflm_is_checked_against_litert_reference_kernels_where_builtin_ones_round_apart(
+        digits_int8, digits, tmp_path, monkeypatch):
+    x_test = digits[1][0]
+    real = export.litert_outputs
+
+    def builtin_two_steps_off(content, inputs, op_resolver=export.REFERENCE_RESOLVER):
+        outputs = real(content, inputs, op_resolver)
+        if op_resolver != "reference":  # as LiteRT's optimized kernels did on a MobileNetV3
+            outputs[0] = (outputs[0].astype("int16") + 2).clip(-128, 127).astype(outputs[0].dtype)
+        return outputs
+
+    monkeypatch.setattr(export, "litert_outputs", builtin_two_steps_off)
+    bundle = tfedge.export_micro(digits_int8, tmp_path / "micro", sample_inputs=x_test[:8],
+                                 max_diff=1)
+    facts = bundle.card["bundle"]
+    assert facts["samples"]["litert_op_resolver"] == "reference"
+    assert "reference kernels" in facts["verification"]["summary"]
+    assert tfedge.check_bundle(tmp_path / "micro").ok
+    far_off = [(o.astype("int16") - 5).clip(-128, 127).astype(o.dtype)
+               for o in real(digits_int8.content, bundle_inputs(digits_int8, x_test[:8]))]
+    monkeypatch.setattr(micro, "run_tflm", lambda *a, **k: micro.TFLMRun(
+        arena_bytes=1024, outputs=far_off))
+    with pytest.raises(VerificationError, match="reference kernels"):  # matches neither
+        tfedge.export_micro(digits_int8, tmp_path / "other", sample_inputs=x_test[:8])
