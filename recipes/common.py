@@ -29,7 +29,8 @@ DEFAULT_OUTPUT_DIR = "tflite_models"
 def add_common_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int,
                      name: str, prune: float | None = None, qat: bool = False,
                      distill_from: str | None = None, emulate: bool = False,
-                     bench_targets: str = "rpi4,cortex-m7") -> None:
+                     bench_targets: str = "rpi4,cortex-m7",
+                     finetune_epochs: int | None = None) -> None:
     """Flags every recipe has: training length, optimizations, outputs.
 
     The keyword arguments after ``name`` are the recipe's defaults for the
@@ -58,10 +59,11 @@ def add_common_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_size
                              "SavedModel folder; e.g. one saved with --save_keras) with logits "
                              "for the same classes; 'none': no distillation. Default: "
                              f"{distill_from or 'none'}.")
-    parser.add_argument("--finetune_epochs", type=int, default=None,
+    parser.add_argument("--finetune_epochs", type=int, default=finetune_epochs,
                         help="Epochs of the optimization fine-tune that runs after float "
                              "training when --prune, --qat or --distill_from is given "
-                             "(default: a third of --epochs, at least 2).")
+                             f"(default: {finetune_epochs or 'a third of --epochs, at least 2'};"
+                             " with --prune and --qat, 60%% prune, then QAT).")
     parser.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR,
                         help="Folder that receives <name>/ with model.tflite, model_card.json, "
                              f"labels.txt and README.md (default {DEFAULT_OUTPUT_DIR}).")
