@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 import tfedge
+from tfedge import prune as prune_lib
 from tfedge._keras import keras
 from tfedge.report import format_table
 
@@ -382,7 +383,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if part == "prune" and prune_end:  # measured before QAT starts
                     sparsity = tfedge.sparsity_report(edge.network)
                     accuracy = _accuracy(edge, data.x_test, data.y_test)
-                    debug_source = tfedge.prune.strip_pruning(edge.network)
+                    debug_source = prune_lib.strip_pruning(edge.network)
                     stages.append(_stage_row("pruned", accuracy, debug_source,
                                              sparsity=sparsity.overall))
                     print(f"   pruned: {_pruned_summary(edge.network, sparsity)}; test "
@@ -471,7 +472,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _pruned_summary(network: Any, report: Any) -> str:
     """``"50.0% zeros in the 24 pruned kernels, 41.9% of all kernel weights"``."""
     pruned = {layer.layer.name for layer in network.layers
-              if isinstance(layer, tfedge.prune.PruneLowMagnitude)}
+              if isinstance(layer, prune_lib.PruneLowMagnitude)}
     rows = [r for r in report.rows if r["layer"] in pruned]
     size = sum(r["size"] for r in rows)
     share = sum(r["zeros"] for r in rows) / size if size else 0.0
