@@ -358,7 +358,9 @@ def write_html_report(out_dir: str, *, name: str, summary: str, stages: list[dic
              "README.md": "README.md"}
     for kind, facts in bundles.items():
         if "error" not in facts:
-            links[f"{kind} bundle ({facts['verified']})"] = f"{kind}/"
+            arena = (f"; tensor arena {facts['arena_bytes']:,} bytes"
+                     if facts.get("arena_bytes") else "")
+            links[f"{kind} bundle ({facts['verified']}{arena})"] = f"{kind}/"
     return html_report.write_report(
         os.path.join(out_dir, "report.html"), title=name, summary=summary, stages=stages,
         benchmark=benchmark.to_dict() if benchmark is not None else None, sparsity=sparsity,

@@ -26,11 +26,21 @@ def _files(folder):
 # ----------------------------------------------------------------------------
 # Classifier
 # ----------------------------------------------------------------------------
+def test_classifier_defaults_are_the_whole_product():
+    args = classifier.build_parser().parse_args([])
+    assert args.model == "mobilenet_v3_small" and args.prune == 0.5 and args.qat
+    assert args.distill_from == "float" and args.emulate and args.html_report
+    assert {"rpi4", "rpi5"} <= set(args.bench_targets.split(","))
+
+
 def test_classifier_quick_on_digits_writes_the_handoff_folder(tmp_path):
+    # the main job's pipeline (prune -> sparsity-preserving QAT, distilled from the float
+    # model; emulated ARM; both bundles; report.html) on the small CNN
     args = classifier.build_parser().parse_args(
         ["--model", "digits_cnn", "--quick", "--output_dir", str(tmp_path), "--verbose", "0",
          "--save_keras"])
     results = classifier.run(args)
+    assert [s["stage"] for s in results["stages"]] == ["float", "pruned", "QAT", "int8"]
 
     folder = tmp_path / "digits_digits_cnn"
     assert {"model.tflite", "model_card.json", "labels.txt", "README.md",
@@ -47,13 +57,25 @@ def test_classifier_quick_on_digits_writes_the_handoff_folder(tmp_path):
     assert card["benchmark"]["host"]["latency_ms"]["p50"] > 0
     for kind in ("android", "micro"):  # handoff bundles, each verified in its runtime
         assert (folder / kind / "model.tflite").exists(), results["bundles"][kind]
+        assert tfedge.check_bundle(folder / kind).ok
+    pipeline = card["extra"]["pipeline"]
+    assert pipeline["pruning"]["schedule"] == "polynomial_decay"
+    assert pipeline["pruning"]["kernel_sparsity_after_pruning"] > 0
+    assert pipeline["qat"]["sparsity_preserving"]
+    assert pipeline["distillation"]["teacher"] == "the float model trained in this run"
+    assert pipeline["distillation"]["temperature"] > 0
+    assert set(pipeline["emulated_instructions"]) == {"rpi4", "rpi5"}
+    for target in pipeline["emulated_instructions"].values():  # exact, or why not
+        assert target["instructions"] or "not emulated" in target["note"]
+    assert (folder / "report.html").stat().st_size > 10_000
 
 
 def test_classifier_on_mock_tfds_cifar10(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     args = classifier.build_parser().parse_args(
         ["--dataset", "cifar10", "--model", "digits_cnn", "--quick", "--output_dir",
-         str(tmp_path), "--verbose", "0", "--bundles", "none", "--bench_targets", "none"])
+         str(tmp_path), "--verbose", "0", "--bundles", "none", "--bench_targets", "none",
+         "--prune", "0", "--no-qat", "--distill_from", "none", "--no-html_report"])
     with tfds.testing.mock_data(num_examples=40):
         results = classifier.run(args)
     card = json.loads((tmp_path / "cifar10_digits_cnn" / "model_card.json").read_text())
@@ -113,7 +135,8 @@ def test_int8_friendly_mobilenet_v3_rebuild_is_qat_ready():
 def test_mobilenet_v3_small_converts_to_full_int8_and_validates(tmp_path):
     args = classifier.build_parser().parse_args(
         ["--model", "mobilenet_v3_small", "--alpha", "0.75", "--quick", "--output_dir",
-         str(tmp_path), "--verbose", "0", "--bundles", "none", "--bench_targets", "none"])
+         str(tmp_path), "--verbose", "0", "--bundles", "none", "--bench_targets", "none",
+         "--prune", "0", "--no-qat", "--distill_from", "none", "--no-html_report"])
     results = classifier.run(args)
     artifact = tfedge.load(tmp_path / "digits_mobilenet_v3_small" / "model.tflite")
     tfedge.check_full_integer(artifact)
