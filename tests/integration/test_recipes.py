@@ -33,6 +33,7 @@ def test_classifier_defaults_are_the_whole_product():
     assert {"rpi4", "rpi5"} <= set(args.bench_targets.split(","))
 
 
+@pytest.mark.slow
 def test_classifier_quick_on_digits_writes_the_handoff_folder(tmp_path):
     # the main job's pipeline (prune -> sparsity-preserving QAT, distilled from the float
     # model; emulated ARM; both bundles; report.html) on the small CNN
