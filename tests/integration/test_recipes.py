@@ -216,3 +216,18 @@ def test_detector_on_mock_tfds_voc(tmp_path):
     card = json.loads((tmp_path / "voc_detector" / "model_card.json").read_text())
     assert len(card["labels"]) == 20
     assert results["test_images"] == 16
+
+
+def test_without_qemu_the_job_says_which_command_enables_emulation(digits_int8, monkeypatch,
+                                                                  capsys):
+    from recipes import common
+    from tfedge.arm import sysroot
+
+    monkeypatch.setattr(sysroot.shutil, "which", lambda name: None)  # no qemu, no compiler
+    args = classifier.build_parser().parse_args(["--bench_targets", "rpi4,rpi5", "--quick"])
+    report = common.benchmark(digits_int8, args, "digits")
+    out = capsys.readouterr().out
+    assert "ARM emulation is not available here" in out
+    assert sysroot.INSTALL_TOOLS in out  # the exact command, not a silent "skipped"
+    for target in report.targets:
+        assert target.instructions is None and sysroot.INSTALL_TOOLS in target.note
