@@ -233,6 +233,17 @@ def test_accuracy_aware_conversion_keeps_the_hostile_layer_in_float(digits):
     assert art.validation.accuracy_drop <= 0.01
 
 
+def test_debug_statistics_only_skip_the_per_layer_models(digits):
+    (x_train, _), (x_test, y_test) = digits
+    model = _hostile_model(digits)
+    report = debug_quantization(model, x_train[:100].reshape(-1, 64),
+                                (x_test.reshape(-1, 64), y_test), output_effects=False)
+    assert all(layer.output_loss is None for layer in report.layers)
+    ratios = [layer.rmse_over_scale or 0.0 for layer in report.layers]
+    assert ratios == sorted(ratios, reverse=True) and ratios[0] > 0.2
+    assert report.int8_loss > 0.2  # the whole int8 model is still measured
+
+
 def test_unreachable_tolerance_says_so_and_returns_the_best(digits, caplog):
     """Logits and a huge-range column share one int8 output tensor: no float layer helps."""
     (x_train, y_train), (x_test, y_test) = digits
