@@ -19,7 +19,7 @@ Nothing happens on import of this module. The ``tfedge`` command calls
 is then imported this way whenever a subcommand first needs it, and not at
 all by the subcommands that do not (``inspect``, ``check``...). The recipes
 set the level and call :func:`import_tensorflow` at once (``recipes/__init__.py``).
-A library user keeps TensorFlow's default unless they set the variable.
+A library user's own ``import tensorflow`` is left alone.
 """
 
 from __future__ import annotations
