@@ -21,7 +21,7 @@ on the digits CNN TFLM reproduces them bit for bit, while XNNPACK's int8
 requantization differs by one step on a few values (11 of 320 there). The
 XNNPACK comparison is recorded in the card as information for app teams.
 Where LiteRT's optimized builtin kernels round differently from TFLM (on a
-MobileNetV3-Small, by up to two steps), a micro bundle is checked against
+MobileNetV3-Small, by up to six steps), a micro bundle is checked against
 LiteRT's reference kernels instead (``op_resolver="reference"``), of which
 TFLM's kernels are ports; the card says which kernels the samples came from.
 
