@@ -42,6 +42,7 @@ from typing import Any, Callable
 import tensorflow as tf
 from absl import logging
 
+from tfedge import channel_prune as channel_lib
 from tfedge import cluster as cluster_lib
 from tfedge import distill as distill_lib
 from tfedge import keras3 as keras3_lib
@@ -247,6 +248,9 @@ class EdgeModel(keras.Model):
         self._schedule = prune_config.make_schedule() if prune_config else None
         self._resolver = (prune_lib.ResolvePruningSchedule(prune_config, self._schedule)
                           if prune_config is not None else None)
+        # Channel pruning (tfedge.channel_prune): masks instead of tfmot wrappers.
+        self._channels = (channel_lib.ChannelPruning(prune_config)
+                          if prune_config is not None and prune_config.channel else None)
         self.network = network
         if qat_config is not None and self.phases[0].name != "quantize":
             self._dry_run_qat(network)
@@ -270,7 +274,8 @@ class EdgeModel(keras.Model):
     def _preserve(self) -> str:
         """What QAT must preserve, from the phases before it."""
         names = [p.name for p in self.phases]
-        pruned = "prune" in names or (self._source_sparsity >= _PRUNED_SOURCE_SPARSITY)
+        pruned = ("prune" in names and self._channels is None) or (
+            self._source_sparsity >= _PRUNED_SOURCE_SPARSITY)
         if self.qat_config.preserve_sparsity is not None:
             pruned = self.qat_config.preserve_sparsity
         if "cluster" in names:
@@ -292,11 +297,13 @@ class EdgeModel(keras.Model):
         """Strips the current phase's wrappers and applies those of phase ``index``."""
         network = self.network
         if self.phase == "prune":
-            network = prune_lib.strip_pruning(network)
+            network = self._strip_pruning(network)
         elif self.phase == "cluster":
             network = cluster_lib.strip_clustering(network)
         phase = self.phases[index]
-        if phase.name == "prune":
+        if phase.name == "prune" and self._channels is not None:
+            network = self._channels.apply(network)
+        elif phase.name == "prune":
             network = prune_lib.apply_pruning(network, self.prune_config, self._schedule,
                                               clone_model)
         elif phase.name == "cluster":
@@ -324,7 +331,9 @@ class EdgeModel(keras.Model):
     def optimization_callbacks(self) -> list[keras.callbacks.Callback]:
         """The callbacks ``fit`` adds before the user's own, for the current phase."""
         callbacks: list[keras.callbacks.Callback] = []
-        if self.phase == "prune":
+        if self.phase == "prune" and self._channels is not None:
+            callbacks.append(self._channels.callback)
+        elif self.phase == "prune":
             callbacks.append(self._resolver)
             callbacks.append(prune_lib._tfmot_sparsity.UpdatePruningStep())
             if self.log_dir:
@@ -465,7 +474,7 @@ class EdgeModel(keras.Model):
                                       self.phases[self._phase_index + 1:]), self.phase)
         network = self.network
         if self.phase == "prune":
-            network = prune_lib.strip_pruning(network)
+            network = self._strip_pruning(network)
         elif self.phase == "cluster":
             network = cluster_lib.strip_clustering(network)
         if self.phase == "quantize":
@@ -480,12 +489,24 @@ class EdgeModel(keras.Model):
         else:
             plain = clone_model(network)
         plain._name = self.source_name
-        if self.prune_config is not None:
+        if self._channels is not None:
+            logging.info("tfedge: finished; %s", self._channels.report())
+        elif self.prune_config is not None:
             logging.info("tfedge: finished; overall kernel sparsity %.1f%%",
                          100 * prune_lib.sparsity_report(plain).overall)
         if getattr(self, "keras3_bridge", None) is not None:
             return self.keras3_bridge.finish(plain)  # the user gave Keras 3: give it back
         return plain
+
+    def _strip_pruning(self, network: Any) -> Any:
+        """tfmot's wrappers removed, or, for channel pruning, the narrower model."""
+        if self._channels is not None:
+            return self._channels.rebuild()
+        return prune_lib.strip_pruning(network)
+
+    def channel_report(self) -> "channel_lib.ChannelReport | None":
+        """Channels kept per dependency group (channel pruning), else None."""
+        return self._channels.report() if self._channels and self._channels.graph else None
 
     def summary(self, *args, **kwargs):
         return self.network.summary(*args, **kwargs)

@@ -158,6 +158,15 @@ class PruneConfig(PhaseConfig):
             has weights), a list of layer names, or a predicate ``layer -> bool``.
         structure: ``"2:4"`` (or any ``"M:N"``) for structured M-of-N sparsity;
             the sparsity is then M/N and ``final_sparsity`` is ignored.
+            ``"channel"``: ``final_sparsity`` is the fraction of prunable output
+            channels removed, and ``finish()`` returns a narrower model (see
+            :mod:`tfedge.channel_prune`).
+        importance: channel score with ``structure="channel"``: ``"l2"``
+            (default), ``"l1"`` or ``"bn_gamma"``.
+        fractions: with ``structure="channel"``, per-group fractions instead of
+            one: ``{first producer of a group: fraction}`` or a
+            :class:`tfedge.channel_budget.ChannelPlan`; ``final_sparsity`` then
+            only shapes the schedule (each group reaches its own fraction).
 
     Raises:
         ValueError: for sparsities outside [0, 1), an end not after the begin,
@@ -186,8 +195,13 @@ class PruneConfig(PhaseConfig):
     power: float = 3.0
     layers: LayerSelector = None
     structure: str | None = None
+    importance: str | None = None
+    fractions: Any = None
 
     def _normalize(self) -> None:
+        fractions = getattr(self.fractions, "fractions", self.fractions)  # a ChannelPlan
+        if fractions is not None:
+            self._set("fractions", {str(k): float(v) for k, v in dict(fractions).items()})
         self._set("final_sparsity", float(self.final_sparsity))
         self._set("initial_sparsity", float(self.initial_sparsity))
         self._set("power", float(self.power))
@@ -198,6 +212,10 @@ class PruneConfig(PhaseConfig):
         if self.schedule not in self.SCHEDULES:
             raise ValueError(f"Unknown pruning schedule {self.schedule!r}; use one of "
                              f"{', '.join(self.SCHEDULES)}.")
+        if self.channel and not 0.0 < self.final_sparsity < 1.0:
+            raise ValueError(f"final_sparsity={self.final_sparsity} is outside (0, 1): with "
+                             "structure='channel' it is the fraction of output channels "
+                             "removed, e.g. 0.5.")
         for name in ("final_sparsity", "initial_sparsity"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -229,11 +247,28 @@ class PruneConfig(PhaseConfig):
         if self.layers is not None and not (isinstance(self.layers, list) or callable(self.layers)):
             raise ValueError("layers must be None, a list of layer names or a predicate "
                              f"function, got {type(self.layers).__name__}.")
+        if self.channel:  # --- channel pruning (tfedge.channel_prune) ---
+            if self.importance not in (None, "l2", "l1", "bn_gamma"):
+                raise ValueError(f"importance={self.importance!r}: use 'l2', 'l1' or "
+                                 "'bn_gamma'.")
+            if self.fractions and not all(0.0 <= f < 1.0 for f in self.fractions.values()):
+                raise ValueError("fractions= must each be in [0, 1): the share of a group's "
+                                 "channels removed.")
+            if self.layers is not None:
+                raise ValueError("layers= is not supported with structure='channel': every "
+                                 "layer whose channels can be removed is pruned.")
+        elif self.importance is not None or self.fractions is not None:
+            raise ValueError("importance= and fractions= apply to structure='channel' only.")
         self.m_by_n  # validates structure
 
     @property
+    def channel(self) -> bool:
+        """True for channel pruning (``structure="channel"``)."""
+        return self.structure == "channel"
+
+    @property
     def m_by_n(self) -> tuple[int, int] | None:
-        if self.structure is None:
+        if self.structure is None or self.channel:
             return None
         try:
             m, n = (int(v) for v in str(self.structure).split(":"))
@@ -241,7 +276,7 @@ class PruneConfig(PhaseConfig):
             m = n = 0
         if not 0 < m < n:
             raise ValueError(f"structure={self.structure!r} is not of the form 'M:N' with "
-                             "0 < M < N, e.g. '2:4'.")
+                             "0 < M < N, e.g. '2:4', or 'channel'.")
         return m, n
 
     @property
