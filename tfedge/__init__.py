@@ -32,6 +32,8 @@ _EXPORTS = {
     "tfedge.quantize": ["QATConfig", "QuantizationPlan"],
     "tfedge.distill": ["DistillConfig"],
     "tfedge.cluster": ["ClusterConfig"],
+    "tfedge.lowrank": ["LowRankConfig", "FactorizationReport"],
+    "tfedge.channel_prune": ["ChannelReport"],
     "tfedge.artifact": ["TFLiteArtifact", "MODES", "load", "check_full_integer",
                         "runtime_settings"],
     "tfedge.calibration": ["representative_from_dataset"],

@@ -46,6 +46,7 @@ from tfedge import channel_prune as channel_lib
 from tfedge import cluster as cluster_lib
 from tfedge import distill as distill_lib
 from tfedge import keras3 as keras3_lib
+from tfedge import lowrank as lowrank_lib
 from tfedge import prune as prune_lib
 from tfedge import quantize as quantize_lib
 from tfedge._keras import is_keras3_model, keras
@@ -508,6 +509,10 @@ class EdgeModel(keras.Model):
         """Channels kept per dependency group (channel pruning), else None."""
         return self._channels.report() if self._channels and self._channels.graph else None
 
+    def factorization_report(self) -> "lowrank_lib.FactorizationReport | None":
+        """Ranks chosen per layer by ``wrap(..., factorize=...)``, else None."""
+        return getattr(self, "factorization", None)
+
     def summary(self, *args, **kwargs):
         return self.network.summary(*args, **kwargs)
 
@@ -522,7 +527,8 @@ class EdgeModel(keras.Model):
 
 
 def wrap(model: Any, *, prune: Any = None, quantize: Any = None, cluster: Any = None,
-         teacher: Any = None, distill: Any = None, log_dir: str | None = None) -> EdgeModel:
+         teacher: Any = None, distill: Any = None, log_dir: str | None = None,
+         factorize: Any = None) -> EdgeModel:
     """Prepares a Keras model for optimization-aware training.
 
     The user's model (and teacher) are copied or only read, never changed.
@@ -545,10 +551,15 @@ def wrap(model: Any, *, prune: Any = None, quantize: Any = None, cluster: Any = 
             clustering the clusters (CQAT).
         cluster: weight clustering: a :class:`~tfedge.cluster.ClusterConfig`,
             a number of clusters, a dict, or None.
-        teacher: a trained tf_keras model to distill from, or None.
+        teacher: a trained tf_keras model to distill from, ``"self"`` (the
+            user's model as given: the natural teacher of its pruned or
+            factorized copy), or None.
         distill: a :class:`~tfedge.distill.DistillConfig` (or dict of its
             arguments); defaults to ``DistillConfig()`` with a teacher.
         log_dir: optional TensorBoard directory for tfmot's pruning summaries.
+        factorize: low-rank factorization (:mod:`tfedge.lowrank`): a
+            ``LowRankConfig``, a dict of its arguments, True, or None. The copy
+            is factorized before the first epoch; later epochs fine-tune it.
 
     Returns:
         An :class:`EdgeModel` ready for ``compile`` and ``fit``.
@@ -579,11 +590,15 @@ def wrap(model: Any, *, prune: Any = None, quantize: Any = None, cluster: Any = 
     if distill is not None and distill is not False and teacher is None:
         raise ValueError("distill= was given without a teacher: pass teacher=<trained "
                          "model> too.")
+    if isinstance(teacher, str) and teacher == "self":
+        teacher = clone_model(model)  # the unpruned, unfactorized model teaches its copy
     distill_config = distill_lib.DistillConfig.coerce(distill) if teacher is not None else None
     if teacher is not None:
         teacher = keras3_lib.to_tf_keras(teacher) if is_keras3_model(teacher) else teacher
         _check_model(teacher, role="teacher")
-    if prune_config is None and qat_config is None and cluster_config is None and teacher is None:
+    factorize_config = lowrank_lib.LowRankConfig.coerce(factorize)
+    if (prune_config is None and qat_config is None and cluster_config is None
+            and teacher is None and factorize_config is None):
         raise ValueError("wrap was asked for no optimization: pass prune=... (e.g. "
                          "prune=0.8), quantize=True, cluster=16 and/or teacher=...")
     if qat_config is not None and qat_config.scheme != "int8" and (prune_config or cluster_config):
@@ -594,9 +609,13 @@ def wrap(model: Any, *, prune: Any = None, quantize: Any = None, cluster: Any = 
     source_sparsity = 0.0
     if qat_config is not None and prune_config is None:
         source_sparsity = prune_lib.sparsity_report(model).overall
-    edge = EdgeModel(clone_model(model), source_name=model.name, prune_config=prune_config,
+    network, factorization = clone_model(model), None
+    if factorize_config is not None:  # low-rank (tfedge.lowrank), before the first epoch
+        network, factorization = lowrank_lib.factorize(network, factorize_config)
+    edge = EdgeModel(network, source_name=model.name, prune_config=prune_config,
                      cluster_config=cluster_config, qat_config=qat_config, teacher=teacher,
                      distill_config=distill_config, log_dir=log_dir,
                      source_sparsity=source_sparsity)
     edge.keras3_bridge = bridge
+    edge.factorization = factorization
     return edge

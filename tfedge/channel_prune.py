@@ -235,6 +235,49 @@ def rebuild(graph: channels_lib.ChannelGraph, removed: set[int]) -> Any:
     return narrow
 
 
+def fraction_for_macs(model: Any, ratio: float, *, steps: int = 12) -> tuple[float, float]:
+    """The uniform channel fraction whose rebuilt model has ``ratio`` x the MACs.
+
+    Channel counts alone set the MACs, so this needs no training: the model
+    is rebuilt (a copy) at each bisection step and its MACs counted with
+    :func:`tfedge.channels.keras_macs`.
+
+    Args:
+        model: a tf_keras functional model.
+        ratio: target MACs over the model's, in (0, 1).
+        steps: bisection steps.
+
+    Returns:
+        ``(fraction, reached_ratio)``.
+
+    Raises:
+        ValueError: a ratio outside (0, 1), or one below what removing every
+            prunable channel but one per group reaches (the best is named).
+    """
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"ratio={ratio} is outside (0, 1): it is the MACs kept, e.g. 0.5.")
+    graph = channels_lib.analyze(model)
+    scores = channel_scores(graph)
+    base = channels_lib.keras_macs(model)
+
+    def macs_at(fraction: float) -> float:
+        removed = select_removed(graph, scores, {i: fraction for i in range(len(graph.groups))},
+                                 set())
+        return channels_lib.keras_macs(rebuild(graph, removed)) / base
+
+    best = macs_at(0.999)
+    if best > ratio:
+        raise ValueError(f"A MAC ratio of {ratio:.3f} cannot be reached by channel pruning: "
+                         f"the best is {best:.3f} (the layers left whole: "
+                         f"{', '.join(graph.unprunable) or 'none'}). Ask for at least "
+                         f"{best:.3f}.")
+    lo, hi = 0.0, 0.999
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if macs_at(mid) > ratio else (lo, mid)
+    return hi, macs_at(hi)
+
+
 # ----------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------

@@ -1,0 +1,218 @@
+"""Pruning that makes the device model faster: channel pruning vs unstructured, side by side.
+
+For each model family, trained on scikit-learn's digits from the same seed,
+in one run:
+
+* ``dense int8``: the trained float model, post-training int8;
+* ``unstructured 50% / 75%``: tfmot magnitude pruning (``tfedge.wrap``),
+  fine-tuned from the dense model, int8 (dense encoding: LiteRT's int8
+  kernels do not skip zeros);
+* ``channel ~0.5x / ~0.25x MACs``: ``PruneConfig(f, structure="channel")``
+  from the dense model, ``f`` chosen so that the rebuilt model has that
+  share of the MACs (``tfedge.channel_prune.fraction_for_macs``), int8;
+* ``low-rank ~0.5x MACs``: ``tfedge.LowRankConfig`` (when available), int8;
+* ``scratch ~0.5x / ~0.25x``: the same architecture at the width giving the
+  same MACs, trained from scratch for as many epochs as the dense model
+  (the honest baseline).
+
+Per variant: int8 TFLite test accuracy (``tfedge.validate``), int8 file
+size, MACs (``tfedge.model_cost``), exact emulated instructions per
+inference on rpi3 / rpi4 / rpi5 (``tfedge.bench``, LiteRT's aarch64 build
+under qemu) and host latency (p50, one thread), with ratios to dense int8.
+
+    python benchmarks/structured.py [--families digits_cnn mobilenet_v2] [--out ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+import tfedge  # noqa: E402
+from tfedge import channel_prune, channels, keras  # noqa: E402
+from tfedge.data import load_digits  # noqa: E402
+from tfedge.report import format_table, write_json  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compression import digits_cnn  # noqa: E402
+
+TARGETS = ["rpi3", "rpi4", "rpi5"]
+
+
+def mobilenet_v2(alpha: float, name: str, size: int = 96) -> keras.Model:
+    model = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha,
+                                           weights=None, classes=10,
+                                           classifier_activation=None)
+    model._name = name
+    return model
+
+
+def digits_at(size: int):
+    import tensorflow as tf
+
+    (x, y), (x_test, y_test) = load_digits()
+
+    def up(a):
+        return np.repeat(tf.image.resize(a, (size, size), "bilinear").numpy(), 3, axis=-1)
+    return (up(x), y), (up(x_test), y_test)
+
+
+FAMILIES: dict[str, dict[str, Any]] = {
+    "digits_cnn": {"build": digits_cnn, "width": 16, "widths": list(range(4, 17)),
+                   "data": load_digits, "epochs": 15, "lr": 1e-3, "prune_epochs": 4,
+                   "tune_epochs": 4},
+    "mobilenet_v2": {"build": mobilenet_v2, "width": 0.35,
+                     "widths": [0.1, 0.15, 0.2, 0.25, 0.3, 0.35],
+                     "data": lambda: digits_at(96), "epochs": 12, "lr": 2e-3,
+                     "prune_epochs": 3, "tune_epochs": 3},
+}
+
+
+def compile_(model: Any, lr: float, decay_steps: int | None = None) -> Any:
+    if decay_steps:
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps)
+    model.compile(keras.optimizers.Adam(lr),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
+    return model
+
+
+def scratch_width(spec: dict[str, Any], target_macs: float) -> tuple[Any, int]:
+    """The width of the family's architecture whose MACs are closest to the target."""
+    best = None
+    for width in spec["widths"]:
+        macs = channels.keras_macs(spec["build"](width, "probe"))
+        if best is None or abs(macs - target_macs) < abs(best[1] - target_macs):
+            best = (width, macs)
+    return best
+
+
+def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]:
+    spec = FAMILIES[family]
+    (x, y), (x_test, y_test) = spec["data"]()
+    fit = dict(batch_size=32, verbose=0)
+    epochs, lr = spec["epochs"], spec["lr"]
+    prune_epochs, tune_epochs = spec["prune_epochs"], spec["tune_epochs"]
+    steps = -(-len(x) // 32) * epochs
+    calibration = x[:300]
+    log = lambda msg: print(f"[{family} {time.strftime('%H:%M:%S')}] {msg}",  # noqa: E731
+                            file=sys.stderr, flush=True)
+    variants: dict[str, tuple[Any, Any, str]] = {}  # name -> (keras model, artifact, note)
+    extra: dict[str, Any] = {}
+
+    keras.utils.set_random_seed(0)
+    dense = compile_(spec["build"](spec["width"], f"{family}_dense"), lr, steps)
+    t = time.time()
+    dense.fit(x, y, epochs=epochs, **fit)
+    variants["dense int8"] = (dense, tfedge.convert(dense, calibration),
+                              f"{epochs} epochs from scratch")
+    dense_macs = channels.keras_macs(dense)
+    log(f"dense trained in {time.time() - t:.0f} s")
+
+    tune_lr = lr / 4
+    for sparsity in (0.5, 0.75):
+        keras.utils.set_random_seed(0)
+        edge = compile_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
+            sparsity, end_epoch=prune_epochs)), tune_lr)
+        edge.fit(x, y, epochs=prune_epochs + tune_epochs, **fit)
+        model = edge.finish()
+        variants[f"unstructured {int(100 * sparsity)}%"] = (
+            model, tfedge.convert(model, calibration),
+            f"+{prune_epochs} prune + {tune_epochs} fine-tune epochs")
+        log(f"unstructured {sparsity} done")
+
+    for ratio in (0.5, 0.25):
+        fraction, reached = channel_prune.fraction_for_macs(dense, ratio)
+        keras.utils.set_random_seed(0)
+        edge = compile_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
+            fraction, structure="channel", end_epoch=prune_epochs,
+            importance=args.importance)), tune_lr)
+        edge.fit(x, y, epochs=prune_epochs + tune_epochs, **fit)
+        model = edge.finish()
+        variants[f"channel {ratio}x MACs"] = (
+            model, tfedge.convert(model, calibration),
+            f"fraction {fraction:.3f} ({args.importance}); +{prune_epochs} prune + "
+            f"{tune_epochs} fine-tune epochs")
+        extra[f"channel {ratio}x MACs"] = edge.channel_report().to_dict()
+        log(f"channel {ratio} done (fraction {fraction:.3f}, MACs {reached:.3f}x)")
+
+    if hasattr(tfedge, "LowRankConfig") and not args.skip_lowrank:
+        keras.utils.set_random_seed(0)
+        edge = compile_(tfedge.wrap(dense, factorize=tfedge.LowRankConfig(macs=0.5)), tune_lr)
+        edge.fit(x, y, epochs=tune_epochs + 1, **fit)
+        model = edge.finish()
+        variants["low-rank 0.5x MACs"] = (model, tfedge.convert(model, calibration),
+                                          f"SVD to 0.5x MACs, +{tune_epochs + 1} fine-tune "
+                                          "epochs")
+        extra["low-rank 0.5x MACs"] = edge.factorization_report().to_dict()
+        log("low-rank done")
+
+    for ratio in (0.5, 0.25):
+        width, macs = scratch_width(spec, ratio * dense_macs)
+        keras.utils.set_random_seed(0)
+        model = compile_(spec["build"](width, f"{family}_w{width}"), lr, steps)
+        model.fit(x, y, epochs=epochs, **fit)
+        variants[f"scratch {ratio}x MACs"] = (model, tfedge.convert(model, calibration),
+                                              f"width {width}, {epochs} epochs from scratch")
+        log(f"scratch {ratio} done (width {width}, MACs {macs / dense_macs:.3f}x)")
+
+    names = list(variants)
+    report = tfedge.bench.compare({n: variants[n][1] for n in names}, target=TARGETS,
+                                  runs=args.runs, warmup=5, emulation_runs=1)
+    log("bench done")
+    rows = []
+    for name, bench_report, ratio in zip(names, report.reports, report.ratios()):
+        model, artifact, note = variants[name]
+        check = tfedge.validate(artifact, model, x_test, y_test)
+        row = {"family": family, "variant": name, "note": note,
+               "tflite_accuracy": check.tflite_accuracy, "keras_accuracy": check.keras_accuracy,
+               "size_bytes": artifact.size_bytes, "macs": bench_report.cost.macs,
+               "host_p50_ms": bench_report.host.latency_ms["p50"],
+               "instructions": {t.target: t.instructions for t in bench_report.targets},
+               "ratios": ratio}
+        rows.append(row)
+    return rows, {"bench": report.to_dict(), "channel_reports": extra}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--importance", default="l2", choices=channel_prune.IMPORTANCE)
+    parser.add_argument("--runs", type=int, default=30, help="Timed host runs per model.")
+    parser.add_argument("--skip-lowrank", action="store_true")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                      "structured.json"))
+    args = parser.parse_args(argv)
+    start = time.time()
+    rows, details = [], {}
+    for family in args.families:
+        family_rows, details[family] = run_family(family, args)
+        rows += family_rows
+        keras.backend.clear_session()
+
+    table = []
+    for r in rows:
+        ra = r["ratios"]
+        table.append([r["family"], r["variant"], f"{100 * r['tflite_accuracy']:.2f}%",
+                      r["size_bytes"], f"{ra['size']:.2f}x", r["macs"], f"{ra['macs']:.2f}x"]
+                     + [f"{r['instructions'][t]:,} ({ra['targets'][t]['instructions']:.2f}x)"
+                        for t in TARGETS]
+                     + [f"{r['host_p50_ms']:.3f}", f"{ra['host_p50']:.2f}x"])
+    print(format_table(["family", "variant", "int8 acc", "bytes", "size", "MACs", "MACs x"]
+                       + [f"{t} instr" for t in TARGETS] + ["host p50 ms", "host x"], table,
+                       title="Structured pruning on digits (int8 TFLite; ratios to dense int8)"))
+    write_json(args.out, {"settings": vars(args), "rows": rows, "details": details,
+                          "seconds": time.time() - start})
+    print(f"wrote {args.out} ({time.time() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
