@@ -320,18 +320,18 @@ class ChannelPruning:
     """The channel-pruning phase of one ``EdgeModel``: masks, schedule, rebuild.
 
     Args:
-        config: a ``PruneConfig`` with ``structure="channel"``.
-        fractions: optional per-group final fractions (group index -> fraction),
-            e.g. chosen by a budget; default: ``config.final_sparsity`` everywhere.
+        config: a ``PruneConfig`` with ``structure="channel"``; its
+            ``fractions`` (first producer -> fraction, e.g. from
+            :func:`tfedge.channel_budget.plan_channels`) override the uniform
+            ``final_sparsity`` per group.
 
     Raises:
         UnsupportedModelError: (at :meth:`apply`) no layer of the model can be
             pruned; the message names every layer and why.
     """
 
-    def __init__(self, config: Any, fractions: dict[int, float] | None = None):
+    def __init__(self, config: Any):
         self.config = config
-        self.fractions = fractions
         self.graph: channels_lib.ChannelGraph | None = None
         self.masks: ChannelMasks | None = None
         self.removed: set[int] = set()
@@ -354,6 +354,13 @@ class ChannelPruning:
                 f"can be removed ({why}). Channels that reach a model output never change; "
                 "give the model Conv/Dense layers before its output, or use unstructured "
                 "pruning: PruneConfig(final_sparsity) without structure=.")
+        named = self.config.fractions or {}
+        producers = {p for g in prunable for p in g.producers}
+        unknown = sorted(set(named) - producers)
+        if unknown:
+            raise ValueError(f"fractions= names {', '.join(map(repr, unknown))}, not the "
+                             "producer of a prunable group; prunable: "
+                             f"{', '.join(sorted(producers))}.")
         self.graph = graph
         self.masks = ChannelMasks(graph)
         if self.removed:  # re-entering after a rebuild is not supported
@@ -364,10 +371,12 @@ class ChannelPruning:
         return network
 
     def group_fractions(self, scale: float) -> dict[int, float]:
-        final = float(self.config.final_sparsity)
-        if self.fractions is None:
+        named = self.config.fractions
+        if not named:
             return {i: scale for i in range(len(self.graph.groups))}
-        return {i: f * scale / final if final else 0.0 for i, f in self.fractions.items()}
+        progress = scale / float(self.config.final_sparsity)
+        return {i: progress * next((named[p] for p in g.producers if p in named), 0.0)
+                for i, g in enumerate(self.graph.groups)}
 
     def update(self, fraction: float) -> None:
         """Masks ``fraction`` of each group's prunable channels (by importance)."""

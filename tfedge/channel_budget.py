@@ -1,0 +1,218 @@
+"""Per-group channel fractions chosen for a budget, by measured sensitivity.
+
+:func:`plan_channels` measures how much each dependency group's accuracy
+suffers when a fraction of its channels is masked (the others whole), at a
+few candidate fractions, then picks per group the largest fraction whose
+accuracy drop stays under a threshold, and searches (bisection) the
+smallest threshold that meets the budget. This is AIMET's greedy
+compression-ratio selection, applied to channel groups (residual groups
+included). The budget is one of:
+
+* ``macs=r``: the rebuilt model's MACs over the model's (Keras shapes);
+* ``params=r``: its parameter count over the model's;
+* ``instructions=r`` with ``target="rpi4"``: emulated instructions per
+  inference of its int8 conversion (``tfedge.convert`` then
+  ``tfedge.bench``, exact counts) over the dense int8 model's.
+
+The plan goes to training as
+``PruneConfig(..., structure="channel", fractions=plan)``.
+
+Example:
+
+>>> plan = plan_channels(model, x_val, y_val, macs=0.5)  # doctest: +SKIP
+>>> print(plan)  # fraction per group, sensitivity, the budget reached  # doctest: +SKIP
+>>> edge = tfedge.wrap(model, prune=tfedge.PruneConfig(  # doctest: +SKIP
+...     0.5, structure="channel", fractions=plan, end_epoch=3))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+from absl import logging
+
+from tfedge import channel_prune, channels
+from tfedge.bench import bench
+from tfedge.convert import convert
+from tfedge.errors import TFEdgeError, UnsupportedModelError
+from tfedge.report import format_table
+from tfedge.wrap import clone_model
+
+CANDIDATES = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
+
+
+class BudgetError(TFEdgeError, ValueError):
+    """A budget that channel pruning cannot reach (the message names the best reached)."""
+
+
+@dataclasses.dataclass
+class ChannelPlan:
+    """Channel fractions per dependency group, chosen for a budget.
+
+    Attributes:
+        fractions: first producer of each group -> fraction of its prunable
+            channels to remove.
+        metric: ``"macs"``, ``"params"`` or ``"instructions"``.
+        budget: the ratio asked for.
+        reached: the ratio the plan reaches.
+        threshold: accuracy drop allowed per group that met the budget.
+        base_accuracy: accuracy of the unpruned model on the data given.
+        rows: per group: ``producers``, ``fraction``, ``sensitivity``
+            (accuracy at each candidate fraction).
+        target: the device of an ``instructions`` budget.
+    """
+
+    fractions: dict[str, float]
+    metric: str
+    budget: float
+    reached: float
+    threshold: float
+    base_accuracy: float
+    rows: list[dict[str, Any]]
+    target: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        rows = [[", ".join(r["producers"]), f"{100 * r['fraction']:.1f}%",
+                 " ".join(f"{100 * a:.0f}" for a in r["sensitivity"])] for r in self.rows]
+        return format_table(
+            ["group", "removed", "accuracy % at " + "/".join(f"{c:g}" for c in CANDIDATES)],
+            rows, title=f"channel plan: {self.metric} {self.reached:.3f}x (budget "
+                        f"{self.budget}x{' on ' + self.target if self.target else ''}), "
+                        f"drop per group <= {100 * self.threshold:.1f} pp")
+
+
+def _accuracy(model: Any, x: Any, y: Any) -> float:
+    pred = model.predict(x, verbose=0, batch_size=128)
+    return float(np.mean(np.argmax(pred, -1) == np.asarray(y).reshape(-1)))
+
+
+def plan_channels(model: Any, x: Any, y: Any, *, macs: float | None = None,
+                  params: float | None = None, instructions: float | None = None,
+                  target: str = "rpi4", representative_data: Any = None,
+                  candidates: Sequence[float] = CANDIDATES) -> ChannelPlan:
+    """Chooses per-group channel fractions for a budget by measured sensitivity.
+
+    Args:
+        model: a trained tf_keras functional classifier (not changed).
+        x: validation inputs; y: their integer labels.
+        macs / params / instructions: the budget, one of them, a ratio in (0, 1).
+        target: device profile for ``instructions`` (``tfedge.devices.PROFILES``).
+        representative_data: calibration samples for the int8 conversions of an
+            ``instructions`` budget (default: ``x[:200]``).
+        candidates: fractions measured per group.
+
+    Returns:
+        A :class:`ChannelPlan`.
+
+    Raises:
+        ValueError: no budget, several budgets, or a ratio outside (0, 1).
+        BudgetError: the budget cannot be met; the message names the best reached.
+        UnsupportedModelError: nothing in the model can be channel-pruned.
+    """
+    given = {k: v for k, v in (("macs", macs), ("params", params),
+                               ("instructions", instructions)) if v is not None}
+    if len(given) != 1:
+        raise ValueError("Give plan_channels one budget: macs=, params= or instructions= "
+                         "(a ratio such as 0.5).")
+    metric, budget = next(iter(given.items()))
+    if not 0.0 < budget < 1.0:
+        raise ValueError(f"{metric}={budget} is outside (0, 1): it is the share kept, e.g. 0.5.")
+    work = clone_model(model)
+    graph = channels.analyze(work)
+    groups = [i for i, g in enumerate(graph.groups) if g.prunable]
+    if not groups:
+        raise UnsupportedModelError(
+            f"Nothing in {model.name!r} can be channel-pruned: "
+            + "; ".join(f"{n}: {r}" for n, r in graph.unprunable.items()))
+    masks = channel_prune.ChannelMasks(graph)
+    scores = channel_prune.channel_scores(graph)
+    original = work.get_weights()
+    base_accuracy = _accuracy(work, x, y)
+
+    sensitivity: dict[int, list[float]] = {}
+    for index in groups:
+        curve = []
+        for fraction in candidates:
+            removed = channel_prune.select_removed(graph, scores, {index: fraction}, set())
+            masks.set_removed(removed)
+            masks.apply()
+            curve.append(_accuracy(work, x, y))
+            work.set_weights(original)
+        sensitivity[index] = curve
+        logging.info("tfedge: sensitivity of %s: %s", "+".join(graph.groups[index].producers),
+                     curve)
+
+    measure = _metric(metric, model, graph, target, representative_data
+                      if representative_data is not None else x[:200])
+
+    def fractions_at(threshold: float) -> dict[int, float]:
+        chosen = {}
+        for index in groups:
+            ok = [f for f, a in zip(candidates, sensitivity[index])
+                  if base_accuracy - a <= threshold + 1e-12]
+            chosen[index] = max(ok) if ok else 0.0
+        return chosen
+
+    # A larger threshold gives larger fractions and a lower cost: binary search over
+    # the distinct accuracy drops measured (each cost is computed once).
+    drops = sorted({0.0} | {max(base_accuracy - a, 0.0) for c in sensitivity.values()
+                            for a in c})
+    costs: dict[float, float] = {}
+
+    def cost(threshold: float) -> float:
+        if threshold not in costs:
+            costs[threshold] = measure(fractions_at(threshold))
+        return costs[threshold]
+
+    if cost(drops[-1]) > budget:
+        raise BudgetError(
+            f"The budget {metric}={budget} cannot be met by channel pruning: the best reached "
+            f"is {cost(drops[-1]):.3f}x (every group at up to {max(candidates):g}; layers left "
+            f"whole: {', '.join(graph.unprunable) or 'none'}). Ask for {cost(drops[-1]):.3f} "
+            "or more, or add low-rank factorization (LowRankConfig).")
+    lo, hi = 0, len(drops) - 1  # cost(drops[hi]) <= budget
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cost(drops[mid]) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    threshold = drops[hi]
+    reached = cost(threshold)
+    chosen = fractions_at(threshold)
+    rows = [{"producers": list(graph.groups[i].producers), "fraction": chosen[i],
+             "sensitivity": sensitivity[i]} for i in groups]
+    return ChannelPlan(fractions={graph.groups[i].producers[0]: chosen[i] for i in groups},
+                       metric=metric, budget=budget, reached=reached, threshold=threshold,
+                       base_accuracy=base_accuracy, rows=rows,
+                       target=target if metric == "instructions" else None)
+
+
+def _metric(metric: str, model: Any, graph: Any, target: str, calibration: Any):
+    """``fractions -> ratio`` of the rebuilt model's cost to the model's."""
+    scores = channel_prune.channel_scores(graph)
+
+    def rebuilt(fractions):
+        return channel_prune.rebuild(graph, channel_prune.select_removed(graph, scores,
+                                                                         fractions, set()))
+
+    if metric == "macs":
+        base = channels.keras_macs(model)
+        return lambda f: channels.keras_macs(rebuilt(f)) / base
+    if metric == "params":
+        base = model.count_params()
+        return lambda f: rebuilt(f).count_params() / base
+    base = _instructions(model, target, calibration)
+    return lambda f: _instructions(rebuilt(f), target, calibration) / base
+
+
+def _instructions(model: Any, target: str, calibration: Any) -> int:
+    """Emulated instructions of one inference of ``model``'s int8 conversion."""
+    artifact = convert(model, representative_data=calibration)
+    report = bench(artifact, target=[target], runs=1, warmup=0, emulation_runs=1)
+    return report.target(target).instructions
