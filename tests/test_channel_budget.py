@@ -50,6 +50,7 @@ def test_unknown_group_name_in_fractions_is_rejected():
 def test_instruction_budget_on_rpi4(trained, digits):
     (x, _), (x_test, y_test) = digits
     plan = channel_budget.plan_channels(trained, x_test, y_test, instructions=0.6,
-                                        candidates=(0.25, 0.5, 0.75), target="rpi4", representative_data=x[:100])
+                                        candidates=(0.25, 0.5, 0.75), target="rpi4",
+                                        representative_data=x[:100])
     assert plan.metric == "instructions" and plan.target == "rpi4"
     assert plan.reached <= 0.6
