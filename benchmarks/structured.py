@@ -163,7 +163,7 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
         log(f"scratch {ratio} done (width {width}, MACs {macs / dense_macs:.3f}x)")
 
     names = list(variants)
-    report = tfedge.bench.compare({n: variants[n][1] for n in names}, target=TARGETS,
+    report = tfedge.compare({n: variants[n][1] for n in names}, target=TARGETS,
                                   runs=args.runs, warmup=5, emulation_runs=1)
     log("bench done")
     rows = []

@@ -47,3 +47,40 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 def warning_messages(caplog) -> list:
     """The messages of the records ``caplog`` caught at WARNING or above."""
     return [r.getMessage() for r in caplog.records if r.levelno >= std_logging.WARNING]
+
+
+def residual_concat_model():
+    """Conv-BN-ReLU stem, depthwise block with a residual Add, a Concatenate of two
+    branches, and a Dense head after both GlobalAveragePooling and Flatten."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="image")
+    a = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(inputs)
+    a = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization(name="stem_bn")(a))
+    b = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(a)
+    b = keras.layers.ReLU()(keras.layers.BatchNormalization(name="dw_bn")(b))
+    b = keras.layers.Conv2D(16, 1, name="proj")(b)
+    r = keras.layers.Add(name="residual")([a, b])
+    left = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="left")(r)
+    right = keras.layers.Conv2D(16, 1, activation="relu", name="right")(r)
+    c = keras.layers.Concatenate(name="concat")([left, right])
+    c = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="c3")(c)
+    h = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(c), keras.layers.Flatten()(keras.layers.MaxPooling2D()(c))])
+    h = keras.layers.Dense(32, activation="relu", name="fc")(h)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(h), name="rescat")
+
+
+def dense_heavy_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv")(inputs)
+    h = keras.layers.Conv2D(32, 1, activation="relu", name="pointwise")(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(256, activation="relu", name="fc1")(h)
+    h = keras.layers.Dense(256, activation="relu", name="fc2")(h)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(h), name="dense_heavy")
+
+
+def compile_residual(model):
+    model.compile(keras.optimizers.Adam(2e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
+    return model

@@ -34,6 +34,7 @@ _EXPORTS = {
     "tfedge.cluster": ["ClusterConfig"],
     "tfedge.lowrank": ["LowRankConfig", "FactorizationReport"],
     "tfedge.channel_prune": ["ChannelReport"],
+    "tfedge.channel_budget": ["plan_channels", "ChannelPlan", "BudgetError"],
     "tfedge.artifact": ["TFLiteArtifact", "MODES", "load", "check_full_integer",
                         "runtime_settings"],
     "tfedge.calibration": ["representative_from_dataset"],

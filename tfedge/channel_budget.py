@@ -34,11 +34,11 @@ import numpy as np
 from absl import logging
 
 from tfedge import channel_prune, channels
-from tfedge.bench import bench
-from tfedge.convert import convert
+from tfedge._bench import bench
+from tfedge._convert import convert
 from tfedge.errors import TFEdgeError, UnsupportedModelError
 from tfedge.report import format_table
-from tfedge.wrap import clone_model
+from tfedge._wrap import clone_model
 
 CANDIDATES = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 

@@ -29,11 +29,13 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
 from tfedge import channels as channels_lib
+from tfedge._config import PhaseConfig
 from tfedge._keras import keras
 from tfedge.errors import UnsupportedModelError
 from tfedge.report import format_table
@@ -41,12 +43,13 @@ from tfedge.report import format_table
 _L = keras.layers
 
 
-class LowRankConfig:
+@dataclasses.dataclass(frozen=True)
+class LowRankConfig(PhaseConfig):
     """Which layers to factorize, and to what rank.
 
     Args:
         energy: keep the smallest rank holding this fraction of each layer's
-            squared singular values, in (0, 1]; 1.0 is full rank (exact).
+            squared singular values, in (0, 1]; default 0.9 when no budget.
         macs: instead of ``energy``, a budget: the model's MACs after
             factorization over its MACs before, in (0, 1).
         layers: names of the layers to consider (default: every Dense and
@@ -61,46 +64,33 @@ class LowRankConfig:
     0.95
     """
 
-    def __init__(self, energy: float | None = None, *, macs: float | None = None,
-                 layers: list[str] | None = None):
-        if energy is not None and macs is not None:
+    ARGUMENT = "factorize"
+    SHORTHAND = ((float,), "energy", "an energy threshold such as 0.9")
+
+    energy: float | None = None
+    _: dataclasses.KW_ONLY
+    macs: float | None = None
+    layers: list[str] | None = None
+
+    def _normalize(self) -> None:
+        if self.energy is not None and self.macs is not None:
             raise ValueError("Give LowRankConfig an energy threshold or a MAC budget, not both.")
-        if energy is None and macs is None:
-            energy = 0.9
-        if energy is not None and not 0.0 < energy <= 1.0:
-            raise ValueError(f"energy={energy} is outside (0, 1]: it is the share of the "
+        if self.energy is None and self.macs is None:
+            self._set("energy", 0.9)
+        if self.energy is not None:
+            self._set("energy", float(self.energy))
+        if self.macs is not None:
+            self._set("macs", float(self.macs))
+        if self.layers is not None:
+            self._set("layers", list(self.layers))
+
+    def _validate(self) -> None:
+        if self.energy is not None and not 0.0 < self.energy <= 1.0:
+            raise ValueError(f"energy={self.energy} is outside (0, 1]: it is the share of the "
                              "squared singular values kept, e.g. 0.9.")
-        if macs is not None and not 0.0 < macs < 1.0:
-            raise ValueError(f"macs={macs} is outside (0, 1): it is the share of the model's "
-                             "MACs kept, e.g. 0.5.")
-        self.energy = None if energy is None else float(energy)
-        self.macs = None if macs is None else float(macs)
-        self.layers = list(layers) if layers else None
-
-    def get_config(self) -> dict[str, Any]:
-        return {"energy": self.energy, "macs": self.macs, "layers": self.layers}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "LowRankConfig":
-        return cls(**config)
-
-    @classmethod
-    def coerce(cls, value: Any) -> "LowRankConfig | None":
-        """Turns ``wrap``'s ``factorize=`` argument into a LowRankConfig (or None)."""
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, dict):
-            return cls(**value)
-        raise ValueError("factorize= takes a LowRankConfig, a dict of its arguments, True or "
-                         f"None; got {type(value).__name__}.")
-
-    def __repr__(self) -> str:
-        return "LowRankConfig(" + ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()
-                                            if v is not None) + ")"
+        if self.macs is not None and not 0.0 < self.macs < 1.0:
+            raise ValueError(f"macs={self.macs} is outside (0, 1): it is the share of the "
+                             "model's MACs kept, e.g. 0.5.")
 
 
 # ----------------------------------------------------------------------------

@@ -1,0 +1,123 @@
+"""Channel pruning, channel budgets and low-rank factorization, trained on digits."""
+
+import numpy as np
+import pytest
+
+import tfedge
+from tfedge import channel_budget, channels, keras
+from tests.helpers import compile_residual, dense_heavy_model, residual_concat_model
+
+
+def test_channel_pruned_model_is_narrower_same_outputs_and_converts(digits):
+    (x, y), (x_test, y_test) = digits
+    model = residual_concat_model()
+    edge = compile_residual(tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, structure="channel",
+                                                                end_epoch=2)))
+    edge.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    masked = edge.network.predict(x_test, verbose=0)
+    narrow = edge.finish()
+
+    pruned = [p for g in channels.analyze(model).groups if g.prunable for p in g.producers]
+    before = sum(model.get_layer(n).count_params() for n in pruned)
+    after = sum(narrow.get_layer(n).count_params() for n in pruned)
+    assert after <= 0.6 * before, (before, after)
+    assert narrow.output_shape == model.output_shape
+    assert narrow.get_layer("stem").filters == narrow.get_layer("proj").filters == 8
+    assert channels.keras_macs(narrow) < 0.4 * channels.keras_macs(model)
+    np.testing.assert_allclose(narrow.predict(x_test, verbose=0), masked, atol=1e-5)
+    assert model.get_layer("stem").filters == 16  # the user's model is untouched
+
+    report = edge.channel_report()
+    assert {tuple(r["producers"]): r["kept"] for r in report.rows}[("c3",)] == 16
+    art = tfedge.convert(narrow, representative_data=x[:200])
+    tfedge.check_full_integer(art)
+    result = tfedge.validate(art, narrow, x_test, y_test)
+    assert result.tflite_accuracy > 0.6  # 3 short epochs: trained, not random (10%)
+    assert result.agreement > 0.95
+
+
+def test_channel_pruning_then_qat_converts_without_calibration(digits):
+    (x, y), (x_test, y_test) = digits
+    edge = compile_residual(tfedge.wrap(residual_concat_model(),
+                                prune=tfedge.PruneConfig(0.5, structure="channel", end_epoch=1),
+                                quantize=tfedge.QATConfig(start_epoch=1)))
+    edge.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    final = edge.finish()
+    art = tfedge.convert(final)
+    assert art.mode == "int8"
+    assert tfedge.validate(art, final, x_test, y_test).agreement > 0.9
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    (x, y), _ = digits
+    model = compile_residual(residual_concat_model())
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    return model
+
+
+def test_mac_budget_plan_is_met_after_training(trained, digits):
+    (x, y), (x_test, y_test) = digits
+    plan = channel_budget.plan_channels(trained, x_test, y_test, macs=0.5)
+    assert plan.reached <= 0.5
+    assert len(plan.rows) == 5 and all(len(r["sensitivity"]) == 7 for r in plan.rows)
+    assert "channel plan: macs" in str(plan)
+    edge = compile_residual(tfedge.wrap(trained, prune=tfedge.PruneConfig(
+        0.5, structure="channel", fractions=plan, end_epoch=1)))
+    edge.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    narrow = edge.finish()
+    assert channels.keras_macs(narrow) / channels.keras_macs(trained) == pytest.approx(
+        plan.reached)
+    kept = {tuple(r["producers"]): r["removed_fraction"] for r in edge.channel_report().rows}
+    for row in plan.rows:  # each group reached its own fraction (to whole channels)
+        assert kept[tuple(row["producers"])] == pytest.approx(row["fraction"], abs=0.07)
+
+
+def test_budget_that_cannot_be_met_names_the_best(trained, digits):
+    _, (x_test, y_test) = digits
+    with pytest.raises(channel_budget.BudgetError, match=r"best reached is 0\.\d+x"):
+        channel_budget.plan_channels(trained, x_test, y_test, params=0.01)
+    with pytest.raises(ValueError, match="one budget"):
+        channel_budget.plan_channels(trained, x_test, y_test, macs=0.5, params=0.5)
+
+
+@pytest.mark.slow
+def test_instruction_budget_on_rpi4(trained, digits):
+    (x, _), (x_test, y_test) = digits
+    plan = channel_budget.plan_channels(trained, x_test, y_test, instructions=0.6,
+                                        candidates=(0.25, 0.5, 0.75), target="rpi4",
+                                        representative_data=x[:100])
+    assert plan.metric == "instructions" and plan.target == "rpi4"
+    assert plan.reached <= 0.6
+
+
+def test_budget_lowers_macs_and_converts_to_int8(digits):
+    (x, y), (x_test, y_test) = digits
+    model = dense_heavy_model()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    edge = tfedge.wrap(model, factorize=tfedge.LowRankConfig(macs=0.5))
+    report = edge.factorization_report()
+    assert report.macs_after <= 0.5 * report.macs_before
+    assert any(r["factorized"] for r in report.rows)
+    edge.compile(keras.optimizers.Adam(5e-4),
+                 keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
+    edge.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    final = edge.finish()
+    assert channels.keras_macs(final) == report.macs_after
+    art = tfedge.convert(final, representative_data=x[:200])
+    tfedge.check_full_integer(art)
+    assert tfedge.model_cost(art).macs < 0.55 * tfedge.model_cost(
+        tfedge.convert(model, representative_data=x[:200])).macs
+    assert tfedge.validate(art, final, x_test, y_test).tflite_accuracy > 0.6
+
+
+def test_self_teacher_distills_from_the_original(digits):
+    (x, y), _ = digits
+    model = dense_heavy_model()
+    edge = tfedge.wrap(model, factorize=tfedge.LowRankConfig(macs=0.5), teacher="self")
+    edge.compile(keras.optimizers.Adam(5e-4),
+                 keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = edge.fit(x[:256], y[:256], epochs=1, batch_size=64, verbose=0)
+    assert "soft_loss" in history.history
+    assert "fc1_lr1" not in [layer.name for layer in model.layers]  # user's model untouched
