@@ -36,6 +36,7 @@ def test_channel_pruned_model_is_narrower_same_outputs_and_converts(digits):
     assert result.agreement > 0.95
 
 
+@pytest.mark.slow
 def test_channel_pruning_then_qat_converts_without_calibration(digits):
     (x, y), (x_test, y_test) = digits
     edge = compile_residual(tfedge.wrap(residual_concat_model(),
