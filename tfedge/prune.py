@@ -167,6 +167,9 @@ class PruneConfig(PhaseConfig):
             one: ``{first producer of a group: fraction}`` or a
             :class:`tfedge.channel_budget.ChannelPlan`; ``final_sparsity`` then
             only shapes the schedule (each group reaches its own fraction).
+        channel_multiple: with ``structure="channel"``, round the channels each
+            group keeps up to a multiple of this (8 suits the int8 kernels of
+            aarch64 LiteRT/XNNPACK; see ``benchmarks/structured.py``).
 
     Raises:
         ValueError: for sparsities outside [0, 1), an end not after the begin,
@@ -197,6 +200,7 @@ class PruneConfig(PhaseConfig):
     structure: str | None = None
     importance: str | None = None
     fractions: Any = None
+    channel_multiple: int | None = None
 
     def _normalize(self) -> None:
         fractions = getattr(self.fractions, "fractions", self.fractions)  # a ChannelPlan
@@ -257,8 +261,15 @@ class PruneConfig(PhaseConfig):
             if self.layers is not None:
                 raise ValueError("layers= is not supported with structure='channel': every "
                                  "layer whose channels can be removed is pruned.")
-        elif self.importance is not None or self.fractions is not None:
-            raise ValueError("importance= and fractions= apply to structure='channel' only.")
+            if self.channel_multiple is not None and (int(self.channel_multiple)
+                                                      != self.channel_multiple
+                                                      or self.channel_multiple < 1):
+                raise ValueError(f"channel_multiple={self.channel_multiple} must be a "
+                                 "positive whole number, e.g. 8.")
+        elif (self.importance is not None or self.fractions is not None
+              or self.channel_multiple is not None):
+            raise ValueError("importance=, fractions= and channel_multiple= apply to "
+                             "structure='channel' only.")
         self.m_by_n  # validates structure
 
     @property

@@ -118,3 +118,24 @@ def test_bad_settings_are_rejected():
     inputs = keras.Input((4,))
     with pytest.raises(UnsupportedModelError, match="factorize"):
         lowrank.factorize(keras.Model(inputs, L.ReLU()(inputs)), tfedge.LowRankConfig())
+
+
+def test_macs_after_matches_the_rebuilt_model_and_multiples_round_up():
+    from tfedge import channel_prune
+
+    model = residual_concat_model()
+    graph = channels.analyze(model)
+    scores = channel_prune.channel_scores(graph)
+    fractions = {i: 0.4 for i in range(len(graph.groups))}
+    for multiple in (1, 8):
+        removed = channel_prune.select_removed(graph, scores, fractions, set(), multiple)
+        narrow = channel_prune.rebuild(graph, removed)
+        assert channel_prune.macs_after(graph, removed) == channels.keras_macs(narrow)
+        c3 = narrow.get_layer("c3").filters
+        assert c3 == (20 if multiple == 1 else 24)  # 32 - floor(0.4 * 32), rounded up to 8
+    fraction, reached = channel_prune.fraction_for_macs(model, 0.5, multiple=8)
+    assert reached <= 0.5 and 0 < fraction < 1
+    with pytest.raises(ValueError, match="best is"):
+        channel_prune.fraction_for_macs(model, 0.001)
+    with pytest.raises(ValueError, match="channel_multiple"):
+        tfedge.PruneConfig(0.5, structure="channel", channel_multiple=0)
