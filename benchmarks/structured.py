@@ -80,7 +80,7 @@ def digits_at(size: int):
 FAMILIES: dict[str, dict[str, Any]] = {
     "digits_cnn": {"build": digits_cnn, "width": 16, "widths": list(range(4, 17)),
                    "data": load_digits, "epochs": 15, "lr": 1e-3, "prune_epochs": 4,
-                   "tune_epochs": 4, "multiple": 8},
+                   "tune_epochs": 4, "multiple": 4},
     "mobilenet_v2": {"build": mobilenet_v2, "width": 0.35,
                      "widths": [0.1, 0.15, 0.2, 0.25, 0.3, 0.35],
                      "data": lambda: digits_at(96), "epochs": 12, "lr": 2e-3,
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-lowrank", action="store_true")
     parser.add_argument("--channel-multiple", type=int, default=None,
                         help="Channels kept per group rounded up to a multiple of this "
-                             "(default: 8 for the digits CNN, 16 for MobileNetV2).")
+                             "(default: 4 for the digits CNN, 16 for MobileNetV2).")
     parser.add_argument("--instructions", type=float, default=0.6,
                         help="Also prune to this share of the dense int8 model's emulated "
                              "instructions (0: skip).")
