@@ -396,8 +396,6 @@ class ChannelPruning:
                              f"{', '.join(sorted(producers))}.")
         self.graph = graph
         self.masks = ChannelMasks(graph)
-        if self.removed:  # re-entering after a rebuild is not supported
-            raise RuntimeError("ChannelPruning.apply was called twice.")
         logging.info("tfedge: channel pruning %d group(s) (%s); left whole: %s", len(prunable),
                      ", ".join("+".join(g.producers) for g in prunable),
                      ", ".join(graph.unprunable) or "none")

@@ -174,7 +174,7 @@ class ChannelGraph:
         return ""
 
 
-def _inbound(model: Any, layer: Any) -> list[Any]:
+def inbound_nodes(model: Any, layer: Any) -> list[Any]:
     """The nodes through which ``layer`` is called inside ``model``."""
     return [n for i, n in enumerate(layer._inbound_nodes)
             if f"{layer.name}_ib-{i}" in model._network_nodes]
@@ -208,12 +208,12 @@ def analyze(model: Any) -> ChannelGraph:
         graph._pin(ids_of[id(tensor)], "a model input")
 
     for layer in model.layers:
-        nodes = _inbound(model, layer)
+        nodes = inbound_nodes(model, layer)
         if isinstance(layer, _L.InputLayer) or not nodes:
             continue
         node = nodes[0]
-        inputs = [t for t in _flat(node.keras_inputs)]
-        outs = _flat(node.outputs)
+        inputs = [t for t in flatten(node.keras_inputs)]
+        outs = flatten(node.outputs)
         in_ids = [ids_of.get(id(t)) for t in inputs]
         if any(i is None for i in in_ids):  # not reached from the model inputs
             in_ids = [graph._new(channels(t)) if i is None else i for t, i in zip(inputs, in_ids)]
@@ -270,11 +270,12 @@ def analyze(model: Any) -> ChannelGraph:
     return graph
 
 
-def _flat(value: Any) -> list[Any]:
+def flatten(value: Any) -> list[Any]:
+    """The leaves (tensors) of a nested list, tuple or dict, in order."""
     if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _flat(v)]
+        return [t for v in value for t in flatten(v)]
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _flat(v)]
+        return [t for v in value.values() for t in flatten(v)]
     return [value]
 
 

@@ -199,7 +199,7 @@ def _rewrite(model: Any, ranks: dict[str, tuple[_Candidate, int]]) -> Any:
         inputs.append(new)
     weights: list[tuple[Any, list[np.ndarray]]] = []
     for layer in model.layers:
-        nodes = channels_lib._inbound(model, layer)
+        nodes = channels_lib.inbound_nodes(model, layer)
         if isinstance(layer, _L.InputLayer) or not nodes:
             continue
         if len(nodes) > 1:
@@ -215,7 +215,7 @@ def _rewrite(model: Any, ranks: dict[str, tuple[_Candidate, int]]) -> Any:
             new = layer.__class__.from_config(layer.get_config())
             out = new(*args, **kwargs)
             weights.append((new, layer.get_weights()))
-        for old, new_tensor in zip(channels_lib._flat(node.outputs), channels_lib._flat(out)):
+        for old, new_tensor in zip(channels_lib.flatten(node.outputs), channels_lib.flatten(out)):
             tensors[id(old)] = new_tensor
     outputs = _map(model.outputs, tensors)
     rebuilt = keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0], name=model.name)
