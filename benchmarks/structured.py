@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
-    parser.add_argument("--importance", default="l2", choices=channel_prune.IMPORTANCE)
+    parser.add_argument("--importance", default="bn_gamma", choices=channel_prune.IMPORTANCE)
     parser.add_argument("--runs", type=int, default=30, help="Timed host runs per model.")
     parser.add_argument("--skip-lowrank", action="store_true")
     parser.add_argument("--channel-multiple", type=int, default=None,

@@ -161,8 +161,9 @@ class PruneConfig(PhaseConfig):
             ``"channel"``: ``final_sparsity`` is the fraction of prunable output
             channels removed, and ``finish()`` returns a narrower model (see
             :mod:`tfedge.channel_prune`).
-        importance: channel score with ``structure="channel"``: ``"l2"``
-            (default), ``"l1"`` or ``"bn_gamma"``.
+        importance: channel score with ``structure="channel"``: ``"bn_gamma"``
+            (default; the filter's L2 norm where no BatchNorm follows), ``"l2"``
+            or ``"l1"`` (see :mod:`tfedge.channel_prune`).
         fractions: with ``structure="channel"``, per-group fractions instead of
             one: ``{first producer of a group: fraction}`` or a
             :class:`tfedge.channel_budget.ChannelPlan`; ``final_sparsity`` then
@@ -252,9 +253,9 @@ class PruneConfig(PhaseConfig):
             raise ValueError("layers must be None, a list of layer names or a predicate "
                              f"function, got {type(self.layers).__name__}.")
         if self.channel:  # --- channel pruning (tfedge.channel_prune) ---
-            if self.importance not in (None, "l2", "l1", "bn_gamma"):
-                raise ValueError(f"importance={self.importance!r}: use 'l2', 'l1' or "
-                                 "'bn_gamma'.")
+            if self.importance not in (None, "bn_gamma", "l2", "l1"):
+                raise ValueError(f"importance={self.importance!r}: use 'bn_gamma', 'l2' or "
+                                 "'l1'.")
             if self.fractions and not all(0.0 <= f < 1.0 for f in self.fractions.values()):
                 raise ValueError("fractions= must each be in [0, 1): the share of a group's "
                                  "channels removed.")
