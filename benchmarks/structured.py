@@ -106,6 +106,18 @@ def scratch_width(spec: dict[str, Any], target_macs: float) -> tuple[Any, int]:
     return best
 
 
+def fraction_for_macs(model: Any, ratio: float, multiple: int) -> tuple[tuple[float, float], int]:
+    """``channel_prune.fraction_for_macs``, halving the channel multiple until the
+    ratio is reachable (groups of 16 channels cannot go below 16 with multiple 16)."""
+    while True:
+        try:
+            return channel_prune.fraction_for_macs(model, ratio, multiple=multiple), multiple
+        except ValueError:
+            if multiple == 1:
+                raise
+            multiple //= 2
+
+
 def fraction_for_instructions(model: Any, ratio: float, target: str, multiple: int,
                               calibration: Any) -> tuple[float, float]:
     """The uniform channel fraction whose int8 model runs ``ratio`` x the instructions.
@@ -170,14 +182,14 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
         log(f"unstructured {sparsity} done")
 
     multiple = args.channel_multiple or spec["multiple"]
-    searches = [(f"channel {r}x MACs", channel_prune.fraction_for_macs(
-        dense, r, multiple=multiple)) for r in (0.5, 0.25)]
+    searches = [(f"channel {r}x MACs", *fraction_for_macs(dense, r, multiple))
+                for r in (0.5, 0.25)]
     if args.instructions:
         searches.append((f"channel {args.instructions}x {args.instructions_target} instr",
                          fraction_for_instructions(dense, args.instructions,
                                                    args.instructions_target, multiple,
-                                                   calibration)))
-    for name, (fraction, reached) in searches:
+                                                   calibration), multiple))
+    for name, (fraction, reached), multiple in searches:
         keras.utils.set_random_seed(0)
         edge = compile_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
             fraction, structure="channel", end_epoch=prune_epochs,
