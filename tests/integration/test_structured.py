@@ -14,7 +14,11 @@ def test_channel_pruned_model_is_narrower_same_outputs_and_converts(digits):
     edge = compile_residual(tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, structure="channel",
                                                                 end_epoch=2)))
     edge.fit(x, y, epochs=3, batch_size=32, verbose=0)
-    masked = edge.network.predict(x_test, verbose=0)
+    # BatchNorm's moving statistics are per replica (read as their mean): compare with the
+    # masked network on one device, holding the values the rebuild copies.
+    single = tf.keras.models.clone_model(edge.network)
+    single.set_weights(edge.network.get_weights())
+    masked = single.predict(x_test, verbose=0)
     narrow = edge.finish()
 
     pruned = [p for g in channels.analyze(model).groups if g.prunable for p in g.producers]
@@ -143,7 +147,11 @@ CHANNELS_MIRRORED = """
     edge.fit(x, y, epochs=2, batch_size=64, verbose=0)
     stem = edge.network.get_layer("stem").kernel
     kernels = [k.numpy() for k in strategy.experimental_local_results(stem)]
-    masked = edge.network.predict(x_test, verbose=0)
+    # BatchNorm's moving statistics are per replica (read as their mean): compare with the
+    # masked network on one device, holding the values the rebuild copies.
+    single = tf.keras.models.clone_model(edge.network)
+    single.set_weights(edge.network.get_weights())
+    masked = single.predict(x_test, verbose=0)
     narrow = edge.finish()
     json.dump({"replicas": strategy.num_replicas_in_sync,
                "kernels_equal": all(np.array_equal(kernels[0], k) for k in kernels),
@@ -164,6 +172,5 @@ def test_channel_pruning_under_mirrored_strategy(tmp_path):
     result = _run(CHANNELS_MIRRORED, tmp_path)
     assert result["replicas"] == 2 and result["kernels_equal"]
     assert result["zero_filters"] == 8 and result["stem"] == 8
-    # Replicated predict runs other batch shapes (other float summation orders).
-    assert result["max_diff"] < 1e-4 * result["scale"] + 1e-5
+    assert result["max_diff"] < 1e-5 * result["scale"] + 1e-5
     assert result["agreement"] == 1.0
