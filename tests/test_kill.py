@@ -104,6 +104,7 @@ def test_killed_save_leaves_the_old_or_the_new_model(two_models, tmp_path):
           f"{len(leftovers)} temporary file(s) left, {time.perf_counter() - started:.1f} s")
     assert set(outcomes) <= {"old", "new"}, outcomes
     assert len(outcomes) >= 20
+    assert len(leftovers) <= 2, leftovers  # model and card temp files of the last kill only
 
 
 def test_killed_export_leaves_a_whole_bundle(two_models, tmp_path):
@@ -129,7 +130,9 @@ def test_killed_export_leaves_a_whole_bundle(two_models, tmp_path):
     tfedge.export_android(b, str(tmp_path / "timing"), sample_inputs=samples)
     one = time.perf_counter() - t0
     outcomes = _kill_at_random(work, 20, max(0.1, 3 * one), random.Random(1), after_each)
+    left = [n for n in os.listdir(tmp_path) if n not in ("android", "timing")]
     print(f"\nkill test (export): {len(outcomes)} kills, one export {one * 1000:.0f} ms, "
-          f"broken {sum(o != 'whole' for o in outcomes)}")
+          f"broken {sum(o != 'whole' for o in outcomes)}, {len(left)} staging folder(s) left")
+    assert len(left) <= 1, left  # a killed export's staging folder goes at the next export
     assert all(o == "whole" for o in outcomes), outcomes
     assert len(outcomes) >= 20

@@ -32,7 +32,7 @@ from tfedge import card as card_lib
 from tfedge import flatbuffer
 from tfedge.errors import ConversionError, InvalidModelFileError
 from tfedge.metadata import read_signatures
-from tfedge.report import format_table
+from tfedge.report import format_table, write_atomic
 
 MODES = ("int8", "int16x8", "float16", "dynamic_range", "float32")
 MODE_DESCRIPTIONS = {
@@ -221,11 +221,10 @@ class TFLiteArtifact:
             The path of the ``.tflite`` file.
         """
         path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(self.content)
-        if card:
-                card_lib.write_card_beside(path, self.card(name=name, **card_kwargs))
+        card_data = self.card(name=name, **card_kwargs) if card else None  # before writing
+        write_atomic(path, self.content)  # a kill leaves the old file or the new one
+        if card_data is not None:
+            card_lib.write_card_beside(path, card_data)
         return path
 
     def to_dict(self) -> dict[str, Any]:
@@ -268,6 +267,7 @@ import sys
 import numpy as np
 from ai_edge_litert import interpreter as litert
 ran = False
+error = "unknown error"
 # The file is memory-mapped, as on device: a kernel reading past the model's end then faults
 # here instead of reading garbage. Several interpreters in turn, because memory a damaged
 # kernel overwrote often crashes the next one.
@@ -281,8 +281,10 @@ for resolver in (litert.OpResolverType.AUTO, litert.OpResolverType.AUTO,
             it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
         it.invoke()
         ran = True
-    except Exception:  # a clean error: the parent reports it itself
-        pass
+    except Exception as err:  # a clean error: the parent raises it (exit status 3)
+        error = (str(err).strip().splitlines() or [repr(err)])[0]
+if not ran:
+    sys.stderr.write("\\ntfedge-probe-error: " + error + "\\n")
 sys.exit(0 if ran else 3)
 """
 
@@ -293,11 +295,13 @@ def probe_in_child(content: bytes, timeout: float = 120.0) -> None:
     Structural checks (:func:`tfedge.flatbuffer.check_bytes`) catch damaged
     tables, sizes and sparse encodings, but a flipped bit in an op's version
     or options can still send LiteRT's C++ kernels out of bounds. The child
-    dies then, not this process. Bytes this process converted, or probed
-    before, are not probed again.
+    dies then, not this process. A model LiteRT refuses cleanly (an op or
+    op version it lacks) is an error too: it could not run on device. Bytes
+    this process converted, or probed before, are not probed again.
 
     Raises:
-        InvalidModelFileError: LiteRT crashed (or hung) on the model.
+        InvalidModelFileError: LiteRT cannot prepare the model, or crashed
+            (or hung) on it.
     """
     digest = hashlib.sha256(content).hexdigest()
     if digest in _TRUSTED:
@@ -315,7 +319,15 @@ def probe_in_child(content: bytes, timeout: float = 120.0) -> None:
             "child process): the file is corrupt or far too large. Re-export it.") from None
     finally:
         os.unlink(path)
-    if run.returncode > 0 and run.returncode != 3:  # the probe itself failed, not LiteRT
+    if run.returncode == 3:  # LiteRT refused the model cleanly: it cannot run it
+        stderr = run.stderr.decode(errors="replace")
+        reason = stderr.rsplit("tfedge-probe-error: ", 1)[-1].strip() if \
+            "tfedge-probe-error: " in stderr else "no reason given"
+        raise InvalidModelFileError(
+            f"LiteRT cannot prepare this model: {reason}. It uses an op, op version or "
+            "tensor layout this LiteRT build does not support: convert it again with this "
+            "TensorFlow version; tfedge.load(path, probe=False) reads it without this check.")
+    if run.returncode > 0:  # the probe itself failed, not LiteRT
         logging.warning("tfedge: could not check the model in a child process (exit status "
                         "%d: %s); loading it without that check.", run.returncode,
                         run.stderr.decode(errors="replace").strip()[-300:])
@@ -411,15 +423,25 @@ def infer_mode(fb: flatbuffer.FlatbufferModel) -> str:
 
 
 def _card_vouches_for(path: str, sha256: str) -> bool:
-    for candidate in (card_lib.card_path(path), os.path.join(os.path.dirname(path), "model_card.json")):
+    """True if the card beside ``path`` records this sha256; warns if it records another."""
+    own = card_lib.card_path(path)
+    for candidate in (own, os.path.join(os.path.dirname(path), "model_card.json")):
         try:
             with open(candidate) as f:
                 card = json.load(f)
         except (OSError, ValueError):
             continue
-        if sha256 in (card.get("sha256"), (card.get("model") or {}).get("sha256")):
+        recorded = {card.get("sha256"), (card.get("model") or {}).get("sha256")} - {None}
+        if sha256 in recorded:
             _TRUSTED.add(sha256)
             return True
+        if candidate == own and recorded:
+            logging.warning(
+                "tfedge: %s describes another model (sha256 %s...), not %s (sha256 %s...): "
+                "the card is stale, or the file was replaced. Its facts (validation, "
+                "benchmarks) do not apply to this file; save the artifact again "
+                "(artifact.save) to write a matching card.", own, sorted(recorded)[0][:12],
+                path, sha256[:12])
     return False
 
 

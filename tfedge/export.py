@@ -44,11 +44,16 @@ own modules (:mod:`tfedge.flatbuffer`, :mod:`tfedge.metadata`,
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import hashlib
+import io
 import json
 import os
-from typing import Any, Sequence
+import shutil
+import tempfile
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from absl import logging
@@ -57,8 +62,8 @@ from tfedge import card as card_lib
 from tfedge import metadata as metadata_lib
 from tfedge import micro
 from tfedge.artifact import TFLiteArtifact, as_artifact
-from tfedge.errors import VerificationError
-from tfedge.report import format_table, to_json, write_json
+from tfedge.errors import InvalidModelFileError, VerificationError
+from tfedge.report import format_table, remove_stale, to_json, write_atomic, write_json
 from tfedge._validate import make_interpreter, quantize_array
 
 MODEL_FILE = "model.tflite"
@@ -235,9 +240,19 @@ def litert_outputs(content: bytes, inputs: Sequence[np.ndarray],
 
     Returns:
         One array per model output, samples first, in the output dtypes.
+
+    Raises:
+        InvalidModelFileError: LiteRT cannot prepare the model.
     """
-    interpreter = make_interpreter(content, op_resolver=op_resolver)
-    interpreter.allocate_tensors()
+    try:
+        interpreter = make_interpreter(content, op_resolver=op_resolver)
+        interpreter.allocate_tensors()
+    except (RuntimeError, ValueError) as err:  # LiteRT's own words, kept
+        reason = (str(err).strip().splitlines() or [repr(err)])[0]
+        raise InvalidModelFileError(
+            f"LiteRT cannot prepare this model ({op_resolver} op resolver): {reason}. It "
+            "uses an op, op version or layout this LiteRT build lacks, so no bundle can be "
+            "verified: convert it again with this TensorFlow version.") from None
     in_details = interpreter.get_input_details()
     out_details = interpreter.get_output_details()
     rows = []
@@ -298,16 +313,116 @@ def _sha256(path: str) -> str:
 
 
 def _write(directory: str, name: str, data: bytes | str) -> None:
-    mode = "wb" if isinstance(data, bytes) else "w"
-    with open(os.path.join(directory, name), mode) as f:
-        f.write(data)
+    write_atomic(os.path.join(directory, name), data)
 
 
 def _save_samples(directory: str, inputs: Sequence[np.ndarray],
                   outputs: Sequence[np.ndarray]) -> None:
     arrays = {f"input_{i}": x for i, x in enumerate(inputs)}
     arrays.update({f"output_{k}": y for k, y in enumerate(outputs)})
-    np.savez(os.path.join(directory, SAMPLES_FILE), **arrays)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    _write(directory, SAMPLES_FILE, buffer.getvalue())
+
+
+# ----------------------------------------------------------------------------
+# One bundle per folder, swapped in whole
+# ----------------------------------------------------------------------------
+_STAGING = ".tfedge-staging-"
+
+
+def _is_temporary(name: str) -> bool:
+    """Files a killed writer may leave: write_atomic's temp files, staging folders."""
+    return name.startswith(".") and (name.endswith(".tmp") or _STAGING in name)
+
+
+def check_out_dir(out_dir: str | os.PathLike, flag: str = "out_dir") -> str:
+    """Checks, before any work, that a bundle may be written to ``out_dir``.
+
+    A bundle folder holds exactly one bundle's files: ``out_dir`` must be
+    new, empty, or hold a tfedge bundle and nothing else (it is then
+    replaced whole). Anything else there is the user's, and is not deleted.
+
+    Args:
+        out_dir: the bundle folder.
+        flag: how the caller names it in the message (``"--android"`` in the CLI).
+
+    Returns:
+        ``out_dir`` as a string.
+
+    Raises:
+        ValueError: ``out_dir`` is a file, or a folder with files that are not
+            one tfedge bundle's.
+    """
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"{flag} {out_dir!r} is a file, not a folder: give a new folder for "
+                         "the bundle (an existing bundle folder is replaced whole).")
+    if not os.path.isdir(out_dir):
+        return out_dir
+    entries = sorted(n for n in os.listdir(out_dir) if not _is_temporary(n))
+    if not entries:
+        return out_dir
+    try:
+        manifest = set((card_lib.read_model_card(out_dir).get("bundle") or {})["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(
+            f"{flag} {out_dir!r} holds files that are not a tfedge bundle ("
+            f"{', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}): exporting "
+            "replaces the bundle folder whole, so it must be new, empty, or an earlier "
+            "bundle. Give another folder.") from None
+    extra = [n for n in entries if n not in manifest | {card_lib.CARD_FILENAME}]
+    if extra:
+        raise ValueError(
+            f"{flag} {out_dir!r} holds a bundle plus files that are not in its manifest "
+            f"({', '.join(extra[:5])}): exporting replaces the folder whole and would delete "
+            "them. Move them out (or delete them), or give another folder.")
+    return out_dir
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swaps two paths atomically (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+@contextlib.contextmanager
+def _staged(out_dir: str) -> Iterator[str]:
+    """A staging folder beside ``out_dir`` that replaces it whole when the block ends.
+
+    Nothing is written into ``out_dir`` itself: the bundle is written into
+    the staging folder, which is then swapped with ``out_dir`` in one atomic
+    rename (renameat2's RENAME_EXCHANGE where the system has it; otherwise
+    two renames). A process killed at any moment leaves the old bundle or
+    the new one; an error leaves the old one.
+    """
+    target = os.path.abspath(out_dir)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    prefix = f".{os.path.basename(target)}{_STAGING}"
+    remove_stale(parent, prefix)  # left by exports that were killed
+    staging = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # (mkdtemp makes it private; a bundle is not)
+    try:
+        yield staging
+        if not os.path.isdir(target) or not os.listdir(target):
+            if os.path.isdir(target):
+                os.rmdir(target)
+            os.rename(staging, target)
+        elif not _exchange(staging, target):
+            old = staging + ".old"
+            os.rename(target, old)
+            os.rename(staging, target)
+            os.rename(old, staging)
+        # staging now holds the old bundle (or nothing)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _load_samples(directory: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -321,8 +436,8 @@ def _load_samples(directory: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 def _finish(kind: str, directory: str, artifact: Any, files: list[str], facts: dict[str, Any],
             *, name: str, description: str, labels: list[str] | None, validation: Any,
-            benchmark: Any) -> Bundle:
-    """Hashes the written files into the model card and writes it."""
+            benchmark: Any, out_dir: str) -> Bundle:
+    """Hashes the files written into ``directory`` (the staging folder) into the card."""
     card = card_lib.model_card(artifact, name=name, description=description, labels=labels,
                                validation=validation, benchmark=benchmark)
     card["bundle"] = {"kind": kind, **facts, "files": {
@@ -331,10 +446,7 @@ def _finish(kind: str, directory: str, artifact: Any, files: list[str], facts: d
     card_lib.write_model_card(directory, card)
     sizes = {f: card["bundle"]["files"][f]["size_bytes"] for f in files}
     sizes[card_lib.CARD_FILENAME] = os.path.getsize(os.path.join(directory, card_lib.CARD_FILENAME))
-    bundle = Bundle(kind=kind, directory=directory, files=sizes, card=card)
-    logging.info("tfedge: wrote the %s bundle of %r to %s (%s)", kind, name, directory,
-                 facts["verification"]["summary"])
-    return bundle
+    return Bundle(kind=kind, directory=out_dir, files=sizes, card=card)
 
 
 # ----------------------------------------------------------------------------
@@ -445,7 +557,9 @@ def export_android(artifact: Any, out_dir: str | os.PathLike, *,
     Args:
         artifact: a :class:`~tfedge.TFLiteArtifact`, flatbuffer bytes
             or a ``.tflite`` path.
-        out_dir: the bundle folder (created; files in it are replaced).
+        out_dir: the bundle folder: new, empty, or an earlier bundle, which
+            is replaced whole (written beside it, then swapped in: a kill
+            leaves the old bundle or the new one).
         labels: class names in output order (as many as output classes).
         norm_mean: input normalization mean, one value or one per channel:
             the app feeds ``(x - mean) / std``.
@@ -466,7 +580,9 @@ def export_android(artifact: Any, out_dir: str | os.PathLike, *,
         The :class:`Bundle`.
 
     Raises:
-        ValueError: labels, normalization or io_type do not fit the model.
+        ValueError: labels, normalization or io_type do not fit the model;
+            ``out_dir`` is a file or holds other files (see :func:`check_out_dir`).
+        InvalidModelFileError: LiteRT cannot prepare the model.
         VerificationError: the model with metadata does not reproduce the
             original model's outputs in LiteRT.
 
@@ -476,8 +592,8 @@ def export_android(artifact: Any, out_dir: str | os.PathLike, *,
     ...                       labels=[str(d) for d in range(10)], norm_mean=0.0,
     ...                       norm_std=16.0, name="digits", version="1.0")
     """
+    out_dir = check_out_dir(out_dir)  # before any work
     artifact = as_artifact(artifact)
-    out_dir = os.fspath(out_dir)
     io = _check_io_type(artifact, io_type)
     labels = list(labels) if labels is not None else None
     if labels is not None:
@@ -508,25 +624,29 @@ def export_android(artifact: Any, out_dir: str | os.PathLike, *,
         raise VerificationError("Embedding the metadata changed the model's LiteRT outputs "
                                 f"({agreement['summary']}); this is a tfedge bug, please report.")
 
-    os.makedirs(out_dir, exist_ok=True)
-    _write(out_dir, MODEL_FILE, tagged.content)
-    write_json(os.path.join(out_dir, METADATA_FILE), facts)
-    files = [MODEL_FILE, METADATA_FILE]
-    if labels:
-        _write(out_dir, LABELS_FILE, "\n".join(labels) + "\n")
-        files.append(LABELS_FILE)
-    _save_samples(out_dir, inputs, outputs)
-    files.append(SAMPLES_FILE)
     verification = {**agreement, "summary": "LiteRT loads the model with metadata and "
                     f"reproduces the original model: {agreement['summary']}",
                     "xnnpack_vs_builtin_kernels": xnnpack}
-    return _finish("android", out_dir, tagged, files,
-                   {"version": str(version), "io_type": io, "metadata_entry": METADATA_ENTRY,
-                    "samples": {"file": SAMPLES_FILE, "count": len(inputs[0]),
-                                "source": source},
-                    "verification": verification},
-                   name=name, description=description, labels=labels,
-                   validation=validation, benchmark=benchmark)
+    with _staged(out_dir) as staging:
+        _write(staging, MODEL_FILE, tagged.content)
+        write_json(os.path.join(staging, METADATA_FILE), facts)
+        files = [MODEL_FILE, METADATA_FILE]
+        if labels:
+            _write(staging, LABELS_FILE, "\n".join(labels) + "\n")
+            files.append(LABELS_FILE)
+        _save_samples(staging, inputs, outputs)
+        files.append(SAMPLES_FILE)
+        bundle = _finish("android", staging, tagged, files,
+                         {"version": str(version), "io_type": io,
+                          "metadata_entry": METADATA_ENTRY,
+                          "samples": {"file": SAMPLES_FILE, "count": len(inputs[0]),
+                                      "source": source},
+                          "verification": verification},
+                         name=name, description=description, labels=labels,
+                         validation=validation, benchmark=benchmark, out_dir=out_dir)
+    logging.info("tfedge: wrote the android bundle of %r to %s (%s)", name, out_dir,
+                 verification["summary"])
+    return bundle
 
 
 # ----------------------------------------------------------------------------
@@ -554,7 +674,9 @@ def export_micro(artifact: Any, out_dir: str | os.PathLike, *, sample_inputs: An
         artifact: a :class:`~tfedge.TFLiteArtifact`, flatbuffer bytes
             or a ``.tflite`` path. TFLM wants full int8 (uint8 is deprecated
             there).
-        out_dir: the bundle folder (created; files in it are replaced).
+        out_dir: the bundle folder: new, empty, or an earlier bundle, which
+            is replaced whole (written beside it, then swapped in: a kill
+            leaves the old bundle or the new one).
         sample_inputs: inputs preprocessed as for training (float, quantized
             here) or already in the input dtype; default 32 random inputs.
         name: model name; also names the C symbols.
@@ -574,6 +696,9 @@ def export_micro(artifact: Any, out_dir: str | os.PathLike, *, sample_inputs: An
         The :class:`Bundle` (``bundle.arena_bytes`` is the measured arena).
 
     Raises:
+        ValueError: ``out_dir`` is a file or holds other files (see
+            :func:`check_out_dir`); ``sample_inputs`` do not fit the model.
+        InvalidModelFileError: LiteRT cannot prepare the model.
         UnsupportedModelError: an op has no TFLM kernel (the op is named).
         VerificationError: TFLM crashed or failed on the model (also: it
             cannot run in the given ``arena_size``), or its outputs differ
@@ -587,8 +712,8 @@ def export_micro(artifact: Any, out_dir: str | os.PathLike, *, sample_inputs: An
     >>> b.arena_bytes  # doctest: +SKIP
     4400
     """
+    out_dir = check_out_dir(out_dir)  # before any work
     artifact = as_artifact(artifact)
-    out_dir = os.fspath(out_dir)
     if arena_size is not None and (int(arena_size) != arena_size or arena_size <= 0):
         raise ValueError(f"arena_size={arena_size!r} must be a positive whole number of bytes "
                          "(or None to measure the smallest arena).")
@@ -639,29 +764,32 @@ def export_micro(artifact: Any, out_dir: str | os.PathLike, *, sample_inputs: An
             f"{hint} The embedded bundle was not written.")
     xnnpack = _agreement(reference, litert_outputs(artifact.content, inputs, "auto"))
 
-    os.makedirs(out_dir, exist_ok=True)
     source_cc, header = micro.model_data_sources(
         artifact.content, name, stated, sha256=artifact.sha256, header_name=MODEL_DATA_HEADER,
         headroom=ARENA_HEADROOM if arena_size is None else None)
     counts = artifact.flatbuffer.op_counts()
-    _write(out_dir, MODEL_FILE, artifact.content)
-    _write(out_dir, MODEL_DATA_SOURCE, source_cc)
-    _write(out_dir, MODEL_DATA_HEADER, header)
-    _write(out_dir, OP_RESOLVER_HEADER, micro.resolver_header(name, methods, counts))
-    _save_samples(out_dir, inputs, reference)
-    files = [MODEL_FILE, MODEL_DATA_SOURCE, MODEL_DATA_HEADER, OP_RESOLVER_HEADER,
-             SAMPLES_FILE]
     verification = {**agreement, "summary": f"TFLM matches LiteRT: {agreement['summary']}",
                     "xnnpack_vs_builtin_kernels": xnnpack}
-    return _finish("micro", out_dir, artifact, files, {
-        "tflm_version": micro.tflm_version(), "arena_bytes": stated, **arena_facts,
-        "ops": [{"op": op, "method": m, "count": counts.get(op, 0)} for op, m in methods],
-        "symbols": micro.c_symbols(name),
-        "samples": {"file": SAMPLES_FILE, "count": len(inputs[0]), "source": source,
-                    "litert_op_resolver": kernels},
-        "verification": verification},
-        name=name, description=description, labels=list(labels) if labels else None,
-        validation=validation, benchmark=benchmark)
+    with _staged(out_dir) as staging:
+        _write(staging, MODEL_FILE, artifact.content)
+        _write(staging, MODEL_DATA_SOURCE, source_cc)
+        _write(staging, MODEL_DATA_HEADER, header)
+        _write(staging, OP_RESOLVER_HEADER, micro.resolver_header(name, methods, counts))
+        _save_samples(staging, inputs, reference)
+        files = [MODEL_FILE, MODEL_DATA_SOURCE, MODEL_DATA_HEADER, OP_RESOLVER_HEADER,
+                 SAMPLES_FILE]
+        bundle = _finish("micro", staging, artifact, files, {
+            "tflm_version": micro.tflm_version(), "arena_bytes": stated, **arena_facts,
+            "ops": [{"op": op, "method": m, "count": counts.get(op, 0)} for op, m in methods],
+            "symbols": micro.c_symbols(name),
+            "samples": {"file": SAMPLES_FILE, "count": len(inputs[0]), "source": source,
+                        "litert_op_resolver": kernels},
+            "verification": verification},
+            name=name, description=description, labels=list(labels) if labels else None,
+            validation=validation, benchmark=benchmark, out_dir=out_dir)
+    logging.info("tfedge: wrote the micro bundle of %r to %s (%s)", name, out_dir,
+                 verification["summary"])
+    return bundle
 
 
 # ----------------------------------------------------------------------------
@@ -679,7 +807,8 @@ def _guard(result: BundleCheck, check: str, fn, *args) -> Any:
 def check_bundle(bundle_dir: str | os.PathLike) -> BundleCheck:
     """Re-validates a bundle written by :func:`export_android` or :func:`export_micro`.
 
-    Checks that every file's sha256 matches the model card, that the model
+    Checks that the folder holds only the files of the card's manifest, that
+    every file's sha256 matches the model card, that the model
     loads in LiteRT and reproduces the saved sample outputs, and for Android
     bundles that the embedded metadata equals ``metadata.json`` and
     ``labels.txt``; for micro bundles that the C array holds the model's
@@ -710,6 +839,12 @@ def check_bundle(bundle_dir: str | os.PathLike) -> BundleCheck:
                       f"{card.get('name')!r}, {result.kind} bundle"):
         return result
 
+    listed = set(facts.get("files", {})) | {card_lib.CARD_FILENAME}
+    extra = sorted(n for n in os.listdir(directory) if n not in listed and not _is_temporary(n))
+    result.add("only the manifest's files", not extra,
+               f"not in the bundle's manifest: {', '.join(extra)} (left by another export? "
+               "a bundle folder holds one bundle: export into a new folder)" if extra
+               else f"{len(listed)} files, all in the manifest")
     for name, expected in facts.get("files", {}).items():
         path = os.path.join(directory, name)
         if not os.path.exists(path):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 from typing import Any, Sequence
 
 
@@ -52,12 +54,88 @@ def to_json(data: Any) -> str:
     return json.dumps(data, indent=2, default=_default, sort_keys=False)
 
 
-def write_json(path: "str | os.PathLike", data: Any) -> str:
-    """Writes ``data`` as JSON (see :func:`to_json`), atomically, creating parent folders.
+def write_atomic(path: "str | os.PathLike", data: "bytes | str") -> str:
+    """Writes bytes or text to ``path`` atomically, creating parent folders.
 
-    The text goes to a temporary file in the same folder, which then replaces
-    ``path`` (``os.replace``): a reader never sees half a file, and a crash
-    leaves the old one.
+    The one file writer of tfedge (models, cards, JSON, C sources, samples):
+    the data go to a temporary file in the same folder, flushed to disk,
+    which then replaces ``path`` (``os.replace``). A reader never sees half
+    a file, and a process killed at any moment leaves the old file or the
+    new one, never a mix (at worst a ``.<name>.<pid>.tmp`` file beside it).
+
+    Args:
+        path: the file to write.
+        data: ``bytes`` (written as is) or ``str`` (UTF-8).
+
+    Returns:
+        The path written.
+
+    Raises:
+        IsADirectoryError: ``path`` is a folder.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> path = write_atomic(os.path.join(tempfile.mkdtemp(), "a", "x.txt"), "hi\\n")
+    >>> open(path).read()
+    'hi\\n'
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a folder: give a file name to write, e.g. "
+                                f"{os.path.join(path, 'model.tflite')!r}.")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    remove_stale(folder, f".{os.path.basename(path)}.")
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:  # (open, not mkstemp: the file gets the usual mode)
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def remove_stale(folder: str, prefix: str) -> None:
+    """Deletes ``<prefix><pid>.tmp`` files and ``<prefix><pid>-*`` folders of dead processes.
+
+    What a writer killed mid-write leaves behind (see :func:`write_atomic`);
+    those of running processes are left alone.
+    """
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):].split(".", 1)[0].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_json(path: "str | os.PathLike", data: Any) -> str:
+    """Writes ``data`` as JSON (see :func:`to_json`), atomically (:func:`write_atomic`).
 
     Args:
         path: the ``.json`` file to write.
@@ -73,20 +151,7 @@ def write_json(path: "str | os.PathLike", data: Any) -> str:
     >>> json.load(open(path))
     {'n': 1}
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    text = to_json(data) + "\n"  # serialized first: an error leaves no file behind
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:  # (open, not mkstemp: the file gets the usual mode)
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, to_json(data) + "\n")  # serialized first: an error writes nothing
 
 
 def _default(value: Any) -> Any:
