@@ -328,7 +328,7 @@ def _(e, tmp):
 @case("load: the card's sha256 no longer matches", "load", "warn", ("sha256", "model_card.json"),
       issue="2: a card whose sha256 no longer matches", writes=True,
       setup=lambda e, t: (e.art.save(os.path.join(t, "model.tflite")),
-                          shutil.copy(e.bad, os.path.join(t, "model.tflite"))))
+                          open(os.path.join(t, "model.tflite"), "wb").write(e.other.content)))
 def _(e, tmp):
     return tfedge.load(os.path.join(tmp, "model.tflite"))
 

@@ -516,7 +516,7 @@ class CompareReport:
 # ----------------------------------------------------------------------------
 # Entry points
 # ----------------------------------------------------------------------------
-def bench(model: Any, target: str | Sequence[Any] = HOST, *, compare: Sequence[Any] | None = None,
+def bench(model: Any, target: str | Sequence[Any] = HOST, *, compare: Any = None,
           inputs: Any = None, runs: int = 100, warmup: int = 10, num_threads: int | None = 1,
           xnnpack: bool = True, emulate: bool = True, emulation_runs: int = 2, seed: int = 0,
           timeout: float = 900.0, name: str | None = None) -> BenchReport | CompareReport:
@@ -538,8 +538,8 @@ def bench(model: Any, target: str | Sequence[Any] = HOST, *, compare: Sequence[A
             (``cortex-a53``, ``cortex-a72``, ``cortex-a76``, ``neoverse-n1``,
             ``max``, ...), or a list of them. The host always runs: it is the
             reference the ARM outputs are compared with.
-        compare: other models to benchmark the same way; returns a
-            :class:`CompareReport` with ratios to ``model``.
+        compare: another model, or a list of them, to benchmark the same
+            way; returns a :class:`CompareReport` with ratios to ``model``.
         inputs: input arrays (see :func:`make_inputs`); default: seeded random.
         runs: timed host runs.
         warmup: untimed host runs after the first.
@@ -569,6 +569,9 @@ def bench(model: Any, target: str | Sequence[Any] = HOST, *, compare: Sequence[A
     >>> print(report)  # doctest: +SKIP
     >>> report.target("rpi4").instructions  # doctest: +SKIP
     """
+    if compare is not None and (isinstance(compare, (str, bytes, bytearray, os.PathLike))
+                                or not isinstance(compare, Sequence)):
+        compare = [compare]  # one model (a path, bytes or an artifact) instead of a list
     if compare:
         models = [model] + list(compare)
         names = [name] + [None] * len(compare) if name else None

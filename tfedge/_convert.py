@@ -42,7 +42,7 @@ from absl import logging
 
 from tfedge.artifact import (INTEGER_MODES, MODE_DESCRIPTIONS, MODES, TFLiteArtifact,
                              check_full_integer, runtime_settings, trust)
-from tfedge.calibration import (check_eval_range, data_range, representative_samples,
+from tfedge.calibration import (check_representative_range, data_range, representative_samples,
                                 split_eval_data)
 from tfedge.errors import ConversionError
 from tfedge.quant_debug import accuracy_aware
@@ -171,7 +171,8 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
             batch_size: int | None = 1, signature: str | None = None,
             per_channel: bool = True, sparse: bool = False,
             tolerance: float | None = None, eval_data: Any = None,
-            custom_objects: dict[str, Any] | None = None) -> TFLiteArtifact:
+            custom_objects: dict[str, Any] | None = None,
+            strict: bool = False) -> TFLiteArtifact:
     """Converts a model to a TFLite flatbuffer.
 
     Wraps ``tf.lite.TFLiteConverter`` (and, for ``tolerance``, TFLite's
@@ -218,14 +219,20 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
             ``tolerance``; when given, the artifact is also validated on it
             and the result goes into its model card.
         custom_objects: custom layers, for loading a ``.keras`` / ``.h5`` file.
+        strict: raise instead of warning when the representative data look
+            preprocessed differently from what the model expects (0..255
+            pixels for a model without a Rescaling layer, a range far from
+            ``eval_data``'s); see
+            :func:`tfedge.calibration.check_representative_range`.
 
     Returns:
         A :class:`TFLiteArtifact` that states its mode, signatures and the
         runtime settings it needs.
 
     Raises:
-        ValueError: unknown mode or I/O type, missing or ill-formed
-            representative data, tolerance without eval data.
+        ValueError: unknown mode or I/O type, ``num_samples`` < 1, missing or
+            ill-formed representative data (or, with ``strict``, data
+            preprocessed unlike the model's), tolerance without eval data.
         UnsupportedModelError: a model or file that cannot be read.
         ConversionError: the converter failed (its message is kept), or an
             integer mode produced float ops.
@@ -239,6 +246,10 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
     """
     started = time.perf_counter()
     input_type, output_type = _validate_args(mode, input_type, output_type)
+    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+        raise ValueError(f"num_samples={num_samples!r}: give the number of representative "
+                         "samples to calibrate on, at least 1 (default 300; a few hundred "
+                         "are best).")
     if tolerance is not None:
         if mode != "int8":
             raise ValueError(f"tolerance= works with mode='int8' (layers fall back from int8 "
@@ -283,8 +294,7 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
             samples = representative_samples(representative_data, source.input_shape,
                                              num_samples)
             details["calibration"] = {"samples": len(samples), "input_range": data_range(samples)}
-            if eval_x is not None:
-                check_eval_range(eval_x, details["calibration"]["input_range"])
+            check_representative_range(samples, eval_x, source.keras_model, strict=strict)
 
     logging.info("tfedge: converting %r to TFLite (%s, batch %s, %d calibration samples)",
                  source.name, mode, source.batch_size or "dynamic", len(samples))

@@ -22,7 +22,7 @@ from absl import logging
 from ai_edge_litert import interpreter as litert
 
 from tfedge.artifact import as_artifact
-from tfedge.calibration import class_labels
+from tfedge.calibration import class_labels, validation_data
 from tfedge.flatbuffer import check_bytes
 from tfedge.report import format_table, to_json
 
@@ -321,8 +321,21 @@ def compare_outputs(reference: Any, candidate: Any, y: Any = None, mode: str = "
                             **stats)
 
 
+def _input_range(artifact: Any) -> tuple[float, float] | None:
+    """The float range the model's input represents: int8 quantization, or calibration."""
+    tensor = artifact.inputs[0]
+    if tensor.scale and tensor.dtype in ("INT8", "UINT8", "INT16"):
+        info = np.iinfo(tensor.numpy_dtype)
+        scale, zero = tensor.scale[0], tensor.zero_point[0]
+        return (info.min - zero) * scale, (info.max - zero) * scale
+    calibrated = (artifact.details.get("calibration") or {})
+    found = calibrated.get("input_range") if isinstance(calibrated, dict) else None
+    return (found["min"], found["max"]) if found else None
+
+
 def validate(artifact: Any, keras_model: Any, x: Any, y: Any = None, *,
-             batch_size: int = 64, op_resolver: str | None = None) -> ValidationReport:
+             batch_size: int = 64, op_resolver: str | None = None,
+             strict: bool = False) -> ValidationReport:
     """Runs the flatbuffer in LiteRT and compares it with the Keras model.
 
     Args:
@@ -332,13 +345,18 @@ def validate(artifact: Any, keras_model: Any, x: Any, y: Any = None, *,
             this one; see :func:`tfedge.artifact.as_artifact`).
         keras_model: the Keras model it was converted from (an EdgeModel is
             accepted as is).
-        x: float inputs, preprocessed as for training (array of samples).
+        x: float inputs, preprocessed as for training: an array of samples
+            (one sample without its batch axis is accepted), or a
+            ``tf.data.Dataset`` of ``x`` or ``(x, y)``, as for
+            ``convert(eval_data=)``.
         y: optional labels, integers or one-hot, for accuracy.
         batch_size: samples per interpreter call when the batch is dynamic.
         op_resolver: LiteRT op resolver (``"auto"`` uses XNNPACK); None
             (default) uses the settings the artifact needs (a sparse int8
             model runs with ``"no_delegates"``, see
             :meth:`~tfedge.artifact.TFLiteArtifact.runtime_settings`).
+        strict: raise instead of warning when ``x`` lies outside the range
+            the model's input represents (e.g. 0..255 for a 0..1 model).
 
     Returns:
         A :class:`ValidationReport` (prints as a table, ``to_dict``/``to_json``).
@@ -346,19 +364,28 @@ def validate(artifact: Any, keras_model: Any, x: Any, y: Any = None, *,
 
     Raises:
         InvalidModelFileError: the artifact is not a readable TFLite model.
-        ValueError: empty data, or outputs of different shapes.
+        TypeError: no Keras model.
+        ValueError: empty data, ``x`` of the wrong shape or with NaN values,
+            labels outside the model's classes, outputs of different shapes;
+            with ``strict``, ``x`` outside the range the model's input
+            represents (otherwise a warning).
 
     Example:
 
     >>> report = tfedge.validate(artifact, model, x_test, y_test)  # doctest: +SKIP
     >>> print(report)  # doctest: +SKIP
     """
+    if keras_model is None or not hasattr(keras_model, "predict"):
+        raise TypeError(f"validate compares the artifact with keras_model=, the Keras model it "
+                        f"was converted from; got {type(keras_model).__name__}. Call "
+                        "tfedge.validate(artifact, model, x, y).")
     artifact = as_artifact(artifact)  # bytes and files: checked, probed in a child
-    x = np.asarray(x, dtype=np.float32)
-    if len(x) == 0:
-        raise ValueError("validate needs at least one sample in x.")
-    if y is not None and len(y) != len(x):
-        raise ValueError(f"x has {len(x)} samples but y has {len(y)} labels.")
+    single = len(artifact.inputs) == 1
+    x, y = validation_data(x, y, tuple(artifact.inputs[0].shape[1:]) if single else None,
+                           input_range=_input_range(artifact) if single else None,
+                           num_classes=(artifact.outputs[0].shape[-1]
+                                        if artifact.outputs[0].shape else None),
+                           strict=strict)
     reference = keras_model.predict(x, batch_size=batch_size, verbose=0)
     if op_resolver is None and hasattr(artifact, "runtime_settings"):
         op_resolver = artifact.runtime_settings()["op_resolver"]

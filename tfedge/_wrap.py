@@ -74,6 +74,24 @@ def _check_model(model: Any, role: str = "model") -> None:
             "keras.Input(shape=...) (or call model.build(input_shape)) before wrap.")
 
 
+def _check_teacher_inputs(teacher: Any, student: Any) -> None:
+    """The teacher sees the student's batches: its inputs must take the same shapes."""
+    def shapes(model):
+        return [tuple(t.shape.as_list()[1:]) for t in model.inputs]
+
+    ours, theirs = shapes(student), shapes(teacher)
+    fits = len(ours) == len(theirs) and all(
+        len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+        for a, b in zip(ours, theirs))
+    if not fits:
+        show = lambda s: ", ".join(str(x) for x in s)  # noqa: E731
+        raise ValueError(
+            f"The teacher {teacher.name!r} takes inputs of shape {show(theirs)}, but the "
+            f"student {student.name!r} takes {show(ours)}: distillation feeds both the same "
+            "batches. Give a teacher trained on the student's input shape, or put the "
+            "resizing inside the teacher (e.g. a keras.layers.Resizing layer first).")
+
+
 def clone_model(model: Any, layer_fn: Callable[[Any], Any] | None = None) -> Any:
     """Rebuilds ``model`` with ``layer_fn`` applied to every layer.
 
@@ -569,7 +587,8 @@ def wrap(model: Any, *, prune: Any = None, quantize: Any = None, cluster: Any = 
             layer that cannot be copied, or (with ``strict``) layers QAT
             cannot quantize.
         ValueError: invalid settings, impossible combinations (16x8 QAT with
-            pruning or clustering, distill without teacher, phases that
+            pruning or clustering, distill without teacher, a teacher whose input
+            shape differs from the model's, phases that
             overlap), or no optimization at all.
 
     Example:
@@ -596,6 +615,7 @@ def wrap(model: Any, *, prune: Any = None, quantize: Any = None, cluster: Any = 
     if teacher is not None:
         teacher = keras3_lib.to_tf_keras(teacher) if is_keras3_model(teacher) else teacher
         _check_model(teacher, role="teacher")
+        _check_teacher_inputs(teacher, model)
     factorize_config = lowrank_lib.LowRankConfig.coerce(factorize)
     if (prune_config is None and qat_config is None and cluster_config is None
             and teacher is None and factorize_config is None):

@@ -262,6 +262,7 @@ class TFLiteArtifact:
 
 # Flatbuffers this process converted, or that LiteRT already loaded in a child process.
 _TRUSTED: set[str] = set()
+_REJECTED: dict[str, str] = {}  # sha256 -> why the child probe rejected those bytes
 _PROBE_SCRIPT = """
 import sys
 import numpy as np
@@ -306,6 +307,19 @@ def probe_in_child(content: bytes, timeout: float = 120.0) -> None:
     digest = hashlib.sha256(content).hexdigest()
     if digest in _TRUSTED:
         return
+    if digest in _REJECTED:  # the same bytes fail the same way: no second child process
+        raise InvalidModelFileError(_REJECTED[digest])
+    try:
+        verified = _probe(content, timeout)
+    except InvalidModelFileError as err:
+        _REJECTED[digest] = str(err)
+        raise
+    if verified:
+        _TRUSTED.add(digest)
+
+
+def _probe(content: bytes, timeout: float) -> bool:
+    """Runs the probe; True if LiteRT ran the model, False if the probe could not run."""
     fd, path = tempfile.mkstemp(suffix=".tflite", prefix="tfedge_probe_")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -323,6 +337,7 @@ def probe_in_child(content: bytes, timeout: float = 120.0) -> None:
         stderr = run.stderr.decode(errors="replace")
         reason = stderr.rsplit("tfedge-probe-error: ", 1)[-1].strip() if \
             "tfedge-probe-error: " in stderr else "no reason given"
+        reason = reason.rstrip(".?! ")
         raise InvalidModelFileError(
             f"LiteRT cannot prepare this model: {reason}. It uses an op, op version or "
             "tensor layout this LiteRT build does not support: convert it again with this "
@@ -331,7 +346,7 @@ def probe_in_child(content: bytes, timeout: float = 120.0) -> None:
         logging.warning("tfedge: could not check the model in a child process (exit status "
                         "%d: %s); loading it without that check.", run.returncode,
                         run.stderr.decode(errors="replace").strip()[-300:])
-        return
+        return False
     if run.returncode < 0:
         code = -run.returncode
         name = signal.Signals(code).name if code in signal.valid_signals() else f"signal {code}"
@@ -339,7 +354,7 @@ def probe_in_child(content: bytes, timeout: float = 120.0) -> None:
             f"LiteRT crashes on this model ({name} while loading and running it in a child "
             "process): the file is corrupt (its structure reads fine, but an op's version or "
             "options do not). Re-export the model.")
-    _TRUSTED.add(digest)
+    return True
 
 
 def load_bytes(content: bytes, *, probe: bool = True) -> TFLiteArtifact:

@@ -36,12 +36,70 @@ from tfedge.artifact import MODES, load
 from tfedge.card import card_path
 from tfedge.data import load_digits
 from tfedge.errors import TFEdgeError
-from tfedge.export import check_bundle, export_android, export_micro
+from tfedge.export import check_bundle, check_out_dir, export_android, export_micro
 from tfedge.report import to_json
 from tfedge._bench import bench
 
 _NPZ_HELP = ("a .npz with inputs 'x' and labels 'y' (np.savez(path, x=x, y=y); the older "
              "names x_train / y_train are read too)")
+
+
+# ----------------------------------------------------------------------------
+# Paths are checked before any work, and errors name the flag
+# ----------------------------------------------------------------------------
+def output_file(path: str | None, flag: str) -> str | None:
+    """Checks that ``path`` can be written as a file, before any work; names ``flag``.
+
+    Raises:
+        ValueError: ``path`` is a folder, or its folder cannot be created or written.
+    """
+    if path is None:
+        return None
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a directory: give the file to write, e.g. "
+                         f"{os.path.join(path, 'out' + (os.path.splitext(path)[1] or '.json'))!r}.")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path!r}: {folder!r} is a file, so the folder for it cannot "
+                         "be created. Give another path.")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{flag} {path!r}: no permission to write in {folder!r}.")
+    return path
+
+
+def input_file(path: str | None, flag: str) -> str | None:
+    """Checks that ``path`` is an existing file (not a folder); names ``flag``."""
+    if path is not None and not os.path.isfile(path):
+        what = "is a directory, not a file" if os.path.isdir(path) else "does not exist"
+        raise ValueError(f"{flag} {path!r} {what}.")
+    return path
+
+
+def _samples(path: str | None, flag: str, count: int | None = None) -> np.ndarray | None:
+    """An array of samples from a .npy file (or the ``x`` of a .npz); names ``flag``."""
+    if path is None:
+        return None
+    x, _ = load_arrays(input_file(path, flag), flag)
+    if x.dtype.kind not in "fiub":
+        raise ValueError(f"{flag} {path!r} holds {x.dtype} values, not numbers.")
+    return x[:count] if count else x
+
+
+def _keras_model(path: str | None, flag: str) -> Any:
+    """A saved tf_keras model for ``tune``; an unreadable file names ``flag``."""
+    if path is None:
+        return None
+    from tfedge._keras import keras
+
+    input_file(path, flag)
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as err:  # noqa: BLE001 - Keras raises many kinds for a bad file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{flag} {path!r} is not a saved tf_keras model (.keras / .h5) "
+                         f"Keras can load: {type(err).__name__}: {first[:300]}") from None
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
@@ -156,11 +214,10 @@ def _run_tune(args: argparse.Namespace) -> int:
     from tfedge import _tune  # (imports TensorFlow: only when tuning)
     from tfedge._keras import keras
 
-    if args.builder:
-        build = load_builder(args.builder)
-    else:
-        build = keras.models.load_model(args.model, compile=False)
-    teacher = keras.models.load_model(args.teacher, compile=False) if args.teacher else None
+    output_file(os.path.join(args.output_dir, "pareto.json") if args.output_dir else None,
+                "--output-dir")
+    build = load_builder(args.builder) if args.builder else _keras_model(args.model, "--model")
+    teacher = _keras_model(args.teacher, "--teacher")
     data, validation = load_training_data(args.data)
     qat = {"off": [False], "on": [True], "both": [False, True]}[args.qat]
     result = _tune.tune(
@@ -238,13 +295,20 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     if not args.android and not args.micro:
         raise ValueError("Say which bundle to write: --android OUT_DIR and/or --micro OUT_DIR.")
-    artifact = load(args.model)
-    name = args.name or os.path.splitext(os.path.basename(args.model))[0]
+    if args.android and args.micro and os.path.abspath(args.android) == os.path.abspath(
+            args.micro):
+        raise ValueError("--android and --micro name the same folder: a bundle folder holds "
+                         "one bundle; give each its own.")
+    for flag, out_dir in (("--android", args.android), ("--micro", args.micro)):
+        if out_dir:
+            check_out_dir(out_dir, flag)
     labels = None
     if args.labels:
-        with open(args.labels) as f:
+        with open(input_file(args.labels, "--labels")) as f:
             labels = [line.rstrip("\n") for line in f if line.strip()]
-    samples = np.load(args.samples)[:args.num_samples] if args.samples else None
+    samples = _samples(args.samples, "--samples", args.num_samples)
+    artifact = load(input_file(args.model, "model"))
+    name = args.name or os.path.splitext(os.path.basename(args.model))[0]
     bundles = []
     if args.android:
         bundles.append(export_android(
@@ -322,6 +386,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    output_file(args.output, "--output")
+    input_file(args.model, "MODEL.tflite")
+    for other in args.compare or []:
+        input_file(other, "--compare")
     report = bench(args.model, target=["host"] + (args.target or []),
                    compare=args.compare, runs=args.runs, warmup=args.warmup,
                    num_threads=args.threads, xnnpack=not args.no_xnnpack,
@@ -374,6 +442,10 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                         "model then needs LiteRT without default delegates, see the card).")
     p.add_argument("--allow-float-ops", action="store_true",
                    help="In integer modes, accept ops left in float (warn instead of failing).")
+    p.add_argument("--strict", action="store_true",
+                   help="Fail instead of warning when the representative data look "
+                        "preprocessed differently from what the model or --eval-data expect "
+                        "(e.g. 0..255 pixels for a 0..1 model).")
     p.add_argument("--eval-data", metavar="FILE",
                    help="Evaluation inputs: a .npy array, or " + _NPZ_HELP + ". The "
                         "model is validated on them and the result goes into the card.")
@@ -485,10 +557,15 @@ def _run_convert(args: argparse.Namespace) -> int:
     from tfedge._convert import convert  # (imports TensorFlow: only when converting)
     from tfedge.quant_debug import debug_quantization
 
+    output_file(args.output, "-o/--output")
+    output_file(args.debug_report, "--debug-report")
+    if not os.path.exists(args.model):
+        raise ValueError(f"model {args.model!r} does not exist: give a .keras / .h5 file or a "
+                         "SavedModel directory.")
     representative, _ = load_arrays(args.representative_data, "--representative-data")
     eval_x, eval_y = load_arrays(args.eval_data, "--eval-data")
     if args.eval_labels:
-        eval_y = np.load(args.eval_labels, allow_pickle=False)
+        eval_y, _ = load_arrays(input_file(args.eval_labels, "--eval-labels"), "--eval-labels")
     if args.tolerance is not None and eval_x is None:
         raise ValueError("--tolerance needs --eval-data (and, for accuracy, labels).")
     eval_data = None if eval_x is None else (eval_x, eval_y)
@@ -497,7 +574,8 @@ def _run_convert(args: argparse.Namespace) -> int:
                        num_samples=args.num_samples, allow_float_ops=args.allow_float_ops,
                        batch_size=None if args.dynamic_batch else args.batch_size,
                        signature=args.signature, per_channel=not args.per_tensor,
-                       sparse=args.sparse, tolerance=args.tolerance, eval_data=eval_data)
+                       sparse=args.sparse, tolerance=args.tolerance, eval_data=eval_data,
+                       strict=args.strict)
     path = artifact.save(args.output, name=args.name)
     report = None
     if args.debug_report:
@@ -533,6 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Also show TensorFlow's C++ start-up lines (oneDNN, CUDA, CPU "
                              "features), hidden by default (TF_CPP_MIN_LOG_LEVEL=2, set before "
                              "TensorFlow loads; see tfedge/_quiet.py).")
+    parser.add_argument("--debug", action="store_true",
+                        help="Show the Python traceback of an error instead of one line.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_inspect(sub)
     _add_convert(sub)
@@ -540,18 +620,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_check(sub)
     _add_bench(sub)
+    for command in sub.choices.values():  # also after the command: tfedge convert ... --debug
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="Show the Python traceback of an error instead of one line.")
     return parser
 
 
+_EXPECTED = (TFEdgeError, OSError, ValueError, TypeError)  # bad input, not a tfedge bug
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``tfedge`` command. Returns the exit status."""
+    """Entry point of the ``tfedge`` command. Returns the exit status.
+
+    An error is one line on stderr (``tfedge <command>: error: ...``) and
+    exit status 2 (1 for a failed ``check`` or a bench output mismatch);
+    ``--debug`` shows the Python traceback instead.
+    """
     args = build_parser().parse_args(argv)
     if not args.tensorflow_logs:
         _quiet.quiet_tensorflow_import()
     try:
         return args.func(args)
-    except (TFEdgeError, FileNotFoundError, ValueError) as err:
-        print(f"tfedge {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - every error becomes one line, unless --debug
+        if args.debug:
+            raise
+        message = " ".join(line.strip() for line in str(err).strip().splitlines()) or \
+            type(err).__name__
+        if not isinstance(err, _EXPECTED):
+            message = f"{type(err).__name__}: {message} (unexpected: rerun with --debug " \
+                      "for the traceback, and please report it)"
+        print(f"tfedge {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

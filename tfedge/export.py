@@ -248,7 +248,7 @@ def litert_outputs(content: bytes, inputs: Sequence[np.ndarray],
         interpreter = make_interpreter(content, op_resolver=op_resolver)
         interpreter.allocate_tensors()
     except (RuntimeError, ValueError) as err:  # LiteRT's own words, kept
-        reason = (str(err).strip().splitlines() or [repr(err)])[0]
+        reason = (str(err).strip().splitlines() or [repr(err)])[0].rstrip(".?! ")
         raise InvalidModelFileError(
             f"LiteRT cannot prepare this model ({op_resolver} op resolver): {reason}. It "
             "uses an op, op version or layout this LiteRT build lacks, so no bundle can be "

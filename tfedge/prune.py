@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -338,6 +339,16 @@ class PruneConfig(PhaseConfig):
                              f"({span} steps from {begin} to {end}): masks would never reach "
                              "the final sparsity. Lower the frequency or prune for longer.")
         end = begin + (span // frequency) * frequency  # last step that updates masks
+        if total is not None and span > total - begin:
+            asked = (f"end_epoch={self.end_epoch:g}" if self.end_epoch is not None
+                     else f"end_step={self.end_step}")
+            logging.warning(
+                "tfedge: PruneConfig(%s) ends after this fit, which has %d epoch(s) of %d "
+                "steps (%d steps): the gradual schedule is cut to the steps that run, so "
+                "sparsity jumps to its final value in a few large steps. Fit for at least %s "
+                "epochs, or give end_epoch <= %d.", asked, epochs, steps_per_epoch, total,
+                f"{self.end_epoch:g}" if self.end_epoch is not None
+                else math.ceil(self.end_step / steps_per_epoch), epochs)
         if total is not None and end >= total:
             # The last update must happen on a step that runs: steps are 1-based.
             end = begin + ((total - 1 - begin) // frequency) * frequency

@@ -29,9 +29,10 @@ Example:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import re
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from absl import logging
 
@@ -39,6 +40,7 @@ from tfedge._config import PhaseConfig
 from tfedge._keras import keras
 from tfedge.errors import UnsupportedModelError
 import tensorflow_model_optimization as tfmot
+from tf_keras.src.saving import serialization_lib as _tf_keras_serialization
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper
 
@@ -319,6 +321,21 @@ def _skip_reason(layer: Any, registry: Any) -> str | None:
     return f"{cls} is not supported by tfmot's quantization registry"
 
 
+@contextlib.contextmanager
+def own_lambdas() -> Iterator[None]:
+    """Lets tf_keras rebuild ``Lambda`` layers from their config, for this block only.
+
+    tfmot rebuilds every layer from its config (``quantize_apply``, model
+    copies), and for a ``Lambda`` that means deserializing its Python
+    function, which tf_keras refuses in safe mode ("pass safe_mode=False",
+    which the user cannot). The function is the user's own, from this
+    process's model in memory, not from a file, so it is safe to rebuild;
+    the Lambda stays in float (see :func:`_skip_reason`).
+    """
+    with _tf_keras_serialization.SafeModeScope(False):  # (tf_keras has no public scope)
+        yield
+
+
 def is_quantization_aware(model: Any) -> bool:
     """True if ``model`` holds tfmot's QAT layers (fake-quant wrappers)."""
     return any(isinstance(layer, (quantize_wrapper.QuantizeWrapper, quantize_layer.QuantizeLayer))
@@ -388,7 +405,7 @@ def apply_qat(model: Any, config: QATConfig, preserve: str = "none",
                 f"Nothing in {model.name!r} can be quantization-aware trained: "
                 + "; ".join(f"{n}: {r}" for n, r in skipped.items()))
         try:
-            with _tfmot_quant.quantize_scope(custom):
+            with _tfmot_quant.quantize_scope(custom), own_lambdas():
                 qat = _tfmot_quant.quantize_apply(annotate(skipped), scheme)
             break
         except RuntimeError as err:
@@ -440,7 +457,8 @@ def copy_qat_model(model: Any, custom_objects: dict[str, type] | None = None) ->
             if obj is not None and not type(obj).__module__.startswith(_KERAS_MODULES):
                 objects[type(obj).__name__] = type(obj)
     with _tfmot_quant.quantize_scope(objects):
-        copy = keras.models.clone_model(model)
+        with own_lambdas():
+            copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     return copy
 

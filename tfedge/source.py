@@ -33,7 +33,6 @@ from tfedge.errors import ConversionError, UnsupportedModelError
 from tfedge.keras3 import as_functional, variable_holder
 from tfedge.quantize import is_quantization_aware
 
-_KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
 @contextlib.contextmanager
@@ -249,7 +248,7 @@ def _load_keras_file(path: str, custom_objects: dict[str, Any] | None) -> tuple[
         return keras.models.load_model(path, custom_objects=custom_objects, compile=False), \
             "keras"
     except Exception as tf_keras_error:  # noqa: BLE001 - retried with Keras 3 below
-        if path.endswith(".keras"):
+        if file_kind(path) == "keras":  # a zip: the .keras format, maybe Keras 3's
             try:
                 import keras as keras3
 
@@ -271,6 +270,30 @@ def _plain_model(model: Any) -> Any:
     if is_keras3_model(model):
         return as_functional(model)  # a subclassed model is traced into a functional one
     return model
+
+
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+               (b"GIF8", "a GIF image"), (b"%PDF", "a PDF document"),
+               (b"\x93NUMPY", "a NumPy array (.npy)"), (b"\x1f\x8b", "a gzip archive"))
+
+
+def file_kind(path: str) -> str:
+    """What a file is, from its first bytes: ``"tflite"``, ``"keras"`` (a zip, the
+    .keras format), ``"h5"`` (HDF5), or a description such as ``"a PNG image"``."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) >= 8 and head[4:8] == b"TFL3":
+        return "tflite"
+    if head.startswith(b"PK\x03\x04"):
+        return "keras"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "h5"
+    for magic, name in _SIGNATURES:
+        if head.startswith(magic):
+            return name
+    if not head:
+        return "an empty file"
+    return "a file of unknown format"
 
 
 def model_source(model: Any, *, batch_size: int | None = 1, signature: str | None = None,
@@ -317,13 +340,15 @@ def model_source(model: Any, *, batch_size: int | None = 1, signature: str | Non
             name = os.path.basename(os.path.normpath(path))
             return ModelSource(name, "saved_model", sigs, loaded, path=path,
                                batch_size=batch_size)
-        if path.lower().endswith(".tflite"):
-            raise UnsupportedModelError(f"{path!r} is already a TFLite model: read it with "
+        kind = file_kind(path)  # judged by the bytes, not the name
+        if kind == "tflite":
+            raise UnsupportedModelError(f"{path!r} is already a TFLite model (its bytes say "
+                                        "so, whatever its name): read it with "
                                         "tfedge.load(path), or convert its source model.")
-        if not path.lower().endswith(_KERAS_SUFFIXES):
+        if kind not in ("keras", "h5"):
             raise UnsupportedModelError(
-                f"Do not know how to read {path!r}: give a SavedModel directory or a "
-                ".keras / .h5 / .hdf5 Keras file.")
+                f"{path!r} is {kind}, not a model tfedge can read: give a SavedModel "
+                "directory or a .keras / .h5 Keras file.")
         model, _ = _load_keras_file(path, custom_objects)
     model = _plain_model(model)
     if hasattr(model, "signatures") and not hasattr(model, "layers"):
