@@ -21,7 +21,7 @@ from tfedge import arm
 from tfedge._keras import keras
 from tfedge import html_report
 from tfedge.card import model_card, write_model_card
-from tfedge.report import format_table
+from tfedge.report import format_table, write_atomic
 
 DEFAULT_OUTPUT_DIR = "tflite_models"
 
@@ -234,15 +234,13 @@ def write_outputs(out_dir: str, artifact: Any, *, name: str, description: str,
     os.makedirs(out_dir, exist_ok=True)
     paths = {"tflite": artifact.save(os.path.join(out_dir, "model.tflite"))}
     labels_path = os.path.join(out_dir, "labels.txt")
-    with open(labels_path, "w") as f:
-        f.write("\n".join(labels) + "\n")
+    write_atomic(labels_path, "\n".join(labels) + "\n")
     paths["labels"] = labels_path
     card = model_card(artifact, name=name, description=description, labels=labels,
                       validation=validation, benchmark=benchmark, extra=extra)
     paths["card"] = write_model_card(out_dir, card)
     readme = os.path.join(out_dir, "README.md")
-    with open(readme, "w") as f:
-        f.write(report.rstrip() + "\n")
+    write_atomic(readme, report.rstrip() + "\n")
     paths["report"] = readme
     return paths
 

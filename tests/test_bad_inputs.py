@@ -845,6 +845,22 @@ def test_bad_input(c, env):
     assert outcome.label == "clear", f"{c.name}: {outcome.label}: {outcome.detail}"
 
 
+def test_the_command_prints_one_line_and_the_traceback_only_with_debug(tmp_path):
+    """The real ``tfedge`` process: exit status 2, one stderr line; ``--debug`` adds the traceback."""
+    import subprocess
+
+    missing = str(tmp_path / "gone.tflite")
+    command = [sys.executable, "-m", "tfedge.cli", "inspect", missing]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    plain = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    debug = subprocess.run(command + ["--debug"], capture_output=True, text=True, timeout=120,
+                           env=env)
+    lines = plain.stderr.strip().splitlines()
+    assert plain.returncode == 2 and len(lines) == 1, plain.stderr
+    assert "gone.tflite" in lines[0] and "Traceback" not in plain.stderr
+    assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
+
+
 def _print_table(env: Env, json_path: str | None, skip: dict[str, str]) -> None:
     from tfedge.report import format_table, write_json
 

@@ -110,4 +110,4 @@ def test_cli_bench_prints_json(tmp_path, digits_int8, capsys):
     assert data["host"]["runs"] == 5 and data["targets"][0]["target"] == "rpi4"
     assert json.loads(out.read_text())["sha256"] == digits_int8.sha256
     assert cli.main(["bench", str(tmp_path / "missing.tflite")]) == 2
-    assert "No such model file" in capsys.readouterr().err
+    assert "missing.tflite' does not exist" in capsys.readouterr().err

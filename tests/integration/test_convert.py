@@ -100,8 +100,8 @@ def test_keras_files_and_savedmodel_keep_signature_names(trained_digits_cnn, dig
         assert art.inputs[0].shape_signature == (1, 8, 8, 1)
         np.testing.assert_allclose(TFLiteRunner(art.content).predict(x_test[:20]), expected,
                                    atol=1e-4)
-    tflite_file = tmp_path / "x.tflite"
-    tflite_file.write_bytes(b"0")
+    tflite_file = tmp_path / "x.keras"  # judged by its bytes, not its name
+    tflite_file.write_bytes(art.content)
     with pytest.raises(UnsupportedModelError, match="already a TFLite model"):
         tfedge.convert(str(tflite_file), mode="float32")
     with pytest.raises(UnsupportedModelError, match="saved_model.pb"):
@@ -342,10 +342,14 @@ def test_a_model_that_crashes_litert_is_reported_not_fatal(digits_int8, tmp_path
     path = tmp_path / "model.tflite"
     path.write_bytes(digits_int8.content + b"")  # same bytes, but no card: not vouched for
     monkeypatch.setattr(artifact_module, "_TRUSTED", set())
+    monkeypatch.setattr(artifact_module, "_REJECTED", {})
     monkeypatch.setattr(artifact_module, "_PROBE_SCRIPT",
                         "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     with pytest.raises(InvalidModelFileError, match="crashes on this model.*SIGSEGV"):
         load(path)
+    with pytest.raises(InvalidModelFileError, match="crashes on this model.*SIGSEGV"):
+        load(path)  # the rejection is remembered (by sha256): no second child
+    artifact_module._REJECTED.clear()  # (below: other probe outcomes for the same bytes)
     assert load(path, probe=False).sha256 == digits_int8.sha256
     monkeypatch.setattr(artifact_module, "_PROBE_SCRIPT", "raise ImportError('no LiteRT')")
     assert load(path).sha256 == digits_int8.sha256  # a probe that cannot run: warned, loaded
@@ -370,6 +374,6 @@ def test_cli_convert_writes_model_and_card(trained_digits_cnn, digits, tmp_path,
     assert "int8 (full integer" in printed and "top-1 agreement" in printed
     assert load(out).outputs[0].dtype == "FLOAT32"
     assert main(["convert", str(tmp_path / "calib.npy"), "-o", str(out)]) == 2
-    assert "Do not know how to read" in capsys.readouterr().err
+    assert "is a NumPy array (.npy), not a model" in capsys.readouterr().err
     convert_parser = build_parser()._subparsers._group_actions[0].choices["convert"]
     assert all(action.help for action in convert_parser._actions)

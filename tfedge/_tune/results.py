@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
-import shutil
 from typing import Any, Sequence
 
 
 from tfedge.artifact import load
 from tfedge.card import model_card, write_model_card
-from tfedge.report import format_table, write_json
+from tfedge.report import format_table, write_atomic, write_json
 from tfedge._tune.space import Budget
 from tfedge._tune.space import TrialSettings
 from tfedge._tune.trial import MODEL_FILENAME, TRIAL_FILENAME, TrialRecord
@@ -206,10 +206,10 @@ def plot_pareto(result: TuneResult, path: str) -> str:
     fig.suptitle(f"tfedge tune: {len(done)} trials, budget {budget_text(result.budget)}",
                  fontsize=9)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
     plt.close(fig)
-    return path
+    return write_atomic(path, image.getvalue())
 
 
 def _best(trials: Sequence[TrialRecord]) -> TrialRecord | None:
@@ -264,8 +264,7 @@ def write_report(trials: list[TrialRecord], budget: Budget, out_dir: str, *, plo
     if best is not None and best.artifact_path and os.path.exists(best.artifact_path):
         files["best"] = _write_best(best, budget, os.path.join(out_dir, "best"), name)
     result.files = files
-    with open(files["table"], "w") as f:
-        f.write(str(result) + "\n")
+    write_atomic(files["table"], str(result) + "\n")
     write_json(files["json"], result.to_dict())
     return result
 
@@ -274,7 +273,8 @@ def _write_best(best: TrialRecord, budget: Budget, directory: str, name: str) ->
 
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, MODEL_FILENAME)
-    shutil.copyfile(best.artifact_path, path)
+    with open(best.artifact_path, "rb") as f:
+        write_atomic(path, f.read())
     artifact = load(path)
     artifact.mode = "int8"
     card = model_card(artifact, name=name,
