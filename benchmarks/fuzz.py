@@ -23,10 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -37,7 +38,7 @@ ENTRY_POINTS = ("load", "inspect", "validate", "export_android", "export_micro",
                 "check_bundle")
 
 _WORKER = r"""
-import contextlib, io, json, os, shutil, sys
+import contextlib, faulthandler, io, json, os, shutil, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import numpy as np
 from absl import logging
@@ -47,6 +48,8 @@ from tfedge import cli, keras
 from tfedge.errors import TFEdgeError
 
 work = sys.argv[1]
+stacks = open(os.path.join(work, "stacks.txt"), "a")  # where a hang shows where it hangs
+timeout = float(sys.argv[2])
 model = keras.models.load_model(os.path.join(work, "model.keras"), compile=False)
 x = np.load(os.path.join(work, "x.npy"))
 good_bundle = os.path.join(work, "bundle")
@@ -91,8 +94,13 @@ for line in sys.stdin:
                      ("export_micro", lambda: export(tfedge.export_micro, path, "m")),
                      ("check_bundle", lambda: check(path))):
         print(json.dumps({"started": name}), flush=True)
-        row[name] = outcome(fn)
-    print(json.dumps({"done": row}), flush=True)
+        stacks.write(f"--- {path} {name}\n")
+        stacks.flush()
+        faulthandler.dump_traceback_later(0.8 * timeout, file=stacks)
+        result = outcome(fn)
+        faulthandler.cancel_dump_traceback_later()
+        print(json.dumps({"result": [name, *result]}), flush=True)
+    print(json.dumps({"done": True}), flush=True)
 """
 
 
@@ -120,20 +128,47 @@ def damaged_copies(content: bytes, n: int, seed: int):
         yield kind, bytes(v)
 
 
+def _syscalls(pid: int) -> str:
+    """What each thread of a hung process waits in (/proc/PID/task/*/wchan and syscall)."""
+    out = []
+    for task in sorted(os.listdir(f"/proc/{pid}/task"))[:8]:
+        try:
+            with open(f"/proc/{pid}/task/{task}/wchan") as f:
+                wchan = f.read().strip()
+            with open(f"/proc/{pid}/task/{task}/syscall") as f:
+                call = f.read().split()[0]
+        except OSError:
+            continue
+        out.append(f"{wchan}({call})")
+    children = subprocess.run(["ps", "--ppid", str(pid), "-o", "pid=,args="],
+                              capture_output=True, text=True).stdout.strip()
+    return ", ".join(out) + (f"; children: {children[:200]}" if children else "")
+
+
 class Worker:
     """The worker process: one file per request; a death is a crash, silence a hang."""
 
-    def __init__(self, work: str):
+    def __init__(self, work: str, timeout: float):
         self.work = work
+        self.timeout = timeout
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER, self.work],
+        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER, self.work,
+                                      str(self.timeout)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True, bufsize=1)
-        line = self.proc.stdout.readline()
-        if line.strip() != "ready":
+        self.lines: queue.Queue = queue.Queue()  # a thread reads: select() misses buffered lines
+        threading.Thread(target=self._read, args=(self.proc.stdout, self.lines),
+                         daemon=True).start()
+        if self.lines.get(timeout=600).strip() != "ready":
             raise RuntimeError("the fuzz worker did not start")
+
+    @staticmethod
+    def _read(stream, lines: queue.Queue) -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put("")  # end of output: the worker died
 
     def run(self, path: str, timeout: float) -> dict[str, tuple[str, str]]:
         self.proc.stdin.write(path + "\n")
@@ -142,15 +177,15 @@ class Worker:
         current = None
         deadline = time.monotonic() + timeout
         while True:
-            ready, _, _ = select.select([self.proc.stdout], [], [],
-                                        max(0.0, deadline - time.monotonic()))
-            if not ready:  # no answer in time: a hang
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:  # no answer in time: a hang
+                self.where = _syscalls(self.proc.pid)
                 self.proc.kill()
                 self.proc.wait()
                 row[current or "load"] = ("hang", f"no answer in {timeout:.0f} s")
                 self.start()
                 return row
-            line = self.proc.stdout.readline()
             if not line:  # the worker died: a crash
                 code = self.proc.wait()
                 row[current or "load"] = ("crash", f"worker exit status {code}")
@@ -160,8 +195,11 @@ class Worker:
             if "started" in message:
                 current = message["started"]
                 deadline = time.monotonic() + timeout
+            elif "result" in message:
+                name, label, detail = message["result"]
+                row[name] = (label, detail)
             else:
-                return {k: tuple(v) for k, v in message["done"].items()}
+                return row
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -199,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="Seconds one entry point may take on one file before it counts "
                              "as a hang.")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="Keep the files that crashed, hung or gave another error here.")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                       "fuzz.json"),
                         help="Where to write the JSON results.")
@@ -209,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tfedge-fuzz-") as work:
         content = prepare(work, args.epochs)
-        worker = Worker(work)
+        worker = Worker(work, args.timeout)
         counts = {e: {"accepted": 0, "clear": 0, "other": 0, "crash": 0, "hang": 0}
                   for e in ENTRY_POINTS}
         by_kind: dict[str, dict[str, int]] = {}
@@ -221,10 +261,20 @@ def main(argv: list[str] | None = None) -> int:
             row = worker.run(path, args.timeout)
             for entry, (label, detail) in row.items():
                 counts[entry][label] += 1
+                if label == "hang":
+                    with open(os.path.join(work, "stacks.txt")) as f:
+                        detail += f"; threads: {worker.where}; where: " + " | ".join(
+                            line.strip() for line in f.read().rsplit("---", 1)[-1]
+                            .splitlines() if line.strip().startswith("File"))[:600]
                 if label in ("other", "crash", "hang"):
                     problems.append({"file": k, "kind": kind, "entry": entry, "result": label,
                                      "detail": detail})
-            verdict = row["load"][0]
+                    print(f"  file {k} ({kind}), {entry}: {label}: {detail}", flush=True)
+                    if args.keep:
+                        os.makedirs(args.keep, exist_ok=True)
+                        with open(os.path.join(args.keep, f"{k}_{entry}.tflite"), "wb") as f:
+                            f.write(data)
+            verdict = row.get("load", ("crash", ""))[0]
             by_kind.setdefault(kind, {}).setdefault(verdict, 0)
             by_kind[kind][verdict] += 1
             os.unlink(path)
