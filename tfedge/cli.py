@@ -36,7 +36,8 @@ from tfedge.artifact import MODES, load
 from tfedge.card import card_path
 from tfedge.data import load_digits
 from tfedge.errors import TFEdgeError
-from tfedge.export import check_bundle, check_out_dir, export_android, export_micro
+from tfedge.bundle_folder import check_out_dir
+from tfedge.export import check_bundle, export_android, export_micro
 from tfedge.report import to_json
 from tfedge._bench import bench
 

@@ -44,16 +44,12 @@ own modules (:mod:`tfedge.flatbuffer`, :mod:`tfedge.metadata`,
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
 import hashlib
 import io
 import json
 import os
-import shutil
-import tempfile
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from absl import logging
@@ -63,7 +59,8 @@ from tfedge import metadata as metadata_lib
 from tfedge import micro
 from tfedge.artifact import TFLiteArtifact, as_artifact
 from tfedge.errors import InvalidModelFileError, VerificationError
-from tfedge.report import format_table, remove_stale, to_json, write_atomic, write_json
+from tfedge.bundle_folder import check_out_dir, is_temporary, staged
+from tfedge.report import format_table, to_json, write_atomic, write_json
 from tfedge._validate import make_interpreter, quantize_array
 
 MODEL_FILE = "model.tflite"
@@ -325,106 +322,6 @@ def _save_samples(directory: str, inputs: Sequence[np.ndarray],
     _write(directory, SAMPLES_FILE, buffer.getvalue())
 
 
-# ----------------------------------------------------------------------------
-# One bundle per folder, swapped in whole
-# ----------------------------------------------------------------------------
-_STAGING = ".tfedge-staging-"
-
-
-def _is_temporary(name: str) -> bool:
-    """Files a killed writer may leave: write_atomic's temp files, staging folders."""
-    return name.startswith(".") and (name.endswith(".tmp") or _STAGING in name)
-
-
-def check_out_dir(out_dir: str | os.PathLike, flag: str = "out_dir") -> str:
-    """Checks, before any work, that a bundle may be written to ``out_dir``.
-
-    A bundle folder holds exactly one bundle's files: ``out_dir`` must be
-    new, empty, or hold a tfedge bundle and nothing else (it is then
-    replaced whole). Anything else there is the user's, and is not deleted.
-
-    Args:
-        out_dir: the bundle folder.
-        flag: how the caller names it in the message (``"--android"`` in the CLI).
-
-    Returns:
-        ``out_dir`` as a string.
-
-    Raises:
-        ValueError: ``out_dir`` is a file, or a folder with files that are not
-            one tfedge bundle's.
-    """
-    out_dir = os.fspath(out_dir)
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"{flag} {out_dir!r} is a file, not a folder: give a new folder for "
-                         "the bundle (an existing bundle folder is replaced whole).")
-    if not os.path.isdir(out_dir):
-        return out_dir
-    entries = sorted(n for n in os.listdir(out_dir) if not _is_temporary(n))
-    if not entries:
-        return out_dir
-    try:
-        manifest = set((card_lib.read_model_card(out_dir).get("bundle") or {})["files"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ValueError(
-            f"{flag} {out_dir!r} holds files that are not a tfedge bundle ("
-            f"{', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}): exporting "
-            "replaces the bundle folder whole, so it must be new, empty, or an earlier "
-            "bundle. Give another folder.") from None
-    extra = [n for n in entries if n not in manifest | {card_lib.CARD_FILENAME}]
-    if extra:
-        raise ValueError(
-            f"{flag} {out_dir!r} holds a bundle plus files that are not in its manifest "
-            f"({', '.join(extra[:5])}): exporting replaces the folder whole and would delete "
-            "them. Move them out (or delete them), or give another folder.")
-    return out_dir
-
-
-def _exchange(a: str, b: str) -> bool:
-    """Swaps two paths atomically (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-@contextlib.contextmanager
-def _staged(out_dir: str) -> Iterator[str]:
-    """A staging folder beside ``out_dir`` that replaces it whole when the block ends.
-
-    Nothing is written into ``out_dir`` itself: the bundle is written into
-    the staging folder, which is then swapped with ``out_dir`` in one atomic
-    rename (renameat2's RENAME_EXCHANGE where the system has it; otherwise
-    two renames). A process killed at any moment leaves the old bundle or
-    the new one; an error leaves the old one.
-    """
-    target = os.path.abspath(out_dir)
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    prefix = f".{os.path.basename(target)}{_STAGING}"
-    remove_stale(parent, prefix)  # left by exports that were killed
-    staging = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # (mkdtemp makes it private; a bundle is not)
-    try:
-        yield staging
-        if not os.path.isdir(target) or not os.listdir(target):
-            if os.path.isdir(target):
-                os.rmdir(target)
-            os.rename(staging, target)
-        elif not _exchange(staging, target):
-            old = staging + ".old"
-            os.rename(target, old)
-            os.rename(staging, target)
-            os.rename(old, staging)
-        # staging now holds the old bundle (or nothing)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def _load_samples(directory: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
     with np.load(os.path.join(directory, SAMPLES_FILE)) as data:
         inputs = [data[k] for k in sorted((k for k in data.files if k.startswith("input_")),
@@ -627,7 +524,7 @@ def export_android(artifact: Any, out_dir: str | os.PathLike, *,
     verification = {**agreement, "summary": "LiteRT loads the model with metadata and "
                     f"reproduces the original model: {agreement['summary']}",
                     "xnnpack_vs_builtin_kernels": xnnpack}
-    with _staged(out_dir) as staging:
+    with staged(out_dir) as staging:
         _write(staging, MODEL_FILE, tagged.content)
         write_json(os.path.join(staging, METADATA_FILE), facts)
         files = [MODEL_FILE, METADATA_FILE]
@@ -770,7 +667,7 @@ def export_micro(artifact: Any, out_dir: str | os.PathLike, *, sample_inputs: An
     counts = artifact.flatbuffer.op_counts()
     verification = {**agreement, "summary": f"TFLM matches LiteRT: {agreement['summary']}",
                     "xnnpack_vs_builtin_kernels": xnnpack}
-    with _staged(out_dir) as staging:
+    with staged(out_dir) as staging:
         _write(staging, MODEL_FILE, artifact.content)
         _write(staging, MODEL_DATA_SOURCE, source_cc)
         _write(staging, MODEL_DATA_HEADER, header)
@@ -840,7 +737,7 @@ def check_bundle(bundle_dir: str | os.PathLike) -> BundleCheck:
         return result
 
     listed = set(facts.get("files", {})) | {card_lib.CARD_FILENAME}
-    extra = sorted(n for n in os.listdir(directory) if n not in listed and not _is_temporary(n))
+    extra = sorted(n for n in os.listdir(directory) if n not in listed and not is_temporary(n))
     result.add("only the manifest's files", not extra,
                f"not in the bundle's manifest: {', '.join(extra)} (left by another export? "
                "a bundle folder holds one bundle: export into a new folder)" if extra
