@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                   for e in ENTRY_POINTS}
         by_kind: dict[str, dict[str, int]] = {}
         problems = []
+        later: list[dict] = []
         for k, (kind, data) in enumerate(damaged_copies(content, args.files, args.seed)):
             path = os.path.join(work, f"damaged_{k}.tflite")
             with open(path, "wb") as f:
@@ -275,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
                         with open(os.path.join(args.keep, f"{k}_{entry}.tflite"), "wb") as f:
                             f.write(data)
             verdict = row.get("load", ("crash", ""))[0]
+            if verdict == "accepted":  # what the later stages caught that load let through
+                for entry, (label, detail) in row.items():
+                    if label == "clear" and entry != "check_bundle" and len(later) < 30:
+                        later.append({"file": k, "kind": kind, "entry": entry,
+                                      "detail": detail})
             by_kind.setdefault(kind, {}).setdefault(verdict, 0)
             by_kind[kind][verdict] += 1
             os.unlink(path)
@@ -299,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, {"files": args.files, "seed": args.seed,
                           "model_bytes": len(content), "seconds": round(seconds, 1),
                           "entry_points": counts, "totals": totals, "load_by_damage": by_kind,
-                          "problems": problems})
+                          "problems": problems, "caught_after_load": later})
     print(f"wrote {args.out}")
     return 0 if not (totals["crash"] or totals["hang"]) else 1
 
