@@ -48,6 +48,25 @@ _NPZ_HELP = ("a .npz with inputs 'x' and labels 'y' (np.savez(path, x=x, y=y); t
 # ----------------------------------------------------------------------------
 # Paths are checked before any work, and errors name the flag
 # ----------------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (argparse then names the flag in its error)."""
+    value = non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count: give a whole number >= 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative: give a whole number >= 0")
+    return value
+
+
 def output_file(path: str | None, flag: str) -> str | None:
     """Checks that ``path`` can be written as a file, before any work; names ``flag``.
 
@@ -186,11 +205,11 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     run = p.add_argument_group("search")
     run.add_argument("--oracle", choices=("bayesian", "random", "grid", "hyperband"),
                      default="bayesian", help="keras-tuner oracle (default: bayesian).")
-    run.add_argument("--max-trials", type=int, default=10,
+    run.add_argument("--max-trials", type=positive_int, default=10,
                      help="Trials in total, counting finished ones in --directory (default: 10).")
-    run.add_argument("--epochs", type=int, default=3,
+    run.add_argument("--epochs", type=positive_int, default=3,
                      help="Training epochs per trial; Hyperband's maximum (default: 3).")
-    run.add_argument("--batch-size", type=int, default=32, help="Training batch size "
+    run.add_argument("--batch-size", type=positive_int, default=32, help="Training batch size "
                                                                  "(default: 32).")
     run.add_argument("--learning-rate", type=float, default=1e-3,
                      help="Adam learning rate (default: 0.001).")
@@ -280,9 +299,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", metavar="FILE.npy",
                    help="Sample inputs (samples first), preprocessed as for training or "
                         "already quantized; default: 32 random inputs.")
-    p.add_argument("--num-samples", type=int, default=32,
+    p.add_argument("--num-samples", type=positive_int, default=32,
                    help="Use the first N samples of --samples (default: 32).")
-    p.add_argument("--max-diff", type=int, default=0,
+    p.add_argument("--max-diff", type=non_negative_int, default=0,
                    help="Largest difference allowed between TFLM's and LiteRT's integer "
                         "outputs, in quantization steps (default: 0, bit-exact).")
     p.add_argument("--arena-size", type=int, metavar="BYTES",
@@ -364,18 +383,18 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", nargs="+", default=None, metavar="OTHER.tflite",
                    help="Other models to benchmark the same way, shown side by side with "
                         "ratios to MODEL.tflite.")
-    p.add_argument("--runs", type=int, default=100, help="Timed runs on this machine "
+    p.add_argument("--runs", type=positive_int, default=100, help="Timed runs on this machine "
                                                          "(default 100).")
-    p.add_argument("--warmup", type=int, default=10,
+    p.add_argument("--warmup", type=non_negative_int, default=10,
                    help="Untimed runs after the first, before timing (default 10).")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="Interpreter threads on this machine (default 1; ARM counts always "
                         "use one).")
     p.add_argument("--no-xnnpack", action="store_true",
                    help="Use LiteRT's builtin kernels without the XNNPACK delegate.")
     p.add_argument("--no-emulation", action="store_true",
                    help="Skip qemu: device targets get MAC-based estimates only.")
-    p.add_argument("--emulation-runs", type=int, default=2,
+    p.add_argument("--emulation-runs", type=positive_int, default=2,
                    help="Counted inferences per ARM target (default 2; two or more show "
                         "whether the count repeats).")
     p.add_argument("--seed", type=int, default=0, help="Seed of the random inputs.")
@@ -421,7 +440,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--representative-data", metavar="FILE",
                    help="Calibration inputs for int8/int16x8, preprocessed as for training: "
                         "a .npy array of samples, or " + _NPZ_HELP + ".")
-    p.add_argument("--num-samples", type=int, default=300,
+    p.add_argument("--num-samples", type=positive_int, default=300,
                    help="Use at most this many representative samples (default 300).")
     p.add_argument("--input-type", choices=("int8", "uint8", "float32"),
                    help="Model input type in int8 mode (default int8; float32 keeps float I/O "
@@ -429,7 +448,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-type", choices=("int8", "uint8", "float32"),
                    help="Model output type in int8 mode (default int8).")
     batch = p.add_mutually_exclusive_group()
-    batch.add_argument("--batch-size", type=int, default=1,
+    batch.add_argument("--batch-size", type=positive_int, default=1,
                        help="Fixed batch dimension of the .tflite model (default 1, what "
                             "microcontrollers and most apps run).")
     batch.add_argument("--dynamic-batch", action="store_true",
@@ -604,8 +623,15 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (like every other tfedge error)."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tfedge",
         description="tfedge: Keras models to validated int8 TFLite models for the edge.")
     parser.add_argument("--verbose", action="store_true", dest="tensorflow_logs",

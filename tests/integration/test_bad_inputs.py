@@ -587,6 +587,17 @@ def _(e, tmp):
             "--labels", os.path.join(tmp, "labels.txt")]
 
 
+@case("cli convert --num-samples 0", "cli", "cli", ("--num-samples", "0"), forbid=(_CONVERTER,))
+def _(e, tmp):
+    return ["convert", e.keras_file, "-o", os.path.join(tmp, "m.tflite"),
+            "--representative-data", e.npy, "--num-samples", "0"]
+
+
+@case("cli bench --runs 0", "cli", "cli", ("--runs",), forbid=(_BENCH_HOST,))
+def _(e, tmp):
+    return ["bench", e.good, "--runs", "0"]
+
+
 @case("cli export without a bundle flag", "cli", "cli", ("--android", "--micro"))
 def _(e, tmp):
     return ["export", e.good]
@@ -832,7 +843,7 @@ def env(tmp_path_factory):
 
 
 def test_the_table_has_the_issues_cases():
-    assert len(CASES) >= 40
+    assert len(CASES) >= 60
     assert len({c.name for c in CASES}) == len(CASES)
     assert {c.area for c in CASES} >= {"wrap", "convert", "validate", "bench", "export",
                                        "check", "cli"}
