@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import threading
 from typing import Any, Sequence
 
 
@@ -61,7 +62,8 @@ def write_atomic(path: "str | os.PathLike", data: "bytes | str") -> str:
     the data go to a temporary file in the same folder, flushed to disk,
     which then replaces ``path`` (``os.replace``). A reader never sees half
     a file, and a process killed at any moment leaves the old file or the
-    new one, never a mix (at worst a ``.<name>.<pid>.tmp`` file beside it).
+    new one, never a mix (at worst a ``.<name>.<pid>-<thread>.tmp`` file beside
+    it, which the next write of that file removes).
 
     Args:
         path: the file to write.
@@ -88,7 +90,8 @@ def write_atomic(path: "str | os.PathLike", data: "bytes | str") -> str:
     os.makedirs(folder, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else bytes(data)
     remove_stale(folder, f".{os.path.basename(path)}.")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}-"
+                               f"{threading.get_ident()}.tmp")  # (one per writer thread)
     try:
         with open(tmp, "wb") as f:  # (open, not mkstemp: the file gets the usual mode)
             f.write(raw)
@@ -103,7 +106,7 @@ def write_atomic(path: "str | os.PathLike", data: "bytes | str") -> str:
 
 
 def remove_stale(folder: str, prefix: str) -> None:
-    """Deletes ``<prefix><pid>.tmp`` files and ``<prefix><pid>-*`` folders of dead processes.
+    """Deletes ``<prefix><pid>[-...].tmp`` files and ``<prefix><pid>-*`` folders of dead processes.
 
     What a writer killed mid-write leaves behind (see :func:`write_atomic`);
     those of running processes are left alone.
