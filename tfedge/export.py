@@ -304,6 +304,16 @@ def _agreement(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
             "allowed_integer_diff": max_diff, "top1_agreement": top1, "summary": summary}
 
 
+def _xnnpack_agreement(artifact: Any, content: bytes, inputs: Sequence[np.ndarray],
+                       reference: Sequence[np.ndarray]) -> dict[str, Any]:
+    """XNNPACK's outputs vs the builtin kernels', or why it was not run (a model that
+    needs op_resolver="no_delegates", such as a sparse int8 one, does not prepare there)."""
+    settings = artifact.runtime_settings()
+    if settings["op_resolver"] != "auto":
+        return {"equal": None, "summary": f"not run: {settings['reason']}"}
+    return _agreement(reference, litert_outputs(content, inputs, "auto"))
+
+
 def _sha256(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -516,7 +526,7 @@ def export_android(artifact: Any, out_dir: str | os.PathLike, *,
     inputs, source = _sample_inputs(artifact, sample_inputs)
     outputs = litert_outputs(tagged.content, inputs)
     agreement = _agreement(litert_outputs(artifact.content, inputs), outputs)
-    xnnpack = _agreement(outputs, litert_outputs(tagged.content, inputs, "auto"))
+    xnnpack = _xnnpack_agreement(artifact, tagged.content, inputs, outputs)
     if not agreement["equal"]:
         raise VerificationError("Embedding the metadata changed the model's LiteRT outputs "
                                 f"({agreement['summary']}); this is a tfedge bug, please report.")
@@ -659,7 +669,7 @@ def export_micro(artifact: Any, out_dir: str | os.PathLike, *, sample_inputs: An
             f"TFLM's outputs differ from LiteRT's builtin kernels ({builtin['summary']}) "
             f"and from its reference kernels ({agreement['summary']})."
             f"{hint} The embedded bundle was not written.")
-    xnnpack = _agreement(reference, litert_outputs(artifact.content, inputs, "auto"))
+    xnnpack = _xnnpack_agreement(artifact, artifact.content, inputs, reference)
 
     source_cc, header = micro.model_data_sources(
         artifact.content, name, stated, sha256=artifact.sha256, header_name=MODEL_DATA_HEADER,
