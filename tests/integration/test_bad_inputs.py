@@ -16,7 +16,8 @@ And for every case: the user's Keras model and the input files are unchanged,
 and nothing is written where the failed call would have written.
 
 The same table classifies the current code as clear / cryptic / silent /
-lost (``python tests/test_bad_inputs.py`` prints it; ``--json FILE`` saves it)
+lost (``python tests/integration/test_bad_inputs.py`` prints it; ``--json FILE``
+saves it)
 so the before and after tables of issue 17 come from one harness.
 """
 
@@ -758,8 +759,7 @@ def classify(c: Case, env: Env) -> Outcome:
             try:
                 status, stderr, tb = _run_cli(c.run(env, tmp), c.forbid)
             except _Forbidden as err:
-                outcome = Outcome("cryptic", f"work started before the checks: {err}", 0.0)
-                status, stderr, tb = None, "", False
+                status, stderr, tb = None, f"work started before the checks: {err}", False
         else:
             try:
                 result = c.run(env, tmp)
@@ -799,7 +799,7 @@ def classify(c: Case, env: Env) -> Outcome:
 
     if c.expect == "cli":
         if status is None:
-            return Outcome("cryptic", outcome.detail, seconds)
+            return Outcome("cryptic", stderr, seconds)
         lines = [line for line in stderr.strip().splitlines() if line.strip()]
         last = lines[-1] if lines else ""
         if status == 0:
@@ -857,7 +857,7 @@ def test_bad_input(c, env):
 
 
 def test_the_command_prints_one_line_and_the_traceback_only_with_debug(tmp_path):
-    """The real ``tfedge`` process: exit status 2, one stderr line; ``--debug`` adds the traceback."""
+    """The real ``tfedge`` process: exit status 2, one stderr line; ``--debug``: a traceback."""
     import subprocess
 
     missing = str(tmp_path / "gone.tflite")
