@@ -304,7 +304,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-diff", type=non_negative_int, default=0,
                    help="Largest difference allowed between TFLM's and LiteRT's integer "
                         "outputs, in quantization steps (default: 0, bit-exact).")
-    p.add_argument("--arena-size", type=int, metavar="BYTES",
+    p.add_argument("--arena-size", type=positive_int, metavar="BYTES",
                    help="Tensor arena to state in the micro bundle (checked in TFLM). "
                         "Default: the smallest arena TFLM allocates and runs the model in, "
                         "found by search, plus 16 bytes of alignment headroom.")
