@@ -22,8 +22,9 @@ import html
 import io
 import os
 import re
-import tempfile
 from typing import Any, Sequence
+
+from tfedge.report import write_atomic
 
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -349,17 +350,4 @@ def write_report(path: str | os.PathLike, *, title: str, summary: str = "",
     text = render_report(title=title, summary=summary, stages=stages, benchmark=benchmark,
                          sparsity=sparsity, quantization_errors=quantization_errors,
                          readme=readme, links=links)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".report-", suffix=".html.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return write_atomic(path, text)  # the one writer: a kill leaves the old report or the new
