@@ -16,7 +16,7 @@ def test_channel_pruned_model_is_narrower_same_outputs_and_converts(digits):
     edge.fit(x, y, epochs=3, batch_size=32, verbose=0)
     # BatchNorm's moving statistics are per replica (read as their mean): compare with the
     # masked network on one device, holding the values the rebuild copies.
-    single = tf.keras.models.clone_model(edge.network)
+    single = keras.models.clone_model(edge.network)
     single.set_weights(edge.network.get_weights())
     masked = single.predict(x_test, verbose=0)
     narrow = edge.finish()
@@ -149,7 +149,7 @@ CHANNELS_MIRRORED = """
     kernels = [k.numpy() for k in strategy.experimental_local_results(stem)]
     # BatchNorm's moving statistics are per replica (read as their mean): compare with the
     # masked network on one device, holding the values the rebuild copies.
-    single = tf.keras.models.clone_model(edge.network)
+    single = keras.models.clone_model(edge.network)
     single.set_weights(edge.network.get_weights())
     masked = single.predict(x_test, verbose=0)
     narrow = edge.finish()
