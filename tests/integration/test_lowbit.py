@@ -1,0 +1,137 @@
+"""Below 8 bits through the LiteRT Quantizer: w4a8, mixed precision to a budget, TFLM, INT4 reading."""
+
+import logging as std_logging
+
+import flatbuffers
+import numpy as np
+import pytest
+from ai_edge_litert import schema_py_generated as schema
+
+import tfedge
+from tfedge import cost, flatbuffer
+from tfedge.artifact import infer_mode
+from tfedge.errors import InvalidModelFileError, VerificationError
+
+
+def _accuracy(artifact, x, y):
+    from tfedge import TFLiteRunner
+
+    return float(np.mean(TFLiteRunner(artifact.content).predict(x).argmax(1) == y))
+
+
+def _one_tensor_model(dtype: int, shape: list[int], data: bytes) -> bytes:
+    """A flatbuffer with one constant tensor (and an input, so it has a subgraph I/O)."""
+    model = schema.ModelT()
+    model.version = 3
+    model.buffers = [schema.BufferT(), schema.BufferT()]
+    model.buffers[1].data = np.frombuffer(data, np.uint8)
+    weight, inp = schema.TensorT(), schema.TensorT()
+    weight.name, weight.shape, weight.type, weight.buffer = b"w", shape, dtype, 1
+    inp.name, inp.shape, inp.type, inp.buffer = b"x", [1], schema.TensorType.FLOAT32, 0
+    subgraph = schema.SubGraphT()
+    subgraph.tensors, subgraph.inputs, subgraph.outputs, subgraph.operators = \
+        [weight, inp], [1], [1], []
+    model.subgraphs = [subgraph]
+    model.operatorCodes = []
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def test_int4_and_int2_tensors_read_with_packed_sizes_and_values():
+    from litert_quantizer.transformations.transformation_utils import pack_data
+
+    values = np.array([-8, 7, -1, 0, 3, -5, 1, 2, -2], np.int8)  # 9 values: 5 bytes in int4
+    packed = pack_data(4, values.view(np.uint8)).tobytes()  # the quantizer's own packing
+    fb = flatbuffer.FlatbufferModel(_one_tensor_model(schema.TensorType.INT4, [3, 3], packed))
+    info = fb.tensors[0]
+    assert (info.dtype, info.bits, info.nbytes) == ("INT4", 4, 5)
+    np.testing.assert_array_equal(fb.constant(0).reshape(-1), values)
+
+    two = np.array([-2, 1, 0, -1, 1, -2], np.int8)  # 6 values: 2 bytes in int2
+    fb2 = flatbuffer.FlatbufferModel(_one_tensor_model(
+        schema.TensorType.INT2, [6], pack_data(2, two.view(np.uint8)).tobytes()))
+    assert fb2.tensors[0].nbytes == 2
+    np.testing.assert_array_equal(fb2.constant(0), two)
+
+    with pytest.raises(InvalidModelFileError, match="has 4 bytes of data, not 5"):
+        flatbuffer.FlatbufferModel(_one_tensor_model(schema.TensorType.INT4, [3, 3], packed[:4]))
+
+
+@pytest.fixture(scope="module")
+def w4a8(trained_digits_cnn, digits):
+    (x_train, _), (x_test, y_test) = digits
+    return tfedge.convert(trained_digits_cnn, x_train[:300], mode="w4a8",
+                          eval_data=(x_test, y_test))
+
+
+def test_w4a8_is_full_integer_smaller_and_as_accurate_as_int8(w4a8, digits_int8, digits,
+                                                               tmp_path, capsys):
+    _, (x_test, y_test) = digits
+    assert w4a8.is_full_integer
+    assert [t.dtype for t in w4a8.inputs + w4a8.outputs] == ["INT8", "INT8"]
+    assert w4a8.size_bytes <= 0.6 * digits_int8.size_bytes
+    int8_acc, w4a8_acc = _accuracy(digits_int8, x_test, y_test), _accuracy(w4a8, x_test, y_test)
+    assert w4a8_acc >= int8_acc - 0.015
+    # runs, and computes correctly, with XNNPACK and with LiteRT's built-in kernels
+    assert all(r["ok"] and r["correct"] for r in w4a8.details["runtimes"].values())
+    assert w4a8.runtime_settings()["op_resolver"] == "auto"
+    # the card records each layer's bit width; the bytes are counted packed
+    card = w4a8.card(name="digits")
+    assert {(r["op"].split()[1], r["weight_bits"]) for r in card["layer_bits"]} == {
+        ("CONV_2D", 4), ("FULLY_CONNECTED", 4)}
+    assert cost.model_cost(w4a8).param_bytes < 0.6 * cost.model_cost(digits_int8).param_bytes
+    path = w4a8.save(tmp_path / "w4a8.tflite")
+    loaded = tfedge.load(path)
+    assert loaded.mode == "w4a8" == infer_mode(loaded.flatbuffer)
+    from tfedge.cli import main
+
+    assert main(["inspect", path]) == 0
+    printed = capsys.readouterr().out
+    assert "w4a8 (full integer" in printed and "INT4" in printed
+
+
+def test_mixed_precision_budget_and_manual_bits(trained_digits_cnn, digits, digits_int8, caplog):
+    (x_train, _), (x_test, y_test) = digits
+    budget = int(0.75 * digits_int8.size_bytes)
+    art = tfedge.convert(trained_digits_cnn, x_train[:300], max_size_bytes=budget,
+                         eval_data=(x_test, y_test))
+    report = art.details["mixed_precision"]
+    assert art.mode == "mixed_precision" and report["reached"] and art.size_bytes <= budget
+    assert art.is_full_integer
+    assert art.validation.accuracy_drop <= 0.015
+
+    manual = tfedge.convert(trained_digits_cnn, x_train[:300], bits={"dense": 4})
+    by_layer = {r["layer"].split("/")[1] if "/" in r["layer"] else r["layer"]: r["weight_bits"]
+                for r in manual.flatbuffer.layer_bits()}
+    assert by_layer["dense"] == 4 and sorted(by_layer.values()).count(4) == 1
+
+    with pytest.raises(ValueError, match="no weight layer 'dense_9'"):
+        tfedge.convert(trained_digits_cnn, x_train[:300], bits={"dense_9": 4})
+
+
+def test_unreachable_budget_says_so_and_returns_the_best_found(trained_digits_cnn, digits,
+                                                               w4a8, caplog):
+    (x_train, _), (x_test, y_test) = digits
+    with caplog.at_level(std_logging.WARNING):
+        art = tfedge.convert(trained_digits_cnn, x_train[:300], max_size_bytes=2000,
+                             eval_data=(x_test, y_test))
+    report = art.details["mixed_precision"]
+    assert not report["reached"]
+    assert report["shortfall_bytes"] == art.size_bytes - 2000 > 0
+    # the best found is the smallest model: every int4-capable layer at 4 bits
+    assert art.size_bytes <= w4a8.size_bytes
+    assert f"not reachable: best found {art.size_bytes:,} bytes" in caplog.text
+    assert "not reachable" in art.card(name="digits")["model"]["conversion"][
+        "mixed_precision"]["message"]
+
+
+def test_export_micro_refuses_w4a8_with_tflms_reason(w4a8, digits, tmp_path):
+    _, (x_test, _) = digits
+    with pytest.raises(VerificationError) as err:
+        tfedge.export_micro(w4a8, tmp_path / "micro", sample_inputs=x_test[:4])
+    message = str(err.value)
+    assert "fully_connected_common.cc:" in message
+    assert "int4 filter with int8 input in FULLY_CONNECTED" in message
+    assert "mode='int8'" in message
+    assert not (tmp_path / "micro" / "model_data.cc").exists()
