@@ -36,7 +36,7 @@ _EXPORTS = {
                         "check_full_integer", "runtime_settings"],
     "tfedge.calibration": ["representative_from_dataset"],
     "tfedge._convert": ["convert"],
-    "tfedge.lowbit": ["MixedPrecisionReport"],
+    "tfedge.mixed_precision": ["MixedPrecisionReport"],
     "tfedge.quant_debug": ["debug_quantization", "QuantizationDebugReport"],
     "tfedge._validate": ["validate", "ValidationReport", "TFLiteRunner"],
     "tfedge._bench": ["bench", "compare", "estimate_latency", "BenchReport", "CompareReport",
