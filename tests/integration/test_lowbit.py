@@ -101,6 +101,12 @@ def test_mixed_precision_budget_and_manual_bits(trained_digits_cnn, digits, digi
     assert art.is_full_integer
     assert art.validation.accuracy_drop <= 0.015
 
+    within = tfedge.convert(trained_digits_cnn, x_train[:300], mode="mixed_precision",
+                            tolerance=0.01, eval_data=(x_test, y_test))
+    report = within.details["mixed_precision"]
+    assert report["reached"] and report["final_loss"] <= 0.01
+    assert within.size_bytes < report["int8_bytes"]  # some layers went to 4 bits
+
     manual = tfedge.convert(trained_digits_cnn, x_train[:300], bits={"dense": 4})
     by_layer = {r["layer"].split("/")[1] if "/" in r["layer"] else r["layer"]: r["weight_bits"]
                 for r in manual.flatbuffer.layer_bits()}
