@@ -387,7 +387,9 @@ _STAGES = {"start": "starting", "load": "loading the model and allocating its te
            "measure": "measuring the tensor arena", "invoke": "running the samples"}
 
 
-_PREPARE_FAILURE = re.compile(r"([\w/]+\.cc:\d+) (.*?) was not true\.?\s*(?:\n|$)"
+# TFLM's prepare failures: "<file>.cc:<line> <check> was not true." or "<file>.cc <message>.",
+# then "Node <OP> (number <n>) failed to prepare".
+_PREPARE_FAILURE = re.compile(r"([\w/]+\.cc(?::\d+)?) (.*?)(?: was not true)?\.?\s*\n"
                               r"(?:.*?Node (\w+) \(number (\d+)\) failed to prepare)?", re.S)
 
 

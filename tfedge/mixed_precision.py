@@ -197,7 +197,9 @@ def choose_bits(session: QuantizerSession, options: list[LayerOption], loss_fn: 
        measured, and more layers follow while the real file is too large.
        Bytes left under the budget then buy 16x8 activations (int16
        activations, int8 weights) for the layers whose int4 weights hurt the
-       output most, each kept only if the measured loss falls.
+       output most, each kept only if the measured loss itself falls (int16
+       ops run outside XNNPACK, several times slower on ARM: see
+       ``benchmarks/results/mixed_precision.json``).
     3. With ``tolerance`` only: if int8 itself misses the tolerance, 16x8
        layers are added as in 2; then layers go to 4 bits in rank order as
        long as the measured loss stays within the tolerance (a layer that
@@ -251,7 +253,9 @@ def choose_bits(session: QuantizerSession, options: list[LayerOption], loss_fn: 
                 continue
             trial = {**current, option.layer: 16}
             trial_content, trial_loss = measure(trial)
-            if fits(trial_content) and trial_loss < loss:
+            # kept only for a lower loss itself: int16 activations have no XNNPACK kernel,
+            # so a mere RMSE gain is not worth the slower op
+            if fits(trial_content) and trial_loss[0] < loss[0]:
                 current, content, loss = trial, trial_content, trial_loss
 
     if max_size_bytes is not None:
