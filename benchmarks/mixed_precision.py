@@ -170,6 +170,7 @@ def run_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def plot(rows: list[dict[str, Any]], path: str) -> str:
+    """Size vs accuracy per model; variants at the same point share one label."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -178,19 +179,26 @@ def plot(rows: list[dict[str, Any]], path: str) -> str:
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.8), squeeze=False)
     for ax, name in zip(axes[0], models):
         points = [r for r in rows if r["model"] == name and "accuracy" in r]
+        groups: dict[tuple, list[dict[str, Any]]] = {}
         for r in points:
-            ax.scatter(r["size_bytes"] / 1e3, 100 * r["accuracy"],
-                       marker="o" if r["full_integer"] else "s")
-            ax.annotate(r["variant"], (r["size_bytes"] / 1e3, 100 * r["accuracy"]),
-                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+            groups.setdefault((r["size_bytes"] // 1000, round(100 * r["accuracy"], 2)),
+                              []).append(r)
+        for i, ((_, acc), group) in enumerate(sorted(groups.items())):
+            size = group[0]["size_bytes"] / 1e3
+            ax.scatter(size, acc, marker="o" if group[0]["full_integer"] else "s",
+                       color=f"C{i}")
+            ax.annotate(", ".join(r["variant"] for r in group), (size, acc), fontsize=7,
+                        xytext=(4, 14 * (i % 4) - 14), textcoords="offset points")
         front, best = [], -1.0
-        for r in sorted(points, key=lambda r: r["size_bytes"]):
+        for r in sorted(points, key=lambda r: (r["size_bytes"], -r["accuracy"])):
             if r["accuracy"] > best:
                 front.append(r)
                 best = r["accuracy"]
         ax.plot([r["size_bytes"] / 1e3 for r in front], [100 * r["accuracy"] for r in front],
                 "k--", lw=0.8, label="size-accuracy front")
-        ax.set_title(name)
+        accs = [100 * r["accuracy"] for r in points]
+        ax.set_ylim(min(accs) - 0.6, max(accs) + 0.6)
+        ax.set_title(f"{name} (float {100 * points[0]['float_accuracy']:.2f}%)")
         ax.set_xlabel("file size (kB)")
         ax.set_ylabel("test accuracy in LiteRT (%)")
         ax.legend(fontsize=7, title="o full integer, s float compute", title_fontsize=7)
@@ -209,7 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-emulate", dest="emulate", action="store_false",
                         help="Skip the qemu instruction counts.")
     parser.add_argument("--out", default="benchmarks/results/mixed_precision.json")
+    parser.add_argument("--replot", action="store_true",
+                        help="Only redraw the PNG from the JSON of --out.")
     args = parser.parse_args(argv)
+    if args.replot:
+        import json
+
+        with open(args.out) as f:
+            print(plot(json.load(f)["rows"], os.path.splitext(args.out)[0] + ".png"))
+        return 0
 
     started = time.perf_counter()
     rows = []
