@@ -544,7 +544,7 @@ class FlatbufferModel:
                 granularity = "float"
             else:
                 granularity = "per-channel" if len(stored.scale) > 1 else "per-tensor"
-            activation = self.tensors[op.inputs[0]]
+            activation = self.tensors[op.inputs[2 if op.name == "TRANSPOSE_CONV" else 0]]
             output = self.tensors[op.outputs[0]] if op.outputs else activation
             rows.append({"op": f"{op.index} {op.name}", "layer": output.name.split(";")[0],
                          "weight_dtype": stored.dtype, "weight_bits": stored.bits,

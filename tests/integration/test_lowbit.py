@@ -19,6 +19,11 @@ def _accuracy(artifact, x, y):
     return float(np.mean(TFLiteRunner(artifact.content).predict(x).argmax(1) == y))
 
 
+def _layer_names(model, kind):
+    """Names of the model's layers of a Keras class (they depend on what the session built)."""
+    return [layer.name for layer in model.layers if type(layer).__name__ == kind]
+
+
 def _one_tensor_model(dtype: int, shape: list[int], data: bytes) -> bytes:
     """A flatbuffer with one constant tensor (and an input, so it has a subgraph I/O)."""
     model = schema.ModelT()
@@ -107,10 +112,11 @@ def test_mixed_precision_budget_and_manual_bits(trained_digits_cnn, digits, digi
     assert report["reached"] and report["final_loss"] <= 0.01
     assert within.size_bytes < report["int8_bytes"]  # some layers went to 4 bits
 
-    manual = tfedge.convert(trained_digits_cnn, x_train[:300], bits={"dense": 4})
+    hidden = _layer_names(trained_digits_cnn, "Dense")[0]  # "dense" (or dense_1, ...)
+    manual = tfedge.convert(trained_digits_cnn, x_train[:300], bits={hidden: 4})
     by_layer = {r["layer"].split("/")[1] if "/" in r["layer"] else r["layer"]: r["weight_bits"]
                 for r in manual.flatbuffer.layer_bits()}
-    assert by_layer["dense"] == 4 and sorted(by_layer.values()).count(4) == 1
+    assert by_layer[hidden] == 4 and sorted(by_layer.values()).count(4) == 1
 
     with pytest.raises(ValueError, match="no weight layer 'dense_9'"):
         tfedge.convert(trained_digits_cnn, x_train[:300], bits={"dense_9": 4})
@@ -132,8 +138,9 @@ def test_unreachable_budget_says_so_and_returns_the_best_found(trained_digits_cn
         "mixed_precision"]["message"]
 
 
-def test_export_micro_refuses_w4a8_with_tflms_reason(w4a8, digits, tmp_path):
-    _, (x_test, _) = digits
+def test_export_micro_refuses_w4a8_with_tflms_reason(w4a8, trained_digits_cnn, digits,
+                                                     tmp_path):
+    (x_train, _), (x_test, _) = digits
     with pytest.raises(VerificationError) as err:
         tfedge.export_micro(w4a8, tmp_path / "micro", sample_inputs=x_test[:4])
     message = str(err.value)
@@ -141,3 +148,10 @@ def test_export_micro_refuses_w4a8_with_tflms_reason(w4a8, digits, tmp_path):
     assert "int4 filter with int8 input in FULLY_CONNECTED" in message
     assert "mode='int8'" in message
     assert not (tmp_path / "micro" / "model_data.cc").exists()
+
+    # int4 CONV_2D filters do run in TFLM (only FULLY_CONNECTED refuses them)
+    conv4 = tfedge.convert(trained_digits_cnn, x_train[:300],
+                           bits={name: 4 for name in _layer_names(trained_digits_cnn, "Conv2D")})
+    assert {r["weight_dtype"] for r in conv4.flatbuffer.layer_bits()} == {"INT4", "INT8"}
+    bundle = tfedge.export_micro(conv4, tmp_path / "conv4", sample_inputs=x_test[:8], max_diff=1)
+    assert bundle.arena_bytes > 0
