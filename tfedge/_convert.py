@@ -40,8 +40,9 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from tfedge.artifact import (INTEGER_MODES, MODE_DESCRIPTIONS, MODES, TFLiteArtifact,
-                             check_full_integer, runtime_settings, trust)
+from tfedge import lowbit
+from tfedge.artifact import (INTEGER_MODES, LOWBIT_MODES, MODE_DESCRIPTIONS, MODES,
+                             TFLiteArtifact, check_full_integer, runtime_settings, trust)
 from tfedge.calibration import (check_representative_range, data_range, representative_samples,
                                 split_eval_data)
 from tfedge.errors import ConversionError
@@ -152,7 +153,7 @@ def _convert_sparse(source: ModelSource, mode: str, samples: list[np.ndarray] | 
 def _validate_args(mode: str, input_type: str | None, output_type: str | None
                    ) -> tuple[str, str]:
     if mode not in MODES:
-        raise ValueError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
+        raise ValueError(f"Unknown mode {mode!r}; use one of {', '.join(MODES + LOWBIT_MODES)}.")
     default_io = "int8" if mode == "int8" else "float32"
     input_type = input_type or default_io
     output_type = output_type or default_io
@@ -172,6 +173,8 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
             per_channel: bool = True, sparse: bool = False,
             tolerance: float | None = None, eval_data: Any = None,
             custom_objects: dict[str, Any] | None = None,
+            max_size_bytes: int | None = None,
+            bits: dict[str, int] | None = None,
             strict: bool = False) -> TFLiteArtifact:
     """Converts a model to a TFLite flatbuffer.
 
@@ -219,6 +222,18 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
             ``tolerance``; when given, the artifact is also validated on it
             and the result goes into its model card.
         custom_objects: custom layers, for loading a ``.keras`` / ``.h5`` file.
+        max_size_bytes: mixed precision (``mode="mixed_precision"``, implied
+            when ``max_size_bytes`` or ``bits`` is given): the largest
+            accepted file; each layer's bit width (4, 8, or 16x8) is chosen
+            by measured sensitivity to meet it at the least accuracy cost.
+            With ``mode="mixed_precision"``, ``tolerance`` asks instead for
+            the smallest model within that loss on ``eval_data``. See
+            :mod:`tfedge.lowbit` for these and the other low-bit modes
+            (``"w4a8"``, ``"int4_weights"``, ``"int4_blockwise"``,
+            ``"int2_blockwise"``, ``"litert_int8"``), which need
+            ``pip install litert-quantizer``.
+        bits: per-layer bit widths fixed by hand, e.g. ``{"dense_1": 4}``
+            (4: int4 weights; 8: int8; 16: int16 activations, int8 weights).
         strict: raise instead of warning when the representative data look
             preprocessed differently from what the model expects (0..255
             pixels for a model without a Rescaling layer, a range far from
@@ -244,6 +259,22 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
     >>> art = tfedge.convert(model, x_train[:300], tolerance=0.01,
     ...                      eval_data=(x_val, y_val))  # doctest: +SKIP
     """
+    # --- below 8 bits: the LiteRT Quantizer (tfedge/lowbit.py) ---
+    if (max_size_bytes is not None or bits) and mode == "int8":
+        mode = "mixed_precision"
+    if mode in LOWBIT_MODES:
+        if sparse:
+            raise ValueError(f"sparse=True is not supported with mode={mode!r}.")
+        return lowbit.convert_lowbit(
+            model, representative_data, mode=mode, input_type=input_type,
+            output_type=output_type, num_samples=num_samples, batch_size=batch_size,
+            signature=signature, tolerance=tolerance, eval_data=eval_data,
+            custom_objects=custom_objects, max_size_bytes=max_size_bytes, bits=bits,
+            allow_float_ops=allow_float_ops)
+    if max_size_bytes is not None or bits:
+        raise ValueError(f"max_size_bytes= and bits= choose per-layer bit widths: use "
+                         f"mode='mixed_precision' (or leave mode out), not mode={mode!r}.")
+    # --- end of the low-bit dispatch ---
     started = time.perf_counter()
     input_type, output_type = _validate_args(mode, input_type, output_type)
     if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:

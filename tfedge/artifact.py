@@ -15,6 +15,7 @@ the CLI's ``inspect`` and ``check`` load this module without it.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -35,7 +36,19 @@ from tfedge.metadata import read_signatures
 from tfedge.report import format_table, write_atomic
 
 MODES = ("int8", "int16x8", "float16", "dynamic_range", "float32")
+# Below 8 bits, through the LiteRT Quantizer: tfedge/lowbit.py.
+LOWBIT_MODES = ("w4a8", "int4_weights", "int4_blockwise", "int2_blockwise", "litert_int8",
+                "mixed_precision")
 MODE_DESCRIPTIONS = {
+    "w4a8": "full integer: int4 weights on CONV_2D / FULLY_CONNECTED, int8 elsewhere, "
+            "int8 activations",
+    "int4_weights": "int4 weights (int8 where LiteRT has no int4 kernel), float activations",
+    "int4_blockwise": "int4 FULLY_CONNECTED weights in blocks of 32, int8 elsewhere, "
+                      "activations quantized on the fly",
+    "int2_blockwise": "int2 FULLY_CONNECTED weights in blocks of 32, int8 elsewhere, "
+                      "activations quantized on the fly",
+    "litert_int8": "full integer: int8 weights and activations (LiteRT Quantizer)",
+    "mixed_precision": "full integer: per-layer int4 / int8 weights, int8 / int16 activations",
     "int8": "full integer: int8 weights and activations",
     "int16x8": "int16 activations, int8 weights",
     "float16": "float16 weights, float32 compute",
@@ -182,6 +195,9 @@ class TFLiteArtifact:
         fb = self.flatbuffer
         if any(fb.is_sparse(fb.stored_tensor(w.index)) for _, w in fb.weight_tensors()):
             text += ", sparse-encoded weights"
+        weight_bits = collections.Counter(row["weight_dtype"] for row in fb.layer_bits())
+        if set(weight_bits) & set(flatbuffer.SUB_BYTE_BITS):
+            text += ", weights " + ", ".join(f"{t} x{n}" for t, n in sorted(weight_bits.items()))
         return text
 
     def runtime_settings(self) -> dict[str, Any]:
@@ -254,6 +270,15 @@ class TFLiteArtifact:
         sparse = self.details.get("sparse")
         if sparse:
             lines.append(f"sparse: {sparse['summary']}")
+        bits = self.flatbuffer.layer_bits()
+        if any(r["weight_dtype"] in flatbuffer.SUB_BYTE_BITS for r in bits):
+            lines.append(format_table(
+                ["op", "layer", "weights", "granularity", "activations", "weight bytes"],
+                [[r["op"], r["layer"][:48], r["weight_dtype"], r["granularity"],
+                  r["activation_dtype"], f"{r['weight_bytes']:,}"] for r in bits]))
+        mixed = self.details.get("mixed_precision")
+        if mixed:
+            lines.append(f"mixed precision: {mixed['message']}")
         if self.runtime and self.runtime.get("op_resolver") != "auto":
             lines.append(f"runtime: needs op_resolver={self.runtime['op_resolver']!r}: "
                          f"{self.runtime['reason']}")
@@ -426,6 +451,16 @@ def infer_mode(fb: flatbuffer.FlatbufferModel) -> str:
     activations = {fb.tensors[t].dtype for op in fb.ops for t in op.outputs
                    if t >= 0 and op.name not in ("DEQUANTIZE", "DENSIFY")}
     weights = {fb.tensors[fb.stored_tensor(w.index)].dtype for _, w in fb.weight_tensors()}
+    if weights & set(flatbuffer.SUB_BYTE_BITS):  # LiteRT Quantizer output (tfedge/lowbit.py)
+        rows = fb.layer_bits()
+        if not fb.float_ops():
+            return "w4a8" if activations <= {"INT8", "INT32"} and {
+                r["weight_dtype"] for r in rows if r["op"].split()[1] in ("CONV_2D",
+                                                                           "FULLY_CONNECTED")
+            } == {"INT4"} else "mixed_precision"
+        if any(r["granularity"].startswith("blockwise") for r in rows):
+            return "int2_blockwise" if "INT2" in weights else "int4_blockwise"
+        return "int4_weights"
     if "INT16" in activations:
         return "int16x8"
     if activations & {"INT8", "UINT8"}:

@@ -36,7 +36,8 @@ def tool_versions() -> dict[str, str | None]:
     return {"tfedge": _version("tfedge"), "tensorflow": tf_version,
             "tf_keras": _version("tf-keras"),
             "tensorflow_model_optimization": _version("tensorflow-model-optimization"),
-            "ai_edge_litert": _version("ai-edge-litert")}
+            "ai_edge_litert": _version("ai-edge-litert"),
+            "litert_quantizer": _version("litert-quantizer")}
 
 
 def model_card(artifact: Any, *, name: str, description: str = "",
@@ -59,6 +60,7 @@ def model_card(artifact: Any, *, name: str, description: str = "",
         ``size_bytes``, ``runtime`` (the LiteRT settings it needs),
         ``io_quantization``, ``model`` (tensors, ops, signatures, how it was
         converted), ``weight_sparsity`` (per layer, with its encoding),
+        ``layer_bits`` (each layer's weight and activation bit width),
         ``validation``, ``benchmark``, ``tools``.
     """
     def as_dict(value):
@@ -84,6 +86,7 @@ def model_card(artifact: Any, *, name: str, description: str = "",
             for t in tensors],
         "model": artifact.to_dict(),
         "weight_sparsity": artifact.flatbuffer.weight_sparsity(),
+        "layer_bits": artifact.flatbuffer.layer_bits(),
         "labels": labels,
         "validation": as_dict(validation),
         "benchmark": as_dict(benchmark),

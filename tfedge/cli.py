@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tfedge import _quiet
-from tfedge.artifact import MODES, load
+from tfedge.artifact import LOWBIT_MODES, MODES, load
 from tfedge.card import card_path
 from tfedge.data import load_digits
 from tfedge.errors import TFEdgeError
@@ -126,7 +126,8 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="Show a .tflite file's tensors, quantization and ops.",
                        description="Read a .tflite flatbuffer and print its inputs and "
                                    "outputs (shape, dtype, scale, zero point), op counts, "
-                                   "and per-layer weight sparsity.")
+                                   "per-layer weight sparsity and, for int4 / int2 models, "
+                                   "each layer's bit widths.")
     p.add_argument("model", help="Path to a .tflite file.")
     p.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
     p.set_defaults(func=_run_inspect)
@@ -136,7 +137,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
     artifact = load(args.model)
     if args.json:
         print(json.dumps({**artifact.to_dict(),
-                          "weight_sparsity": artifact.flatbuffer.weight_sparsity()}, indent=2))
+                          "weight_sparsity": artifact.flatbuffer.weight_sparsity(),
+                          "layer_bits": artifact.flatbuffer.layer_bits()}, indent=2))
     else:
         print(artifact)
     return 0
@@ -433,10 +435,15 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="The .tflite file to write; its card goes beside it "
                         "(model.tflite -> model_card.json).")
-    p.add_argument("--mode", choices=MODES, default="int8",
+    p.add_argument("--mode", choices=MODES + LOWBIT_MODES, default="int8",
                    help="int8: full integer (default); int16x8: int16 activations, int8 "
                         "weights; float16: float16 weights; dynamic_range: int8 weights, float "
-                        "activations; float32: no quantization.")
+                        "activations; float32: no quantization. Below 8 bits (LiteRT "
+                        "Quantizer): w4a8, int4_weights, int4_blockwise, int2_blockwise, "
+                        "litert_int8, mixed_precision (with --max-size-bytes or --tolerance).")
+    p.add_argument("--max-size-bytes", type=int,
+                   help="Mixed precision: choose each layer's bit width (4, 8, 16x8) to fit "
+                        "the .tflite in this many bytes at the least accuracy cost.")
     p.add_argument("--representative-data", metavar="FILE",
                    help="Calibration inputs for int8/int16x8, preprocessed as for training: "
                         "a .npy array of samples, or " + _NPZ_HELP + ".")
@@ -595,7 +602,7 @@ def _run_convert(args: argparse.Namespace) -> int:
                        batch_size=None if args.dynamic_batch else args.batch_size,
                        signature=args.signature, per_channel=not args.per_tensor,
                        sparse=args.sparse, tolerance=args.tolerance, eval_data=eval_data,
-                       strict=args.strict)
+                       max_size_bytes=args.max_size_bytes, strict=args.strict)
     path = artifact.save(args.output, name=args.name)
     report = None
     if args.debug_report:

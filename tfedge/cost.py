@@ -18,7 +18,7 @@ import math
 import os
 from typing import Any
 
-from tfedge.flatbuffer import FlatbufferModel
+from tfedge.flatbuffer import FlatbufferModel, packed_bytes
 from tfedge.report import format_table
 
 # Integer operand types whose constants are shapes, axes or sizes, not
@@ -149,7 +149,7 @@ def _op_macs(fb: FlatbufferModel, op) -> tuple[int, str]:
 
 def _bytes(fb: FlatbufferModel, index: int) -> int:
     info = fb.tensors[index]
-    return _prod(info.shape) * info.numpy_dtype.itemsize
+    return packed_bytes(_prod(info.shape), info.dtype) or 0  # INT4 / INT2: packed
 
 
 def _as_flatbuffer(model: Any) -> FlatbufferModel:

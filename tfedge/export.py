@@ -630,8 +630,14 @@ def export_micro(artifact: Any, out_dir: str | os.PathLike, *, sample_inputs: An
                         "convert with input_type='int8' for microcontrollers.")
     inputs, source = _sample_inputs(artifact, sample_inputs)
     reference = litert_outputs(artifact.content, inputs)
-    run = micro.run_tflm(artifact.content, inputs, num_outputs=len(artifact.outputs),
-                         arena_size=None if arena_size is None else int(arena_size))
+    try:
+        run = micro.run_tflm(artifact.content, inputs, num_outputs=len(artifact.outputs),
+                             arena_size=None if arena_size is None else int(arena_size))
+    except VerificationError as err:  # int4 / int2 weights: say why, and what runs instead
+        reason = micro.low_bit_refusal(artifact, str(err))
+        if reason is None:
+            raise
+        raise VerificationError(f"{reason} The embedded bundle was not written.") from err
     if arena_size is None:
         stated, arena_facts = run.arena_bytes + ARENA_HEADROOM, {
             "arena_min_bytes": run.arena_bytes, "arena_recorded_bytes": run.recorded_bytes,

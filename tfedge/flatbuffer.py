@@ -33,6 +33,36 @@ _NUMPY_TYPES = {
     "BOOL": np.bool_,
 }
 FLOAT_TYPES = frozenset({"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"})
+# Sub-byte integer types: values packed into bytes, low bits first, in ceil(n * bits / 8)
+# bytes (as the LiteRT Quantizer writes them and LiteRT's kernels read them).
+SUB_BYTE_BITS = {"INT4": 4, "UINT4": 4, "INT2": 2}
+_ITEM_BITS = {"FLOAT32": 32, "FLOAT16": 16, "FLOAT64": 64, "BFLOAT16": 16, "INT8": 8,
+              "UINT8": 8, "INT16": 16, "UINT16": 16, "INT32": 32, "UINT32": 32, "INT64": 64,
+              "UINT64": 64, "BOOL": 8, **SUB_BYTE_BITS}
+
+
+def type_bits(dtype: str) -> int | None:
+    """Bits per element of a schema type name (``"INT4"`` -> 4), or None if unknown."""
+    return _ITEM_BITS.get(dtype)
+
+
+def packed_bytes(num_elements: int, dtype: str) -> int | None:
+    """Bytes a dense tensor of ``num_elements`` takes in the file (sub-byte types packed)."""
+    bits = type_bits(dtype)
+    return None if bits is None else -(-int(num_elements) * bits // 8)
+
+
+def unpack_sub_byte(raw: bytes, dtype: str, num_elements: int) -> np.ndarray:
+    """Packed INT4 / UINT4 / INT2 values as an int8 array (sign-extended for signed types)."""
+    bits = SUB_BYTE_BITS[dtype]
+    per_byte = 8 // bits
+    data = np.frombuffer(raw, dtype=np.uint8)
+    shifts = (np.arange(per_byte, dtype=np.uint8) * bits)
+    values = ((data[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[:num_elements]
+    values = values.astype(np.int8)
+    if dtype.startswith("INT"):
+        values = np.where(values >= 1 << (bits - 1), values - (1 << bits), values).astype(np.int8)
+    return values
 
 # Ops whose input 1 is a weight tensor ("kernel"), as the converter lays them out.
 WEIGHT_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED",
@@ -70,6 +100,17 @@ class TensorInfo:
     @property
     def is_quantized(self) -> bool:
         return bool(self.scale)
+
+    @property
+    def bits(self) -> int | None:
+        """Bits per element (``INT4``: 4), or None for a type without a fixed width."""
+        return type_bits(self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the tensor's values take when dense (sub-byte types packed), 0 if unknown."""
+        size = int(np.prod(self.shape)) if self.shape else 1
+        return packed_bytes(size, self.dtype) or 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -231,8 +272,10 @@ def _check_structure(model: "schema.ModelT") -> None:
             if tensor.sparsity is not None:
                 _check_sparsity(tensor, shape, 0 if data is None else len(data),
                                 np.dtype(dtype).itemsize if dtype is not None else 0)
-            elif data is not None and len(data) and dtype is not None:
-                expected = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+            elif data is not None and len(data) and (
+                    dtype is not None or _TYPE_NAMES[tensor.type] in SUB_BYTE_BITS):
+                expected = packed_bytes(int(np.prod(shape, dtype=object)),
+                                        _TYPE_NAMES[tensor.type])
                 if len(data) != expected:
                     raise ValueError(f"constant tensor of shape {shape} has {len(data)} bytes "
                                      f"of data, not {expected}")
@@ -338,6 +381,7 @@ class FlatbufferModel:
     def constant(self, tensor_index: int) -> np.ndarray | None:
         """The constant data of a tensor (weights, biases), or None.
 
+        Sub-byte tensors (``INT4``, ``INT2``) come back unpacked, as int8 values.
         Sparse-encoded tensors return None: their buffer holds only the
         non-zero values (see :meth:`is_sparse`).
         """
@@ -346,9 +390,12 @@ class FlatbufferModel:
         if data is None or len(data) == 0 or tensor.sparsity is not None:
             return None
         info = self.tensors[tensor_index]
-        if info.numpy_dtype.itemsize == 0:  # a type NumPy has no match for (e.g. INT4)
-            return None
         raw = np.asarray(data, dtype=np.uint8).tobytes()
+        if info.dtype in SUB_BYTE_BITS:  # packed: unpacked into int8 values
+            size = int(np.prod(info.shape)) if info.shape else 1
+            return unpack_sub_byte(raw, info.dtype, size).reshape(info.shape)
+        if info.numpy_dtype.itemsize == 0:  # a type NumPy has no match for
+            return None
         return np.frombuffer(raw, dtype=info.numpy_dtype).reshape(info.shape)
 
     def is_sparse(self, tensor_index: int) -> bool:
@@ -467,8 +514,41 @@ class FlatbufferModel:
                     continue
                 zp = info.zero_point[0] if info.zero_point else 0
                 zeros = int(np.count_nonzero(data == zp))
-                extra = {"encoding": "dense", "block": None, "stored_bytes": int(data.nbytes)}
+                extra = {"encoding": "dense", "block": None, "stored_bytes": info.nbytes}
             rows.append({"op": op.name, "tensor": info.name, "shape": list(info.shape),
                          "dtype": info.dtype, "size": size,
                          "sparsity": zeros / max(size, 1), **extra})
+        return rows
+
+    def layer_bits(self) -> list[dict[str, Any]]:
+        """The bit width of each convolution / fully-connected op's weights and activations.
+
+        Returns:
+            One row per weight op, in execution order: ``op`` (index and
+            name), ``layer`` (its output tensor's name), ``weight_dtype`` and
+            ``weight_bits`` (of the stored weights, e.g. ``INT4`` / 4, read
+            through a DEQUANTIZE for weight-only models), ``granularity``
+            (``"per-channel"``, ``"per-tensor"``, ``"blockwise-<n>"`` or
+            ``"float"``), ``activation_dtype`` / ``activation_bits`` (of
+            the op's input), ``weight_bytes`` (in the file, packed) and
+            ``compute`` (``"integer"`` or ``"float"``).
+        """
+        rows = []
+        for op, weight in self.weight_tensors():
+            stored = self.tensors[self.stored_tensor(weight.index)]
+            quant = self._subgraph.tensors[stored.index].quantization
+            if quant is not None and quant.details is not None and \
+                    hasattr(quant.details, "blockSize"):
+                granularity = f"blockwise-{int(quant.details.blockSize)}"
+            elif stored.dtype in FLOAT_TYPES:
+                granularity = "float"
+            else:
+                granularity = "per-channel" if len(stored.scale) > 1 else "per-tensor"
+            activation = self.tensors[op.inputs[2 if op.name == "TRANSPOSE_CONV" else 0]]
+            output = self.tensors[op.outputs[0]] if op.outputs else activation
+            rows.append({"op": f"{op.index} {op.name}", "layer": output.name.split(";")[0],
+                         "weight_dtype": stored.dtype, "weight_bits": stored.bits,
+                         "granularity": granularity, "activation_dtype": activation.dtype,
+                         "activation_bits": activation.bits, "weight_bytes": stored.nbytes,
+                         "compute": "float" if activation.dtype in FLOAT_TYPES else "integer"})
         return rows

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfedge.errors import UnsupportedModelError, VerificationError
-from tfedge.flatbuffer import _op_name, _parse  # the reader's own parse, cached
+from tfedge.flatbuffer import SUB_BYTE_BITS, _op_name, _parse  # the reader's own parse, cached
 from tfedge.report import write_json
 
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tflm_worker.py")
@@ -385,3 +385,52 @@ def run_tflm(content: bytes, inputs: Sequence[np.ndarray], *, num_outputs: int =
 
 _STAGES = {"start": "starting", "load": "loading the model and allocating its tensors",
            "measure": "measuring the tensor arena", "invoke": "running the samples"}
+
+
+# TFLM's prepare failures: "<file>.cc:<line> <check> was not true." or "<file>.cc <message>.",
+# then "Node <OP> (number <n>) failed to prepare".
+_PREPARE_FAILURE = re.compile(r"([\w/]+\.cc(?::\d+)?) (.*?)(?: was not true)?\.?\s*\n"
+                              r"(?:.*?Node (\w+) \(number (\d+)\) failed to prepare)?", re.S)
+
+
+def low_bit_refusal(artifact: Any, tflm_message: str) -> str | None:
+    """Why TFLM refuses a model with int4 / int2 tensors, and what to convert instead.
+
+    Args:
+        artifact: the model (a :class:`~tfedge.artifact.TFLiteArtifact`).
+        tflm_message: TFLM's error (from :func:`run_tflm`).
+
+    Returns:
+        The explanation, naming TFLM's check (``file.cc:line``), the op and
+        its tensor types, and the mode that runs in TFLM; None when the model
+        has no sub-byte tensor (the failure is something else).
+    """
+    fb = artifact.flatbuffer
+    low = [t for t in fb.tensors if t.dtype in SUB_BYTE_BITS]
+    if not low:
+        return None
+    match = _PREPARE_FAILURE.search(tflm_message)
+    where = "TFLM rejects it"
+    if match:
+        where, check = match.group(1).split("/")[-1], match.group(2)
+        if match.group(4) is not None:
+            op = fb.ops[int(match.group(4))]
+            # the weight (input 1) of a weight op; the first input of any other op
+            tensors = [fb.tensors[t] for t in op.inputs if t >= 0]
+            if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and len(tensors) > 1:
+                stored = fb.tensors[fb.stored_tensor(op.inputs[1])]
+                where += (f": {stored.dtype.lower()} filter with {tensors[0].dtype.lower()} input "
+                          f"in {op.name} (op {op.index}) fails to prepare")
+            else:
+                where += (f": {op.name} (op {op.index}) on {tensors[0].dtype.lower()} input "
+                          "fails to prepare")
+        where += f" ({check})"
+    kinds = sorted({t.dtype for t in low})
+    fc = match is not None and match.group(3) == "FULLY_CONNECTED"
+    return (f"TFLite Micro (tflite-micro {tflm_version()}) cannot run this model, whose "
+            f"weights are {'/'.join(kinds)}: {where}. Convert it with mode='int8' (full int8 "
+            "runs in TFLM)" + (
+                ", or with mixed precision keeping every FULLY_CONNECTED layer at 8 bits "
+                "(bits={'<dense layer>': 8, ...}): TFLM prepares int4 CONV_2D filters with "
+                "int8 input" if fc else "") +
+            "; the other low-bit modes are for LiteRT (phones, Linux boards).")

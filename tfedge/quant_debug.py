@@ -228,6 +228,25 @@ def _layer_of(fb: Any, op: Any, known: set[str]) -> str:
     return f"{op.name.lower()}_{op.index}"
 
 
+def layer_groups(fb: Any, keras_model: Any = None) -> dict[str, list[Any]]:
+    """The ops of a flatbuffer grouped by the Keras layer they come from, in order.
+
+    Args:
+        fb: a :class:`~tfedge.flatbuffer.FlatbufferModel`.
+        keras_model: the source Keras model (its layer names), or None.
+
+    Returns:
+        Layer name -> its :class:`~tfedge.flatbuffer.OpInfo` list (ops
+        without outputs are left out).
+    """
+    known = _keras_layer_names(keras_model) if keras_model is not None else set()
+    groups: dict[str, list[Any]] = {}
+    for op in fb.ops:
+        if any(t >= 0 for t in op.outputs):
+            groups.setdefault(_layer_of(fb, op, known), []).append(op)
+    return groups
+
+
 # ----------------------------------------------------------------------------
 # A debugging session: calibrate once, quantize selectively many times
 # ----------------------------------------------------------------------------
@@ -235,6 +254,50 @@ def _loss_metric(reference: np.ndarray, y: np.ndarray | None) -> str:
     if reference.ndim == 2 and reference.shape[1] > 1:
         return "accuracy drop" if y is not None else "top-1 disagreement"
     return "relative output RMSE"
+
+
+class OutputLoss:
+    """A quantized model's loss against the float model on fixed data.
+
+    The loss is the accuracy drop against the float model (labels given,
+    classifier), the top-1 disagreement with it (no labels), or the output
+    RMSE relative to the float output's standard deviation (other outputs).
+
+    Args:
+        reference: the float model's outputs on ``x`` (first output).
+        x: the inputs.
+        y: their labels, or None.
+        output_name: the signature output to compare.
+    """
+
+    def __init__(self, reference: np.ndarray, x: np.ndarray, y: np.ndarray | None = None,
+                 output_name: str | None = None):
+        self.x, self.y, self.output_name = x, y, output_name
+        self.reference = np.asarray(reference, np.float64).reshape(len(x), -1)
+        self.metric = _loss_metric(self.reference, y)
+        self.float_accuracy = None
+        if y is not None and self.metric == "accuracy drop":
+            self.float_accuracy = float(np.mean(self.reference.argmax(1) == class_labels(y)))
+
+    def __call__(self, content: bytes, op_resolver: str | None = None) -> tuple[float, float]:
+        """(loss, relative output RMSE) of a flatbuffer against the float model."""
+        out = run_outputs(content, self.x, op_resolver, output_name=self.output_name)
+        out = np.asarray(out, np.float64).reshape(len(out), -1)
+        ref = self.reference
+        rmse = float(np.sqrt(np.mean((out - ref) ** 2)) / (np.std(ref) or 1.0))
+        if not np.isfinite(out).all():
+            rmse = float("inf")
+        if self.metric == "accuracy drop":
+            return self.float_accuracy - float(np.mean(out.argmax(1) == class_labels(self.y))), rmse
+        if self.metric == "top-1 disagreement":
+            return 1.0 - float(np.mean(out.argmax(1) == ref.argmax(1))), rmse
+        return rmse, rmse
+
+    def accuracy(self, content: bytes, op_resolver: str | None = None) -> float | None:
+        """Top-1 accuracy of a flatbuffer on the labelled data (None without labels)."""
+        if self.float_accuracy is None:
+            return None
+        return self.float_accuracy - self(content, op_resolver)[0]
 
 
 class DebugSession:
@@ -274,13 +337,10 @@ class DebugSession:
         stats = {row["tensor_name"]: row for row in csv.DictReader(io.StringIO(dump.getvalue()))}
 
         fb = FlatbufferModel(self.calibrated)
-        known = _keras_layer_names(source.keras_model) if source.keras_model is not None else set()
         self.groups: dict[str, LayerError] = {}
-        for op in fb.ops:
+        ops_by_layer = layer_groups(fb, source.keras_model)
+        for name, op in ((n, op) for n, ops in ops_by_layer.items() for op in ops):
             outputs = [fb.tensors[t].name for t in op.outputs if t >= 0]
-            if not outputs:
-                continue
-            name = _layer_of(fb, op, known)
             group = self.groups.setdefault(name, LayerError(layer=name, ops=[], tensors=[]))
             group.ops.append(op.name)
             group.tensors.extend(outputs)
@@ -295,11 +355,10 @@ class DebugSession:
             group.mean_squared_error = _max(group.mean_squared_error, mse)
             group.max_abs_error = _max(group.max_abs_error, _float(row.get("max_abs_error")))
 
-        self.reference = np.asarray(source.reference(eval_x), np.float64).reshape(len(eval_x), -1)
-        self.metric = _loss_metric(self.reference, eval_y)
-        self.float_accuracy = None
-        if eval_y is not None and self.metric == "accuracy drop":
-            self.float_accuracy = float(np.mean(self.reference.argmax(1) == class_labels(eval_y)))
+        self._loss = OutputLoss(source.reference(eval_x), eval_x, eval_y,
+                                source.signature.outputs[0])
+        self.reference, self.metric = self._loss.reference, self._loss.metric
+        self.float_accuracy = self._loss.float_accuracy
 
     def quantized(self, float_layers: list[str] = (), input_type: str = "float32",
                  output_type: str = "float32") -> bytes:
@@ -318,17 +377,7 @@ class DebugSession:
 
     def loss(self, content: bytes) -> tuple[float, float]:
         """(loss, relative output RMSE) of a flatbuffer against the float model."""
-        out = run_outputs(content, self.eval_x, output_name=self.source.signature.outputs[0])
-        out = np.asarray(out, np.float64).reshape(len(out), -1)
-        ref = self.reference
-        rmse = float(np.sqrt(np.mean((out - ref) ** 2)) / (np.std(ref) or 1.0))
-        if not np.isfinite(out).all():
-            rmse = float("inf")
-        if self.metric == "accuracy drop":
-            return self.float_accuracy - float(np.mean(out.argmax(1) == class_labels(self.eval_y))), rmse
-        if self.metric == "top-1 disagreement":
-            return 1.0 - float(np.mean(out.argmax(1) == ref.argmax(1))), rmse
-        return rmse, rmse
+        return self._loss(content)
 
     def layer_errors(self, output_effects: bool = True) -> list[LayerError]:
         """Every layer with its output effect measured (unless not asked), worst first."""
