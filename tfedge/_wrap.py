@@ -47,6 +47,7 @@ from tfedge import cluster as cluster_lib
 from tfedge import distill as distill_lib
 from tfedge import keras3 as keras3_lib
 from tfedge import lowrank as lowrank_lib
+from tfedge import prepare as prepare_lib
 from tfedge import prune as prune_lib
 from tfedge import quantize as quantize_lib
 from tfedge._keras import is_keras3_model, keras
@@ -319,6 +320,8 @@ class EdgeModel(keras.Model):
             network = self._strip_pruning(network)
         elif self.phase == "cluster":
             network = cluster_lib.strip_clustering(network)
+        if self.phase != "train":  # every hand-over goes through the same preparation
+            network = prepare_lib.prepare_model(network)[0]
         phase = self.phases[index]
         if phase.name == "prune" and self._channels is not None:
             network = self._channels.apply(network)
@@ -629,7 +632,8 @@ def wrap(model: Any, *, prune: Any = None, quantize: Any = None, cluster: Any = 
     source_sparsity = 0.0
     if qat_config is not None and prune_config is None:
         source_sparsity = prune_lib.sparsity_report(model).overall
-    network, factorization = clone_model(model), None
+    network, preparation = prepare_lib.prepare_model(clone_model(model))
+    factorization = None
     if factorize_config is not None:  # low-rank (tfedge.lowrank), before the first epoch
         network, factorization = lowrank_lib.factorize(network, factorize_config)
     edge = EdgeModel(network, source_name=model.name, prune_config=prune_config,
@@ -638,4 +642,5 @@ def wrap(model: Any, *, prune: Any = None, quantize: Any = None, cluster: Any = 
                      source_sparsity=source_sparsity)
     edge.keras3_bridge = bridge
     edge.factorization = factorization
+    edge.preparation = preparation  # what was rewritten for tfmot, and the check
     return edge

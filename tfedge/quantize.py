@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable, Iterator
 from absl import logging
 
 from tfedge._config import PhaseConfig
+from tfedge import prepare as prepare_lib
 from tfedge._keras import keras
 from tfedge.errors import UnsupportedModelError
 import tensorflow_model_optimization as tfmot
@@ -379,21 +380,24 @@ def apply_qat(model: Any, config: QATConfig, preserve: str = "none",
         raise UnsupportedModelError(
             f"QAT overrides name layer(s) not in the model: {', '.join(unknown)}. Layers: "
             f"{', '.join(layers)}.")
+    # tfedge.prepare's layers (and Multiply) come with their QuantizeConfigs.
+    layer_configs = {**prepare_lib.quantize_configs(model), **config.layer_configs}
+    layer_configs = {n: c for n, c in layer_configs.items() if n not in config.skip}
     skipped: dict[str, str] = {name: "skipped by the user (skip=)" for name in config.skip}
     for name, layer in layers.items():
-        if name in skipped or name in config.layer_configs:
+        if name in skipped or name in layer_configs:
             continue
         reason = _skip_reason(layer, registry)
         if reason:
             skipped[name] = reason
-    custom = _custom_objects(model, config)
+    custom = {**_custom_objects(model, config), **prepare_lib.CUSTOM_OBJECTS}
 
     def annotate(current_skip: dict[str, str]) -> Any:
         def fn(layer):
             if isinstance(layer, keras.layers.InputLayer) or layer.name in current_skip:
                 return layer
             return _tfmot_quant.quantize_annotate_layer(
-                layer, quantize_config=config.layer_configs.get(layer.name))
+                layer, quantize_config=layer_configs.get(layer.name))
         clone = keras.models.clone_model(model, clone_function=fn)
         clone.set_weights(model.get_weights())
         return clone
