@@ -304,13 +304,14 @@ class EdgeModel(keras.Model):
 
     def _dry_run_qat(self, network: Any) -> None:
         """Applies QAT once at wrap time so impossible cases fail before training."""
-        self.qat_plan = quantize_lib.apply_qat(clone_model(network), self.qat_config,
-                                               self._preserve())[1]
+        with prepare_lib.construction_without_autograph():
+            self.qat_plan = quantize_lib.apply_qat(clone_model(network), self.qat_config,
+                                                   self._preserve())[1]
 
     def _enter_phase(self, index: int) -> None:
         """Enters phase ``index`` in the distribution strategy the model was built
         under: the new wrappers' variables must be mirrored like the others."""
-        with self.distribute_strategy.scope():
+        with self.distribute_strategy.scope(), prepare_lib.construction_without_autograph():
             self._switch_phase(index)
 
     def _switch_phase(self, index: int) -> None:
@@ -632,7 +633,8 @@ def wrap(model: Any, *, prune: Any = None, quantize: Any = None, cluster: Any = 
     source_sparsity = 0.0
     if qat_config is not None and prune_config is None:
         source_sparsity = prune_lib.sparsity_report(model).overall
-    network, preparation = prepare_lib.prepare_model(clone_model(model))
+    with prepare_lib.construction_without_autograph():
+        network, preparation = prepare_lib.prepare_model(clone_model(model))
     factorization = None
     if factorize_config is not None:  # low-rank (tfedge.lowrank), before the first epoch
         network, factorization = lowrank_lib.factorize(network, factorize_config)

@@ -123,6 +123,19 @@ class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
         return {}
 
 
+def construction_without_autograph() -> Any:
+    """A context in which Keras builds graphs without AutoGraph-converting calls.
+
+    tf_keras AutoGraph-converts the ``call`` of every non-Keras layer (tfmot's
+    pruning and quantize wrappers) each time one is called on a Keras tensor;
+    on a 200-layer model that is most of ``wrap``'s time. Building the graph
+    needs no conversion (the wrappers branch with ``smart_cond``); ``fit``'s
+    own tf.function still converts as usual.
+    """
+    from tensorflow.python.autograph.core import ag_ctx  # pylint: disable=import-outside-toplevel
+    return ag_ctx.ControlStatusCtx(status=ag_ctx.Status.DISABLED)
+
+
 CUSTOM_OBJECTS = {"ConstantOp": ConstantOp, "HardSwish": HardSwish,
                   "OutputQuantizeConfig": OutputQuantizeConfig}
 
