@@ -303,10 +303,11 @@ class EdgeModel(keras.Model):
         return "sparsity" if pruned else "none"
 
     def _dry_run_qat(self, network: Any) -> None:
-        """Applies QAT once at wrap time so impossible cases fail before training."""
-        with prepare_lib.construction_without_autograph():
-            self.qat_plan = quantize_lib.apply_qat(clone_model(network), self.qat_config,
-                                                   self._preserve())[1]
+        """Plans QAT at wrap time so impossible cases (strict) fail before training.
+
+        Only the plan: tfmot's quantize_apply runs once, at the QAT phase."""
+        self.qat_plan = quantize_lib.apply_qat(network, self.qat_config, self._preserve(),
+                                               plan_only=True)[1]
 
     def _enter_phase(self, index: int) -> None:
         """Enters phase ``index`` in the distribution strategy the model was built

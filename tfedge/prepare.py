@@ -101,7 +101,15 @@ class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
     For layers without weights whose int8 TFLite kernel takes already
     quantized inputs (``ADD`` / ``MUL`` with a constant or a tensor,
     ``HARD_SWISH``): only the output range has to be learned.
+
+    Args:
+        quantize_output: False when the output is quantized by the layer that
+            consumes it (tfmot's Concatenate transform sets it; it is kept in
+            the config so copies of the QAT model agree).
     """
+
+    def __init__(self, quantize_output: bool = True):
+        self.quantize_output = quantize_output
 
     def get_weights_and_quantizers(self, layer):
         return []
@@ -116,11 +124,13 @@ class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
         pass
 
     def get_output_quantizers(self, layer):
+        if not self.quantize_output:
+            return []
         return [_quantizers.MovingAverageQuantizer(
             num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
 
     def get_config(self) -> dict[str, Any]:
-        return {}
+        return {"quantize_output": self.quantize_output}
 
 
 def construction_without_autograph() -> Any:
@@ -140,11 +150,33 @@ CUSTOM_OBJECTS = {"ConstantOp": ConstantOp, "HardSwish": HardSwish,
                   "OutputQuantizeConfig": OutputQuantizeConfig}
 
 
+# Layers tfmot's transforms fold a following BatchNormalization into.
+_FOLDS_BATCHNORM = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
+
+
+def _standalone_batchnorms(model: Any) -> set[str]:
+    """BatchNormalization layers tfmot cannot fold (DenseNet's after a Concatenate)."""
+    names = set()
+    for nodes in getattr(model, "_nodes_by_depth", {}).values():  # pylint: disable=protected-access
+        for node in nodes:
+            if isinstance(node.layer, keras.layers.BatchNormalization):
+                producer = node.inbound_layers
+                producer = producer[0] if isinstance(producer, (list, tuple)) else producer
+                if type(producer).__name__ not in _FOLDS_BATCHNORM:
+                    names.add(node.layer.name)
+    return names
+
+
 def quantize_configs(model: Any) -> dict[str, Any]:
-    """``{layer name: QuantizeConfig}`` for the layers this module introduces
-    (and ``Multiply``, which tfmot's registry lacks)."""
+    """``{layer name: QuantizeConfig}`` for the layers this module introduces,
+    ``Multiply`` (tfmot's registry lacks it) and BatchNormalization layers
+    with no Conv/Dense before them (tfmot's registry refuses them one by one,
+    each refusal costing a whole ``quantize_apply``; TFLite runs them as int8
+    ``MUL`` + ``ADD``)."""
+    standalone = _standalone_batchnorms(model)
     return {layer.name: OutputQuantizeConfig() for layer in model.layers
-            if isinstance(layer, (ConstantOp, HardSwish, keras.layers.Multiply))}
+            if isinstance(layer, (ConstantOp, HardSwish, keras.layers.Multiply))
+            or layer.name in standalone}
 
 
 # ----------------------------------------------------------------------------
@@ -249,12 +281,13 @@ def rewrite(model: Any) -> tuple[Any, dict[str, int]]:
         names.add(name)
         return name
 
-    def constant_op(x: Any, op: str, c: Any, name: str) -> Any:
+    def constant_op(x: Any, op: str, c: Any, name: str, replaces: bool = False) -> Any:
+        """``replaces``: ``name`` is that of the TFOpLambda replaced (free to reuse)."""
         c = np.asarray(c, "float32")
         if (op == "add" and not c.any()) or (op == "multiply" and (c == 1).all()):
             return x
         counts["ConstantOp"] += 1
-        return ConstantOp(op, c, name=fresh(name))(x)
+        return ConstantOp(op, c, name=name if replaces else fresh(name))(x)
 
     def value(v: Any) -> Any:
         return built[id(v)] if _is_keras_tensor(v) else v
@@ -292,14 +325,14 @@ def rewrite(model: Any) -> tuple[Any, dict[str, int]]:
         if x_tensor and _is_constant(y):
             y = np.asarray(y, "float32")
             if function in _SUB:
-                return constant_op(value(x), "add", -y, layer.name)
+                return constant_op(value(x), "add", -y, layer.name, True)
             if function in _DIV:
-                return constant_op(value(x), "multiply", 1.0 / y, layer.name)
+                return constant_op(value(x), "multiply", 1.0 / y, layer.name, True)
             return constant_op(value(x), "add" if function in _ADD else "multiply", y,
-                               layer.name)
+                               layer.name, True)
         if y_tensor and _is_constant(x) and function in _ADD + _MUL:
             return constant_op(value(y), "add" if function in _ADD else "multiply", x,
-                               layer.name)
+                               layer.name, True)
         return None
 
     for t in model.inputs:

@@ -343,8 +343,32 @@ def is_quantization_aware(model: Any) -> bool:
                for layer in _flat_layers(model))
 
 
+def _report_skipped(model: Any, config: QATConfig, layers: dict[str, Any],
+                    skipped: dict[str, str], log: Callable[..., None]) -> None:
+    """One warning naming the layers left in float (an error under ``strict``)."""
+    problems = {n: r for n, r in skipped.items() if n not in config.skip}
+    if problems:
+        listing = "\n".join(f"  {n}: {r}" for n, r in list(problems.items())[:_MAX_LISTED])
+        if len(problems) > _MAX_LISTED:
+            kinds = collections.Counter(type(layers[n]).__name__ for n in problems)
+            listing += (f"\n  ... {len(problems) - _MAX_LISTED} more (all: "
+                        + ", ".join(f"{k} x{v}" for k, v in kinds.most_common())
+                        + "; see the EdgeModel's qat_plan.skipped)")
+        if config.strict:
+            raise UnsupportedModelError(
+                f"QAT cannot quantize {len(problems)} layer(s) of {model.name!r} "
+                f"(strict=True):\n{listing}\nGive them a tfmot QuantizeConfig "
+                "(QATConfig(layer_configs={name: config})), list them in "
+                "QATConfig(skip=[...]) to keep them in float, or replace them.")
+        log("tfedge: QAT left %d layer(s) in float (they are calibrated at conversion "
+            "instead):\n%s\nPass QATConfig(strict=True) to make this an error, skip=[...] "
+            "to silence it, or layer_configs={name: QuantizeConfig} to quantize them.",
+            len(problems), listing)
+
+
 def apply_qat(model: Any, config: QATConfig, preserve: str = "none",
-              log: Callable[..., None] = logging.warning) -> tuple[Any, QuantizationPlan]:
+              log: Callable[..., None] = logging.warning,
+              plan_only: bool = False) -> tuple[Any, QuantizationPlan]:
     """Makes a quantization-aware copy of ``model`` with tfmot.
 
     Args:
@@ -354,6 +378,9 @@ def apply_qat(model: Any, config: QATConfig, preserve: str = "none",
         preserve: ``"none"``, ``"sparsity"``, ``"clusters"`` or
             ``"sparse_clusters"``: which tfmot collaborative scheme to use.
         log: where the warning about skipped layers goes.
+        plan_only: only decide what to quantize (and raise under ``strict``),
+            without running tfmot's ``quantize_apply``; returns ``(None, plan)``.
+            ``wrap`` uses it to fail early at the cost of a graph walk.
 
     Returns:
         ``(qat_model, plan)``: the model with tfmot's quantize wrappers, and a
@@ -402,6 +429,14 @@ def apply_qat(model: Any, config: QATConfig, preserve: str = "none",
         clone.set_weights(model.get_weights())
         return clone
 
+    if plan_only:
+        plan = QuantizationPlan(
+            scheme=config.scheme + ("" if preserve == "none" else f"+{preserve}_preserving"),
+            quantized=[n for n in layers if n not in skipped
+                       and not isinstance(layers[n], keras.layers.InputLayer)],
+            skipped=dict(skipped), inlined=inlined)
+        _report_skipped(model, config, layers, skipped, log)
+        return None, plan
     for _ in range(len(layers) + 1):
         if all(name in skipped for name in layers
                if not isinstance(layers[name], keras.layers.InputLayer)):
@@ -430,24 +465,7 @@ def apply_qat(model: Any, config: QATConfig, preserve: str = "none",
         quantized=[n for n in layers if n not in skipped
                    and not isinstance(layers[n], keras.layers.InputLayer)],
         skipped=skipped, inlined=inlined)
-    problems = {n: r for n, r in skipped.items() if n not in config.skip}
-    if problems:
-        listing = "\n".join(f"  {n}: {r}" for n, r in list(problems.items())[:_MAX_LISTED])
-        if len(problems) > _MAX_LISTED:
-            kinds = collections.Counter(type(layers[n]).__name__ for n in problems)
-            listing += (f"\n  ... {len(problems) - _MAX_LISTED} more (all: "
-                        + ", ".join(f"{k} x{v}" for k, v in kinds.most_common())
-                        + "; see the EdgeModel's qat_plan.skipped)")
-        if config.strict:
-            raise UnsupportedModelError(
-                f"QAT cannot quantize {len(problems)} layer(s) of {model.name!r} "
-                f"(strict=True):\n{listing}\nGive them a tfmot QuantizeConfig "
-                "(QATConfig(layer_configs={name: config})), list them in "
-                "QATConfig(skip=[...]) to keep them in float, or replace them.")
-        log("tfedge: QAT left %d layer(s) in float (they are calibrated at conversion "
-            "instead):\n%s\nPass QATConfig(strict=True) to make this an error, skip=[...] "
-            "to silence it, or layer_configs={name: QuantizeConfig} to quantize them.",
-            len(problems), listing)
+    _report_skipped(model, config, layers, skipped, log)
     logging.info("tfedge: QAT (%s) on %d layer(s)", plan.scheme, len(plan.quantized))
     return qat, plan
 

@@ -1,0 +1,90 @@
+"""tfedge.prepare: graph rewrites that let tfmot prune and quantize keras.applications models."""
+
+import numpy as np
+import pytest
+
+import tfedge
+from tfedge import keras
+from tfedge import prepare
+
+
+def _hard_swish_by_tf_ops(x):
+    """keras.applications MobileNetV3's hard-swish: x * (ReLU6(x + 3) * (1/6))."""
+    return keras.layers.Multiply()([x, keras.layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)])
+
+
+def _blocks_model():
+    """Rescaling + Normalization input, hard-swish by tf ops, an SE block, a residual
+    tf-op add and a Concatenate."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    norm = keras.layers.Normalization(mean=[0.1, -0.2, 0.3], variance=[0.5, 2.0, 1.5])
+    h = norm(h)
+    h = keras.layers.Conv2D(8, 3, padding="same")(h)
+    h = _hard_swish_by_tf_ops(h)
+    se = keras.layers.GlobalAveragePooling2D(keepdims=True)(h)
+    se = keras.layers.Conv2D(8, 1)(se)
+    se = keras.layers.ReLU(6.0)(se + 3.0) * (1.0 / 6.0)  # hard-sigmoid gate
+    g = keras.layers.Multiply()([h, se])
+    r = keras.layers.Conv2D(8, 1)(g)
+    h = g + r  # residual add as a TensorFlow op (TFOpLambda)
+    h = keras.layers.Concatenate()([h, g - 0.5])
+    out = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(h))
+    return keras.Model(inputs, out)
+
+
+def test_rewritten_blocks_compute_the_original_function():
+    model = _blocks_model()
+    before = [type(layer).__name__ for layer in model.layers]
+    assert "TFOpLambda" in before
+    prepared, report = prepare.prepare_model(model)
+    kinds = [type(layer).__name__ for layer in prepared.layers]
+    assert "TFOpLambda" not in kinds and "Rescaling" not in kinds and "Normalization" not in kinds
+    assert report.rewrites["HardSwish"] == 1 and report.rewrites["Add"] == 1
+    assert report.rewrites["Rescaling"] == 1 and report.rewrites["Normalization"] == 1
+    x = np.random.default_rng(1).uniform(0, 255, (4, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(prepared(x), model(x), rtol=1e-5, atol=1e-5)
+    assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
+
+
+def test_a_wrong_rewrite_is_caught_by_the_check():
+    model = _blocks_model()
+    prepared, _ = prepare.rewrite(model)
+    op = next(layer for layer in prepared.layers if isinstance(layer, prepare.ConstantOp)
+              and layer.op == "add")  # the prepared model's own layer: the original is intact
+    op.constant = (np.asarray(op.constant) + 0.5).tolist()
+    with pytest.raises(AssertionError, match="differs"):
+        prepare.check_equivalent(model, prepared)
+
+
+def test_blocks_go_through_prune_and_qat_to_full_int8():
+    model = _blocks_model()
+    x = np.random.default_rng(0).uniform(0, 255, (32, 8, 8, 3)).astype("float32")
+    y = np.arange(32) % 4
+    edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, end_epoch=1),
+                       quantize=tfedge.QATConfig(start_epoch=1, strict=True))
+    assert [type(layer).__name__ for layer in model.layers].count("TFOpLambda") > 0  # untouched
+    edge.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    edge.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    art = tfedge.convert(edge.finish(), x[:16])
+    assert art.mode == "int8" and not art.flatbuffer.float_ops(), art.ops
+    assert "HARD_SWISH" in art.ops
+
+
+@pytest.mark.slow
+def test_keras_applications_mobilenet_v3_small_prune_qat_int8():
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None,
+                                                classes=10)
+    x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    y = np.arange(16) % 10
+    edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, end_epoch=1),
+                       quantize=tfedge.QATConfig(start_epoch=1, strict=True))
+    edge.compile("adam", "sparse_categorical_crossentropy")
+    edge.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    final = edge.finish()
+    art = tfedge.convert(final, x)
+    assert art.mode == "int8" and not art.flatbuffer.float_ops(), art.ops
+    assert art.ops.get("HARD_SWISH", 0) > 0
+    assert tfedge.validate(art, final, x).agreement >= 0.9
