@@ -16,6 +16,9 @@ not survive a config round trip).
   become ``Add`` / ``Multiply``;
 * keras.applications' hard-swish ``x * (ReLU6(x + 3) * (1/6))`` becomes one
   :class:`HardSwish` layer (TFLite converts it to its int8 ``HARD_SWISH``);
+* ``Activation`` layers of Keras 3's ``hard_silu`` / ``hard_sigmoid`` (carried
+  over by :mod:`tfedge.keras3` as :func:`hard_swish` / :func:`hard_sigmoid`)
+  become the same layers;
 * ``Rescaling`` and ``Normalization`` become the constant multiply / add
   they compute (int8 ``MUL`` / ``ADD`` after the input is quantized), so the
   whole body, preprocessing included, is int8.
@@ -92,6 +95,28 @@ class HardSwish(keras.layers.Layer):
 
     def call(self, inputs):
         return inputs * (tf.nn.relu6(inputs + 3.0) * (1.0 / 6.0))
+
+
+@keras.utils.register_keras_serializable("tfedge")
+def hard_swish(x: Any) -> Any:
+    """Keras 3's ``hard_silu`` / ``hard_swish``: ``x * relu6(x + 3) / 6``."""
+    return x * (tf.nn.relu6(x + 3.0) * (1.0 / 6.0))
+
+
+@keras.utils.register_keras_serializable("tfedge")
+def hard_sigmoid(x: Any) -> Any:
+    """Keras 3's ``hard_sigmoid``: ``relu6(x + 3) / 6`` (tf_keras's is another
+    function, ``clip(0.2 x + 0.5, 0, 1)``)."""
+    return tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+
+
+# Keras 3 activation name -> the tf_keras name of its exact maths (the bridge's table).
+KERAS3_ACTIVATIONS = {"hard_silu": "tfedge>hard_swish", "hard_swish": "tfedge>hard_swish",
+                      "hard_sigmoid": "tfedge>hard_sigmoid"}
+
+
+def _activation_fn(layer: Any) -> Any:
+    return layer.activation if isinstance(layer, keras.layers.Activation) else None
 
 
 @keras.utils.register_keras_serializable("tfedge")
@@ -302,6 +327,14 @@ def rewrite(model: Any) -> tuple[Any, dict[str, int]]:
             if _hard_sigmoid_input(b) is a:
                 counts["HardSwish"] += 1
                 return HardSwish(name=layer.name)(value(a))
+        elif _activation_fn(layer) is hard_swish:
+            counts["HardSwish"] += 1
+            return HardSwish(name=layer.name)(value(node.call_args[0]))
+        elif _activation_fn(layer) is hard_sigmoid:
+            counts["hard_sigmoid"] += 1
+            h = constant_op(value(node.call_args[0]), "add", 3.0, layer.name + "_add")
+            h = keras.layers.ReLU(6.0, name=fresh(layer.name + "_relu6"))(h)
+            return constant_op(h, "multiply", 1.0 / 6.0, layer.name + "_scale")
         elif _affine_of(layer) is not None:
             scale, offset = _affine_of(layer)
             counts[type(layer).__name__] += 1

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfedge import prepare as prepare_lib
 from tfedge._keras import keras
 from tfedge.errors import UnsupportedModelError
 
@@ -30,11 +31,7 @@ _RENAMES = {"LeakyReLU": {"negative_slope": "alpha"}}
 # Keras 3 options that change speed only, never the numbers.
 _SPEED_ONLY = {"use_cudnn", "flash_attention"}
 # Activations tf_keras has under the same name with another definition.
-_REDEFINED_ACTIVATIONS = {
-    "hard_sigmoid": "Keras 3's hard_sigmoid is relu6(x + 3) / 6, tf_keras's is "
-                    "clip(0.2 x + 0.5, 0, 1); use layers.ReLU(6.0) on (x + 3) and "
-                    "layers.Rescaling(1 / 6) instead",
-}
+_REDEFINED_ACTIVATIONS: dict[str, str] = {}
 _MODEL_CLASSES = ("Functional", "Sequential", "Model")
 _WAY_OUT = (
     "Way out: replace these layers with ones tf_keras also has, or give tf_keras "
@@ -130,6 +127,44 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
+_BINARY_OPS = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply",
+               "Divide": "divide", "TrueDivide": "divide"}
+
+
+def _binary_op(data: dict[str, Any]) -> Any:
+    """For a Keras 3 ``x + y`` / ``x * c`` ... operation node (keras.applications
+    MobileNetV3's hard-sigmoid, residual adds), a callable that builds the same
+    maths from tf_keras layers: ``Add`` / ``Multiply`` of two tensors, or
+    :class:`tfedge.prepare.ConstantOp` with a constant. None for other nodes."""
+    op = _BINARY_OPS.get(data["class_name"])
+    if op is None or not str(data.get("module", "")).startswith(("keras.src.ops", "keras.ops")):
+        return None
+    name = data["name"]
+
+    def call(x, y, **kwargs):
+        tx, ty = hasattr(x, "_keras_history"), hasattr(y, "_keras_history")
+        if tx and ty:
+            cls = {"add": keras.layers.Add, "subtract": keras.layers.Subtract,
+                   "multiply": keras.layers.Multiply}.get(op)
+            if cls is None:
+                raise UnsupportedModelError(f"{name}: a tensor divided by a tensor has no "
+                                            "tf_keras layer.")
+            return cls(name=name)([x, y])
+        if not tx:  # constant first: only + and * commute
+            if op not in ("add", "multiply"):
+                raise UnsupportedModelError(f"{name}: a constant {op} a tensor has no tf_keras "
+                                            "layer.")
+            x, y = y, x
+        c = np.asarray(y, "float32")
+        if op == "subtract":
+            return prepare_lib.ConstantOp("add", -c, name=name)(x)
+        if op == "divide":
+            return prepare_lib.ConstantOp("multiply", 1.0 / c, name=name)(x)
+        return prepare_lib.ConstantOp(op, c, name=name)(x)
+
+    return call
+
+
 class _Translator:
     """Rebuilds a Keras 3 model's config as a tf_keras model, collecting problems."""
 
@@ -150,6 +185,8 @@ class _Translator:
         return value
 
     def activation(self, name: str, where: str) -> str:
+        if name in prepare_lib.KERAS3_ACTIVATIONS:  # by their exact maths (tfedge.prepare)
+            return prepare_lib.KERAS3_ACTIVATIONS[name]
         if name in _REDEFINED_ACTIVATIONS:
             self.problems.append(f"{where.rsplit(':', 1)[0]}: activation {name!r}: "
                                  f"{_REDEFINED_ACTIVATIONS[name]}.")
@@ -302,7 +339,8 @@ class _Translator:
 
     def functional(self, config: dict[str, Any], where: str) -> Any:
         before = len(self.problems)
-        created = {d["name"]: self.layer(d, f"{where}/{d['name']}") for d in config["layers"]}
+        created = {d["name"]: _binary_op(d) or self.layer(d, f"{where}/{d['name']}")
+                   for d in config["layers"]}
         if len(self.problems) > before:
             return None
         # outputs[name][k]: the flat outputs of the k-th call of layer `name`.
