@@ -1,0 +1,97 @@
+"""Accuracy of keras.applications models, as Keras builds them, after prune 50% + QAT int8.
+
+MobileNetV3Small and EfficientNetB0 (weights=None, 32x32 RGB digits: the 8x8
+scikit-learn digits upsampled, pixel values 0-255 as keras.applications'
+built-in preprocessing expects) are trained in float, then wrapped with
+``tfedge.wrap(prune=PruneConfig(0.5), quantize=QATConfig(...))`` (tfedge's
+preparation pass is what lets tfmot take them unchanged), fine-tuned,
+converted to full int8 and evaluated with LiteRT on the test split. The only
+change to the architecture is the BatchNorm momentum (0.9, a training
+setting, as the recipes use for short runs).
+
+    python benchmarks/zoo_accuracy.py [--models MobileNetV3Small,EfficientNetB0]
+        [--epochs 15] [--finetune-epochs 5] [--out benchmarks/results/zoo_accuracy.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tfedge  # noqa: E402
+from tfedge._keras import keras  # noqa: E402
+from tfedge.data import load_digits  # noqa: E402
+from tfedge.report import format_table, write_json  # noqa: E402
+
+SIZE = 32
+
+
+def digits_rgb255(x: np.ndarray) -> np.ndarray:
+    up = tf.image.resize(x, (SIZE, SIZE), method="bilinear").numpy()
+    return (np.clip(np.repeat(up, 3, axis=-1), 0.0, 1.0) * 255).astype(np.float32)
+
+
+def run(name: str, epochs: int, finetune_epochs: int) -> dict:
+    (x_train, y_train), (x_test, y_test) = load_digits()
+    x_train, x_test = digits_rgb255(x_train), digits_rgb255(x_test)
+    keras.utils.set_random_seed(0)
+    model = getattr(keras.applications, name)(input_shape=(SIZE, SIZE, 3), weights=None,
+                                              classes=10)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    t0 = time.perf_counter()
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", ["accuracy"])
+    model.fit(x_train, y_train, batch_size=32, epochs=epochs, verbose=0)
+    float_acc = float(model.evaluate(x_test, y_test, verbose=0)[1])
+    t1 = time.perf_counter()
+    prune_epochs = max(1, finetune_epochs - 2)
+    edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, end_epoch=prune_epochs),
+                       quantize=tfedge.QATConfig(start_epoch=prune_epochs, strict=True))
+    edge.compile(keras.optimizers.Adam(3e-4), "sparse_categorical_crossentropy", ["accuracy"])
+    edge.fit(x_train, y_train, batch_size=32, epochs=finetune_epochs, verbose=0)
+    final = edge.finish()
+    sparsity = tfedge.sparsity_report(final).overall
+    art = tfedge.convert(final, x_train[:200])
+    report = tfedge.validate(art, final, x_test, y_test)
+    t2 = time.perf_counter()
+    return {"model": name, "input": SIZE, "float_accuracy": float_acc,
+            "int8_accuracy": report.tflite_accuracy, "qat_keras_accuracy": report.keras_accuracy,
+            "drop_pp": 100 * (float_acc - report.tflite_accuracy),
+            "sparsity": sparsity,
+            "float_ops": [op.name for op in art.flatbuffer.float_ops()], "mode": art.mode,
+            "int8_bytes": art.size_bytes, "ops": art.ops, "epochs": epochs,
+            "finetune_epochs": finetune_epochs, "float_train_s": t1 - t0,
+            "optimize_s": t2 - t1}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="MobileNetV3Small,EfficientNetB0")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--finetune-epochs", type=int, default=5)
+    parser.add_argument("--out", default="benchmarks/results/zoo_accuracy.json")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.models.split(","):
+        print(f"== {name}", flush=True)
+        row = run(name, args.epochs, args.finetune_epochs)
+        rows.append(row)
+        write_json(args.out, {"rows": rows})
+    print(format_table(
+        ["model", "float acc", "int8 acc", "drop pp", "sparsity", "float ops", "int8 bytes"],
+        [[r["model"], r["float_accuracy"], r["int8_accuracy"], r["drop_pp"], r["sparsity"],
+          len(r["float_ops"]), r["int8_bytes"]] for r in rows],
+        title="digits 32x32: float vs prune 50% + QAT int8 (LiteRT)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
