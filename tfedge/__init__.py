@@ -30,6 +30,7 @@ _EXPORTS = {
     "tfedge.prune": ["PruneConfig", "PolynomialDecay", "ConstantSparsity", "sparsity_report",
                      "SparsityReport"],
     "tfedge.quantize": ["QATConfig", "QuantizationPlan"],
+    "tfedge.prepare": ["prepare_model", "PreparationReport"],
     "tfedge.distill": ["DistillConfig"],
     "tfedge.cluster": ["ClusterConfig"],
     "tfedge.lowrank": ["LowRankConfig", "FactorizationReport"],

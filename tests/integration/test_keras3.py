@@ -265,16 +265,30 @@ def test_a_twin_that_computes_differently_is_caught_and_named():
 def test_keras3_only_constructs_are_all_named():
     inputs = keras.Input((16,))
     h = keras.layers.Dense(8, lora_rank=2, name="lora")(inputs)  # Keras 3 only option
-    h = keras.layers.Activation("hard_sigmoid", name="hs")(h)  # defined differently
-    h = h + 1.0  # a Keras 3 operation, not a layer
-    model = keras.Model(inputs, keras.layers.Dense(2, activation="hard_silu", name="out")(h))
+    h = keras.ops.sin(h)  # a Keras 3 operation tf_keras has no layer for
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="squareplus", name="out")(h))
     with pytest.raises(UnsupportedModelError) as info:
         tfedge.wrap(model, prune=0.5)
     text = str(info.value)
     assert "lora: Keras 3 option lora_rank=2 has no tf_keras equivalent" in text
-    assert "hs: activation 'hard_sigmoid': Keras 3's hard_sigmoid is relu6" in text
-    assert "/add: a Keras 3 operation" in text and "Use a layer instead" in text
-    assert "out: activation 'hard_silu' does not exist in tf_keras" in text
+    assert "/sin: a Keras 3 operation" in text and "Use a layer instead" in text
+    assert "out: activation 'squareplus' does not exist in tf_keras" in text
+
+
+def test_mobilenet_v3_constructs_translate_by_their_exact_maths():
+    """hard_sigmoid (relu6(x + 3) / 6 in Keras 3), hard_silu and x + c / x * c / x - y."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16,))
+    h = keras.layers.Dense(8)(inputs)
+    a = keras.layers.Activation("hard_sigmoid", name="hs")(h)
+    b = keras.layers.Activation("hard_silu", name="hsw")(h * 3.0)
+    out = keras.layers.Dense(2)((a + 1.0) - b / 2.0)
+    model = keras.Model(inputs, out)
+    tf_model = bridge.to_tf_keras(model)  # checked layer by layer inside
+    x = np.random.default_rng(0).normal(0, 3, (8, 16)).astype("float32")
+    np.testing.assert_allclose(tf_model(x).numpy(), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+    prepared, report = tfedge.prepare.prepare_model(tf_model)
+    assert report.rewrites.get("HardSwish") == 1 and report.rewrites.get("hard_sigmoid") == 1
 
 
 class SubclassedNet(keras.Model):
