@@ -149,7 +149,7 @@ CHANNELS_MIRRORED = """
     kernels = [k.numpy() for k in strategy.experimental_local_results(stem)]
     # BatchNorm's moving statistics are per replica (read as their mean): compare with the
     # masked network on one device, holding the values the rebuild copies.
-    single = keras.models.clone_model(edge.network)
+    single = tf.keras.models.clone_model(edge.network)
     single.set_weights(edge.network.get_weights())
     masked = single.predict(x_test, verbose=0)
     narrow = edge.finish()
