@@ -10,8 +10,8 @@ default, offline, in about three minutes on two CPU cores::
     python -m recipes.classifier
 
 MobileNetV3-Small (width 0.75, 32x32 input) on scikit-learn's handwritten
-digits, rebuilt int8-friendly (see below): 15 float epochs, then one
-``tfedge.wrap``: 5 epochs of polynomial-decay pruning to 50% zeros, then 3
+digits, as keras.applications builds it (see below): 15 float epochs, then one
+``tfedge.wrap``: 6 epochs of polynomial-decay pruning to 50% zeros, then 4
 of sparsity-preserving QAT, all distilled from the float model; full-int8
 conversion, validation in LiteRT, ``tfedge.bench`` with emulated rpi4 and
 rpi5 (exact instructions, outputs bit-exact against the host), both
@@ -26,13 +26,15 @@ Other examples::
         --weights imagenet --epochs 5
 
 MobileNetV3 and int8: keras.applications builds hard-swish and the
-squeeze-excite gate from ``TFOpLambda`` ops and ``Multiply`` layers.
-Post-training int8 conversion handles them (TFLite ``HARD_SWISH``, ``MUL``),
-but tfmot's QAT cannot (model-optimization issue 980), so with ``--qat`` (the
-default) or ``--int8_friendly`` the recipe rebuilds the network with
-:func:`int8_friendly_mobilenet_v3` first and says so in the report and card.
-That rebuild stays the default until the unmodified keras.applications model
-goes through prune -> QAT.
+squeeze-excite gate from ``TFOpLambda`` ops and ``Multiply`` layers, which
+tfmot's QAT cannot quantize (model-optimization issue 980). ``tfedge.wrap``
+rewrites them on its private copy (:func:`tfedge.prepare_model`: hard-swish
+-> ``HardSwish``, the gate -> a quantized ``Multiply``, each rewrite checked
+numerically), so the recipe trains the architecture exactly as
+keras.applications builds it and the int8 file keeps TFLite's ``HARD_SWISH``
+and ``MUL`` kernels. ``--int8_friendly`` still rebuilds the network with
+:func:`int8_friendly_mobilenet_v3` (ReLU6, no squeeze-excite) for runtimes
+without ``HARD_SWISH``; the report and card say so when it is used.
 """
 
 from __future__ import annotations
@@ -293,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "held in memory).")
     parser.add_argument("--int8_friendly", action="store_true",
                         help="For mobilenet_v3_small: rebuild it without hard-swish and "
-                             "squeeze-excite (int8_friendly_mobilenet_v3). Implied by --qat.")
+                             "squeeze-excite (int8_friendly_mobilenet_v3), for runtimes without "
+                             "HARD_SWISH. Off by default: wrap prepares the unmodified model.")
     parser.add_argument("--html_report", action=argparse.BooleanOptionalAction, default=True,
                         help="Write <name>/report.html (figures and tables, self-contained; "
                              "runs tfedge.debug_quantization for the per-layer int8 error).")
@@ -304,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_common_flags(parser, epochs=15, batch_size=32, name="<dataset>_<model>",
                             prune=0.5, qat=True, distill_from=common.FLOAT_TEACHER,
                             emulate=True, bench_targets="rpi4,rpi5,cortex-m7",
-                            finetune_epochs=8)
+                            finetune_epochs=10)
     return parser
 
 
@@ -342,12 +345,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with common.stage(f"model: {args.model}", timings, cpu):
         model = build_classifier(args.model, data.num_classes, input_size=args.input_size,
                                  alpha=args.alpha, weights=weights, name=name)
-        rebuilt = args.model == "mobilenet_v3_small" and (args.int8_friendly or args.qat)
+        rebuilt = args.model == "mobilenet_v3_small" and args.int8_friendly
         if rebuilt:
             model = int8_friendly_mobilenet_v3(model)
             model._name = name
             print("   rebuilt with int8_friendly_mobilenet_v3: hard-swish -> ReLU6, "
-                  "squeeze-excite removed (tfmot's QAT cannot handle them yet)")
+                  "squeeze-excite removed (--int8_friendly)")
         print(f"   {model.count_params():,} parameters")
 
     lr = args.learning_rate or (5e-4 if weights else 3e-3)
@@ -614,19 +617,16 @@ def _report(r: dict[str, Any], artifact: Any, args: argparse.Namespace) -> str:
         lines += ["## MobileNetV3 and int8", ""]
         if r["int8_friendly_rebuild"]:
             lines.append(
-                "This model was rebuilt with `recipes.classifier.int8_friendly_mobilenet_v3`: "
-                "every hard-swish is ReLU6 and the squeeze-excite blocks are removed (as in "
-                "EfficientNet-Lite), because tfmot's QAT cannot handle keras.applications' "
-                "hard-sigmoid ops (model-optimization issue 980) or the Multiply layers. "
-                "This rebuild is the main job's default for now; the unmodified "
-                "keras.applications MobileNetV3-Small becomes the default once it goes "
-                "through prune -> QAT.")
+                "This model was rebuilt with `recipes.classifier.int8_friendly_mobilenet_v3` "
+                "(--int8_friendly): every hard-swish is ReLU6 and the squeeze-excite blocks "
+                "are removed (as in EfficientNet-Lite), for runtimes without HARD_SWISH.")
         else:
             lines.append(
-                "keras.applications' hard-swish and squeeze-excite are kept: post-training "
-                "int8 conversion maps them to int8 HARD_SWISH, ADD and MUL kernels, and the "
-                "validation above measures what that costs. For QAT use --qat (or "
-                "--int8_friendly), which rebuilds the model without them.")
+                "keras.applications' hard-swish and squeeze-excite are kept. `tfedge.wrap` "
+                "rewrote them on its private copy into layers tfmot can quantize (each rewrite "
+                "checked numerically against the original), so pruning and QAT train the "
+                "unmodified architecture, and the int8 file runs them on int8 HARD_SWISH, "
+                "ADD and MUL kernels.")
         lines.append("")
     return "\n".join(lines)
 

@@ -31,6 +31,7 @@ def test_classifier_defaults_are_the_whole_product():
     assert args.model == "mobilenet_v3_small" and args.prune == 0.5 and args.qat
     assert args.distill_from == "float" and args.emulate and args.html_report
     assert {"rpi4", "rpi5"} <= set(args.bench_targets.split(","))
+    assert not args.int8_friendly  # the unmodified keras.applications MobileNetV3-Small
 
 
 @pytest.mark.slow
