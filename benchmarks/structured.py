@@ -44,6 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compression import digits_cnn  # noqa: E402
 
 TARGETS = ["rpi3", "rpi4", "rpi5"]
+VARIANTS = ("unstructured", "channel", "lowrank", "scratch")
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "structured.json")
 
 
 def fast_batchnorm(model: keras.Model, momentum: float = 0.9) -> keras.Model:
@@ -94,6 +96,18 @@ def compile_(model: Any, lr: float, decay_steps: int | None = None) -> Any:
     model.compile(keras.optimizers.Adam(lr),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
     return model
+
+
+def fine_tune(model: Any, x: Any, y: Any, epochs: int, lr: float, teacher: Any = None) -> Any:
+    """``epochs`` of training with a cosine-decayed learning rate, distilled
+    from ``teacher`` (``tfedge.wrap(model, teacher=...)``) when one is given."""
+    steps = -(-len(x) // 32) * epochs
+    if teacher is None:
+        compile_(model, lr, steps).fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+        return model
+    edge = compile_(tfedge.wrap(model, teacher=teacher), lr, steps)
+    edge.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    return edge.finish()
 
 
 def scratch_width(spec: dict[str, Any], target_macs: float) -> tuple[Any, int]:
@@ -170,7 +184,7 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
     log(f"dense trained in {time.time() - t:.0f} s")
 
     tune_lr = lr / 4
-    for sparsity in (0.5, 0.75):
+    for sparsity in (0.5, 0.75) if "unstructured" in args.variants else ():
         keras.utils.set_random_seed(0)
         edge = compile_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
             sparsity, end_epoch=prune_epochs)), tune_lr)
@@ -182,28 +196,39 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
         log(f"unstructured {sparsity} done")
 
     multiple = args.channel_multiple or spec["multiple"]
-    searches = [(f"channel {r}x MACs", *fraction_for_macs(dense, r, multiple))
-                for r in (0.5, 0.25)]
-    if args.instructions:
+    searches = []
+    if "channel" in args.variants:
+        searches = [(f"channel {r}x MACs", *fraction_for_macs(dense, r, multiple))
+                    for r in args.channel_macs]
+    if "channel" in args.variants and args.instructions:
         searches.append((f"channel {args.instructions}x {args.instructions_target} instr",
                          fraction_for_instructions(dense, args.instructions,
                                                    args.instructions_target, multiple,
                                                    calibration), multiple))
+    prune_epochs = args.prune_epochs or prune_epochs
+    masked = tune_epochs if args.masked_epochs is None else args.masked_epochs
+    rebuilt = args.rebuilt_epochs
+    recipe = (f"+{prune_epochs} prune + {masked} masked + {rebuilt} rebuilt fine-tune epochs"
+              + (" (distilled from the dense model)" if args.distill else ""))
+    extra_epochs = prune_epochs + masked + rebuilt
     for name, (fraction, reached), multiple in searches:
         keras.utils.set_random_seed(0)
         edge = compile_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
             fraction, structure="channel", end_epoch=prune_epochs,
-            importance=args.importance, channel_multiple=multiple)), tune_lr)
-        edge.fit(x, y, epochs=prune_epochs + tune_epochs, **fit)
+            importance=args.importance, channel_multiple=multiple),
+            teacher="self" if args.distill else None), tune_lr)
+        edge.fit(x, y, epochs=prune_epochs + masked, **fit)
         model = edge.finish()
+        extra[name] = edge.channel_report().to_dict()
+        if rebuilt:  # the narrow model trains faster than the masked full-width one
+            model = fine_tune(model, x, y, rebuilt, tune_lr, dense if args.distill else None)
         variants[name] = (
             model, tfedge.convert(model, calibration),
             f"fraction {fraction:.3f} ({args.importance}, channels kept in multiples of "
-            f"{multiple}); +{prune_epochs} prune + {tune_epochs} fine-tune epochs")
-        extra[name] = edge.channel_report().to_dict()
+            f"{multiple}); {recipe}; {epochs + extra_epochs} epochs in all")
         log(f"{name} done (fraction {fraction:.3f}, reached {reached:.3f}x)")
 
-    if hasattr(tfedge, "LowRankConfig") and not args.skip_lowrank:
+    if "lowrank" in args.variants and not args.skip_lowrank:
         keras.utils.set_random_seed(0)
         edge = compile_(tfedge.wrap(dense, factorize=tfedge.LowRankConfig(macs=0.5)), tune_lr)
         edge.fit(x, y, epochs=tune_epochs + 1, **fit)
@@ -214,14 +239,28 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
         extra["low-rank 0.5x MACs"] = edge.factorization_report().to_dict()
         log("low-rank done")
 
-    for ratio in (0.5, 0.25):
+    scratch_runs = [(e, False) for e in args.scratch_epochs or [epochs]]
+    if args.scratch_equal and searches:  # the pruned models' whole budget, and their teacher
+        scratch_runs += [(epochs + extra_epochs, False)]
+        if args.distill:
+            scratch_runs += [(epochs + extra_epochs, True)]
+    for ratio in args.scratch_macs if "scratch" in args.variants else ():
         width, macs = scratch_width(spec, ratio * dense_macs)
-        keras.utils.set_random_seed(0)
-        model = compile_(spec["build"](width, f"{family}_w{width}"), lr, steps)
-        model.fit(x, y, epochs=epochs, **fit)
-        variants[f"scratch {ratio}x MACs"] = (model, tfedge.convert(model, calibration),
-                                              f"width {width}, {epochs} epochs from scratch")
-        log(f"scratch {ratio} done (width {width}, MACs {macs / dense_macs:.3f}x)")
+        for n_epochs, distilled in scratch_runs:
+            keras.utils.set_random_seed(0)
+            model = spec["build"](width, f"{family}_w{width}")
+            if distilled:
+                model = fine_tune(model, x, y, n_epochs, lr, dense)
+            else:
+                model = compile_(model, lr, -(-len(x) // 32) * n_epochs)
+                model.fit(x, y, epochs=n_epochs, **fit)
+            name = f"scratch {ratio}x MACs"
+            if len(scratch_runs) > 1:
+                name += f", {n_epochs} epochs" + (" distilled" if distilled else "")
+            variants[name] = (model, tfedge.convert(model, calibration),
+                              f"width {width}, {n_epochs} epochs from scratch"
+                              + (" distilled from the dense model" if distilled else ""))
+            log(f"{name} done (width {width}, MACs {macs / dense_macs:.3f}x)")
 
     names = list(variants)
     report = tfedge.compare({n: variants[n][1] for n in names}, target=TARGETS,
@@ -304,11 +343,41 @@ def main(argv: list[str] | None = None) -> int:
                         help="Also prune to this share of the dense int8 model's emulated "
                              "instructions (0: skip).")
     parser.add_argument("--instructions-target", default="rpi4")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="Which kinds of variant to run besides dense int8.")
+    parser.add_argument("--channel-macs", nargs="+", type=float, default=[0.5, 0.25])
+    parser.add_argument("--scratch-macs", nargs="+", type=float, default=[0.5, 0.25])
+    parser.add_argument("--scratch-epochs", nargs="+", type=int, default=None,
+                        help="Epochs of the from-scratch baselines (default: the dense model's).")
+    parser.add_argument("--scratch-equal", action="store_true",
+                        help="Also train the scratch baselines for the channel-pruned models' "
+                             "whole epoch budget (dense + prune + fine-tune), and with --distill "
+                             "once more distilled from the same dense teacher.")
+    parser.add_argument("--prune-epochs", type=int, default=None,
+                        help="Epochs of gradual channel masking (default: the family's).")
+    parser.add_argument("--masked-epochs", type=int, default=None,
+                        help="Fine-tune epochs with the masks fixed, before the rebuild "
+                             "(default: the family's).")
+    parser.add_argument("--rebuilt-epochs", type=int, default=0,
+                        help="Fine-tune epochs of the rebuilt narrow model (cosine-decayed LR).")
+    parser.add_argument("--distill", action="store_true",
+                        help="Channel pruning distils from the dense model: teacher='self' "
+                             "while masking, the dense model while fine-tuning the rebuilt one.")
+    parser.add_argument("--recover", action="store_true",
+                        help="The accuracy-recovery run: MobileNetV2, channel 0.5x MACs and "
+                             "0.6x rpi4 instructions with 4 prune + 8 rebuilt epochs distilled, "
+                             "against scratch at 12 epochs and at the same 24-epoch budget "
+                             "(plain and distilled); writes structured_recovered.json.")
     parser.add_argument("--importance-study", action="store_true",
                         help="Only compare the channel scores (L1, L2, BN gamma).")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                      "structured.json"))
+    parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args(argv)
+    if args.recover:
+        args.families, args.variants, args.channel_macs = ["mobilenet_v2"], ["channel", "scratch"], [0.5]
+        args.scratch_macs, args.scratch_equal, args.distill = [0.5], True, True
+        args.prune_epochs, args.masked_epochs, args.rebuilt_epochs = 4, 0, 8
+        if args.out == DEFAULT_OUT:
+            args.out = os.path.join(os.path.dirname(DEFAULT_OUT), "structured_recovered.json")
     start = time.time()
     if args.importance_study:
         out = os.path.join(os.path.dirname(args.out), "structured_importance.json")
