@@ -161,6 +161,8 @@ def test_search_over_channel_fraction_and_rank_builds_smaller_int8_models(digits
     # Half the channels gone: the int8 file shrinks (Dense kernel rows and conv filters).
     assert by[0.5, 0.0]["size_bytes"] < 0.7 * plain
     assert by[0.0, 0.5]["size_bytes"] < 0.8 * plain  # the big Dense split in two thin ones
-    assert by[0.5, 0.5]["size_bytes"] < by[0.5, 0.0]["size_bytes"]  # the two compose
-    assert min(m["accuracy"] for m in by.values()) > 0.5
+    assert by[0.5, 0.5]["size_bytes"] < 0.8 * by[0.0, 0.5]["size_bytes"]  # they compose
+    # ... and still learn: channel pruning leaves the factorized ranks whole (cutting a
+    # rank-4 logits bottleneck to 2 scored 32% here)
+    assert min(m["accuracy"] for m in by.values()) > 0.5, {k: m["accuracy"] for k, m in by.items()}
     assert "channels 0.5 to 0.5" in result.table()
