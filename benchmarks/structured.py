@@ -254,8 +254,9 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
     scratch_runs = [(e, False) for e in args.scratch_epochs or [epochs]]
     if args.scratch_equal and searches:  # the pruned models' whole budget, and their teacher
         scratch_runs += [(epochs + extra_epochs, False)]
-        if args.distill:
+        if args.distill and not args.no_scratch_distill:
             scratch_runs += [(epochs + extra_epochs, True)]
+    scratch_runs = list(dict.fromkeys(scratch_runs))
     for ratio in args.scratch_macs if "scratch" in args.variants else ():
         width, macs = scratch_width(spec, ratio * dense_macs)
         for n_epochs, distilled in scratch_runs:
@@ -444,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="Also train the scratch baselines for the channel-pruned models' "
                              "whole epoch budget (dense + prune + fine-tune), and with --distill "
                              "once more distilled from the same dense teacher.")
+    parser.add_argument("--no-scratch-distill", action="store_true",
+                        help="With --scratch-equal and --distill, skip the distilled scratch run.")
     parser.add_argument("--prune-epochs", type=int, default=None,
                         help="Epochs of gradual channel masking (default: the family's).")
     parser.add_argument("--masked-epochs", type=int, default=None,
@@ -472,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.recover:
         args.families, args.variants, args.channel_macs = ["mobilenet_v2"], ["channel", "scratch"], [0.5]
         args.scratch_macs, args.scratch_equal, args.distill = [0.5], True, True
-        args.prune_epochs, args.masked_epochs, args.rebuilt_epochs = 4, 0, 8
+        args.prune_epochs, args.masked_epochs = args.prune_epochs or 4, 0
+        args.rebuilt_epochs = args.rebuilt_epochs or 8
         if args.out == DEFAULT_OUT:
             args.out = os.path.join(os.path.dirname(DEFAULT_OUT), "structured_recovered.json")
     start = time.time()
