@@ -20,7 +20,19 @@ size, MACs (``tfedge.model_cost``), exact emulated instructions per
 inference on rpi3 / rpi4 / rpi5 (``tfedge.bench``, LiteRT's aarch64 build
 under qemu) and host latency (p50, one thread), with ratios to dense int8.
 
+Accuracy recovery (``--recover``): the short recipe above gives channel
+pruning 4 epochs; ``--recover`` reruns MobileNetV2's 0.5x-MACs and
+0.6x-rpi4-instructions variants with 4 epochs of gradual masking distilled
+from the dense model (``teacher="self"``) and 8 epochs of fine-tuning the
+rebuilt narrow model, distilled too, with a cosine-decayed learning rate
+(1/4 of the dense one), against scratch baselines at 12 epochs and at the
+same 24-epoch budget, plain and distilled from the same teacher
+(``structured_recovered.json``). ``--detector`` runs the recipe's detector
+(``structured_detector.json``).
+
     python benchmarks/structured.py [--families digits_cnn mobilenet_v2] [--out ...]
+    python benchmarks/structured.py --recover
+    python benchmarks/structured.py --detector
 """
 
 from __future__ import annotations
@@ -44,6 +56,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compression import digits_cnn  # noqa: E402
 
 TARGETS = ["rpi3", "rpi4", "rpi5"]
+VARIANTS = ("unstructured", "channel", "lowrank", "scratch")
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "structured.json")
 
 
 def fast_batchnorm(model: keras.Model, momentum: float = 0.9) -> keras.Model:
@@ -94,6 +108,18 @@ def compile_(model: Any, lr: float, decay_steps: int | None = None) -> Any:
     model.compile(keras.optimizers.Adam(lr),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
     return model
+
+
+def fine_tune(model: Any, x: Any, y: Any, epochs: int, lr: float, teacher: Any = None) -> Any:
+    """``epochs`` of training with a cosine-decayed learning rate, distilled
+    from ``teacher`` (``tfedge.wrap(model, teacher=...)``) when one is given."""
+    steps = -(-len(x) // 32) * epochs
+    if teacher is None:
+        compile_(model, lr, steps).fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+        return model
+    edge = compile_(tfedge.wrap(model, teacher=teacher), lr, steps)
+    edge.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    return edge.finish()
 
 
 def scratch_width(spec: dict[str, Any], target_macs: float) -> tuple[Any, int]:
@@ -170,7 +196,7 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
     log(f"dense trained in {time.time() - t:.0f} s")
 
     tune_lr = lr / 4
-    for sparsity in (0.5, 0.75):
+    for sparsity in (0.5, 0.75) if "unstructured" in args.variants else ():
         keras.utils.set_random_seed(0)
         edge = compile_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
             sparsity, end_epoch=prune_epochs)), tune_lr)
@@ -182,28 +208,39 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
         log(f"unstructured {sparsity} done")
 
     multiple = args.channel_multiple or spec["multiple"]
-    searches = [(f"channel {r}x MACs", *fraction_for_macs(dense, r, multiple))
-                for r in (0.5, 0.25)]
-    if args.instructions:
+    searches = []
+    if "channel" in args.variants:
+        searches = [(f"channel {r}x MACs", *fraction_for_macs(dense, r, multiple))
+                    for r in args.channel_macs]
+    if "channel" in args.variants and args.instructions:
         searches.append((f"channel {args.instructions}x {args.instructions_target} instr",
                          fraction_for_instructions(dense, args.instructions,
                                                    args.instructions_target, multiple,
                                                    calibration), multiple))
+    prune_epochs = args.prune_epochs or prune_epochs
+    masked = tune_epochs if args.masked_epochs is None else args.masked_epochs
+    rebuilt = args.rebuilt_epochs
+    recipe = (f"+{prune_epochs} prune + {masked} masked + {rebuilt} rebuilt fine-tune epochs"
+              + (" (distilled from the dense model)" if args.distill else ""))
+    extra_epochs = prune_epochs + masked + rebuilt
     for name, (fraction, reached), multiple in searches:
         keras.utils.set_random_seed(0)
         edge = compile_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
             fraction, structure="channel", end_epoch=prune_epochs,
-            importance=args.importance, channel_multiple=multiple)), tune_lr)
-        edge.fit(x, y, epochs=prune_epochs + tune_epochs, **fit)
+            importance=args.importance, channel_multiple=multiple),
+            teacher="self" if args.distill else None), tune_lr)
+        edge.fit(x, y, epochs=prune_epochs + masked, **fit)
         model = edge.finish()
+        extra[name] = edge.channel_report().to_dict()
+        if rebuilt:  # the narrow model trains faster than the masked full-width one
+            model = fine_tune(model, x, y, rebuilt, tune_lr, dense if args.distill else None)
         variants[name] = (
             model, tfedge.convert(model, calibration),
             f"fraction {fraction:.3f} ({args.importance}, channels kept in multiples of "
-            f"{multiple}); +{prune_epochs} prune + {tune_epochs} fine-tune epochs")
-        extra[name] = edge.channel_report().to_dict()
+            f"{multiple}); {recipe}; {epochs + extra_epochs} epochs in all")
         log(f"{name} done (fraction {fraction:.3f}, reached {reached:.3f}x)")
 
-    if hasattr(tfedge, "LowRankConfig") and not args.skip_lowrank:
+    if "lowrank" in args.variants and not args.skip_lowrank:
         keras.utils.set_random_seed(0)
         edge = compile_(tfedge.wrap(dense, factorize=tfedge.LowRankConfig(macs=0.5)), tune_lr)
         edge.fit(x, y, epochs=tune_epochs + 1, **fit)
@@ -214,14 +251,29 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
         extra["low-rank 0.5x MACs"] = edge.factorization_report().to_dict()
         log("low-rank done")
 
-    for ratio in (0.5, 0.25):
+    scratch_runs = [(e, False) for e in args.scratch_epochs or [epochs]]
+    if args.scratch_equal and searches:  # the pruned models' whole budget, and their teacher
+        scratch_runs += [(epochs + extra_epochs, False)]
+        if args.distill and not args.no_scratch_distill:
+            scratch_runs += [(epochs + extra_epochs, True)]
+    scratch_runs = list(dict.fromkeys(scratch_runs))
+    for ratio in args.scratch_macs if "scratch" in args.variants else ():
         width, macs = scratch_width(spec, ratio * dense_macs)
-        keras.utils.set_random_seed(0)
-        model = compile_(spec["build"](width, f"{family}_w{width}"), lr, steps)
-        model.fit(x, y, epochs=epochs, **fit)
-        variants[f"scratch {ratio}x MACs"] = (model, tfedge.convert(model, calibration),
-                                              f"width {width}, {epochs} epochs from scratch")
-        log(f"scratch {ratio} done (width {width}, MACs {macs / dense_macs:.3f}x)")
+        for n_epochs, distilled in scratch_runs:
+            keras.utils.set_random_seed(0)
+            model = spec["build"](width, f"{family}_w{width}")
+            if distilled:
+                model = fine_tune(model, x, y, n_epochs, lr, dense)
+            else:
+                model = compile_(model, lr, -(-len(x) // 32) * n_epochs)
+                model.fit(x, y, epochs=n_epochs, **fit)
+            name = f"scratch {ratio}x MACs"
+            if len(scratch_runs) > 1:
+                name += f", {n_epochs} epochs" + (" distilled" if distilled else "")
+            variants[name] = (model, tfedge.convert(model, calibration),
+                              f"width {width}, {n_epochs} epochs from scratch"
+                              + (" distilled from the dense model" if distilled else ""))
+            log(f"{name} done (width {width}, MACs {macs / dense_macs:.3f}x)")
 
     names = list(variants)
     report = tfedge.compare({n: variants[n][1] for n in names}, target=TARGETS,
@@ -239,6 +291,85 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
                "ratios": ratio}
         rows.append(row)
     return rows, {"bench": report.to_dict(), "channel_reports": extra}
+
+
+def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
+    """The recipe's YOLO-style detector (``recipes.detector``) on generated shapes.
+
+    Dense (the recipe's 20 epochs), channel-pruned to ~0.5x MACs (gradual
+    masking, rebuild, fine-tune of the narrow model; no distillation: tfedge's
+    distillation matches the logits of one output and the detector has two),
+    and the same architecture at the width of ~0.5x MACs trained from scratch
+    for the pruned model's whole epoch budget. Scored by COCO mAP of the int8
+    TFLite body with the recipe's float post-processing.
+    """
+    from recipes import common as recipe_common
+    from recipes import data as data_lib
+    from recipes import detector
+
+    size, epochs, lr = 96, args.detector_epochs, 4e-3
+    prune_epochs, rebuilt = 3, 8
+    data = data_lib.load_detection("shapes", input_size=size, num_train=args.detector_train,
+                                   num_test=300, seed=0)
+    anchors = detector.make_anchors(size, anchor_scale=3.0)
+    train = detector.training_dataset(data, anchors, 32, 0)
+    steps = -(-data.num_train // 32)
+    log = lambda msg: print(f"[detector {time.strftime('%H:%M:%S')}] {msg}",  # noqa: E731
+                            file=sys.stderr, flush=True)
+
+    def build(width, name):
+        return detector.build_detector(data.num_classes, input_size=size, width=width,
+                                       anchor_scale=3.0, name=name)
+
+    def train_(model, n, peak):
+        detector.compile_detector(model, anchors, recipe_common.cosine_schedule(peak, n * steps))
+        model.fit(train, epochs=n, steps_per_epoch=steps, verbose=0)
+        return model
+
+    keras.utils.set_random_seed(0)
+    dense = train_(build(1.0, "detector_dense"), epochs, lr)
+    dense_macs = channels.keras_macs(dense)
+    variants = {"dense int8": (dense, f"width 1.0, {epochs} epochs from scratch")}
+    log("dense trained")
+    (fraction, reached), multiple = fraction_for_macs(dense, 0.5, 4)
+    keras.utils.set_random_seed(0)
+    edge = train_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
+        fraction, structure="channel", end_epoch=prune_epochs, importance=args.importance,
+        channel_multiple=multiple)), prune_epochs, lr / 10)
+    pruned = train_(edge.finish(), rebuilt, lr / 4)
+    total = epochs + prune_epochs + rebuilt
+    variants["channel 0.5x MACs"] = (
+        pruned, f"fraction {fraction:.3f} ({args.importance}, multiples of {multiple}); "
+        f"+{prune_epochs} prune + {rebuilt} rebuilt fine-tune epochs; {total} epochs in all")
+    log(f"channel pruned (fraction {fraction:.3f}, reached {reached:.3f}x)")
+    width, macs = min(((w, channels.keras_macs(build(w, "probe")))
+                       for w in (0.5, 0.55, 0.6, 0.65, 0.7, 0.75)),
+                      key=lambda wm: abs(wm[1] - 0.5 * dense_macs))
+    keras.utils.set_random_seed(0)
+    variants[f"scratch 0.5x MACs, {total} epochs"] = (
+        train_(build(width, f"detector_w{width}"), total, lr),
+        f"width {width} ({macs / dense_macs:.3f}x MACs), {total} epochs from scratch")
+    log("scratch trained")
+
+    artifacts = {n: tfedge.convert(m, data.x_calib) for n, (m, _) in variants.items()}
+    report = tfedge.compare(artifacts, target=TARGETS, runs=args.runs, warmup=5,
+                            emulation_runs=1)
+    rows = []
+    for name, bench_report, ratio in zip(artifacts, report.reports, report.ratios()):
+        model, note = variants[name]
+        int8 = detector.evaluate(tfedge.TFLiteRunner(artifacts[name].content).predict(
+            data.test_images, output_names=list(model.output_names)), data, anchors)
+        float_ = detector.evaluate(model.predict(data.test_images, batch_size=64, verbose=0),
+                                   data, anchors)
+        rows.append({"family": "detector", "variant": name, "note": note,
+                     "tflite_accuracy": int8["map50"], "keras_accuracy": float_["map50"],
+                     "int8_map": int8, "float_map": float_,
+                     "size_bytes": artifacts[name].size_bytes, "macs": bench_report.cost.macs,
+                     "host_p50_ms": bench_report.host.latency_ms["p50"],
+                     "instructions": {t.target: t.instructions for t in bench_report.targets},
+                     "ratios": ratio})
+    return rows, {"bench": report.to_dict(), "channel_report": edge.channel_report().to_dict(),
+                  "num_train": data.num_train, "test_images": len(data.test_images)}
 
 
 def importance_study(args: argparse.Namespace) -> dict[str, Any]:
@@ -304,11 +435,50 @@ def main(argv: list[str] | None = None) -> int:
                         help="Also prune to this share of the dense int8 model's emulated "
                              "instructions (0: skip).")
     parser.add_argument("--instructions-target", default="rpi4")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="Which kinds of variant to run besides dense int8.")
+    parser.add_argument("--channel-macs", nargs="+", type=float, default=[0.5, 0.25])
+    parser.add_argument("--scratch-macs", nargs="+", type=float, default=[0.5, 0.25])
+    parser.add_argument("--scratch-epochs", nargs="+", type=int, default=None,
+                        help="Epochs of the from-scratch baselines (default: the dense model's).")
+    parser.add_argument("--scratch-equal", action="store_true",
+                        help="Also train the scratch baselines for the channel-pruned models' "
+                             "whole epoch budget (dense + prune + fine-tune), and with --distill "
+                             "once more distilled from the same dense teacher.")
+    parser.add_argument("--no-scratch-distill", action="store_true",
+                        help="With --scratch-equal and --distill, skip the distilled scratch run.")
+    parser.add_argument("--prune-epochs", type=int, default=None,
+                        help="Epochs of gradual channel masking (default: the family's).")
+    parser.add_argument("--masked-epochs", type=int, default=None,
+                        help="Fine-tune epochs with the masks fixed, before the rebuild "
+                             "(default: the family's).")
+    parser.add_argument("--rebuilt-epochs", type=int, default=0,
+                        help="Fine-tune epochs of the rebuilt narrow model (cosine-decayed LR).")
+    parser.add_argument("--distill", action="store_true",
+                        help="Channel pruning distils from the dense model: teacher='self' "
+                             "while masking, the dense model while fine-tuning the rebuilt one.")
+    parser.add_argument("--detector", action="store_true",
+                        help="Only the recipe's detector (dense, channel 0.5x MACs, scratch "
+                             "at equal epochs; mAP@0.5 of the int8 body in the accuracy "
+                             "column); writes structured_detector.json.")
+    parser.add_argument("--detector-epochs", type=int, default=20)
+    parser.add_argument("--detector-train", type=int, default=3000)
+    parser.add_argument("--recover", action="store_true",
+                        help="The accuracy-recovery run: MobileNetV2, channel 0.5x MACs and "
+                             "0.6x rpi4 instructions with 4 prune + 8 rebuilt epochs distilled, "
+                             "against scratch at 12 epochs and at the same 24-epoch budget "
+                             "(plain and distilled); writes structured_recovered.json.")
     parser.add_argument("--importance-study", action="store_true",
                         help="Only compare the channel scores (L1, L2, BN gamma).")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                      "structured.json"))
+    parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args(argv)
+    if args.recover:
+        args.families, args.variants, args.channel_macs = ["mobilenet_v2"], ["channel", "scratch"], [0.5]
+        args.scratch_macs, args.scratch_equal, args.distill = [0.5], True, True
+        args.prune_epochs, args.masked_epochs = args.prune_epochs or 4, 0
+        args.rebuilt_epochs = args.rebuilt_epochs or 8
+        if args.out == DEFAULT_OUT:
+            args.out = os.path.join(os.path.dirname(DEFAULT_OUT), "structured_recovered.json")
     start = time.time()
     if args.importance_study:
         out = os.path.join(os.path.dirname(args.out), "structured_importance.json")
@@ -316,7 +486,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out}")
         return 0
     rows, details = [], {}
-    for family in args.families:
+    if args.detector:
+        rows, details["detector"] = run_detector(args)
+        if args.out == DEFAULT_OUT:
+            args.out = os.path.join(os.path.dirname(DEFAULT_OUT), "structured_detector.json")
+    for family in args.families if not args.detector else ():
         family_rows, details[family] = run_family(family, args)
         rows += family_rows
         keras.backend.clear_session()
@@ -331,8 +505,12 @@ def main(argv: list[str] | None = None) -> int:
                      + [f"{r['host_p50_ms']:.3f}", f"{ra['host_p50']:.2f}x"])
     print(format_table(["family", "variant", "int8 acc", "bytes", "size", "MACs", "MACs x"]
                        + [f"{t} instr" for t in TARGETS] + ["host p50 ms", "host x"], table,
-                       title="Structured pruning on digits (int8 TFLite; ratios to dense int8)"))
-    write_json(args.out, {"settings": vars(args), "rows": rows, "details": details,
+                       title="Structured pruning (int8 TFLite; ratios to dense int8)"
+                       + ("; detector: 'int8 acc' is mAP@0.5 on generated shapes"
+                          if args.detector else " on digits")))
+    settings = {**vars(args), "out": os.path.relpath(args.out, os.path.dirname(
+        os.path.dirname(os.path.abspath(__file__))))}  # no machine paths in results
+    write_json(args.out, {"settings": settings, "rows": rows, "details": details,
                           "seconds": time.time() - start})
     print(f"wrote {args.out} ({time.time() - start:.0f} s)")
     return 0

@@ -645,5 +645,7 @@ def wrap(model: Any, *, prune: Any = None, quantize: Any = None, cluster: Any = 
                      source_sparsity=source_sparsity)
     edge.keras3_bridge = bridge
     edge.factorization = factorization
+    if factorization is not None and edge._channels is not None:  # ranks stay as chosen
+        edge._channels.keep_whole = factorization.bottlenecks()
     edge.preparation = preparation  # what was rewritten for tfmot, and the check
     return edge

@@ -376,6 +376,9 @@ class ChannelPruning:
         self.step = 0
         self.resolved: tuple[int, int, int] | None = None
         self.callback = ChannelPruningCallback(self)
+        # producers whose channels stay whole, e.g. a low-rank factorization's
+        # bottlenecks (their rank was already chosen; tfedge.wrap sets it)
+        self.keep_whole: set[str] = set()
 
     def apply(self, network: Any) -> Any:
         """Analyses ``network`` and attaches masks to its weights (in place).
@@ -408,11 +411,15 @@ class ChannelPruning:
 
     def group_fractions(self, scale: float) -> dict[int, float]:
         named = self.config.fractions
+        groups = self.graph.groups
         if not named:
-            return {i: scale for i in range(len(self.graph.groups))}
-        progress = scale / float(self.config.final_sparsity)
-        return {i: progress * next((named[p] for p in g.producers if p in named), 0.0)
-                for i, g in enumerate(self.graph.groups)}
+            fractions = {i: scale for i in range(len(groups))}
+        else:
+            progress = scale / float(self.config.final_sparsity)
+            fractions = {i: progress * next((named[p] for p in g.producers if p in named), 0.0)
+                         for i, g in enumerate(groups)}
+        return {i: 0.0 if self.keep_whole & set(groups[i].producers) else f
+                for i, f in fractions.items()}
 
     def update(self, fraction: float) -> None:
         """Masks ``fraction`` of each group's prunable channels (by importance)."""

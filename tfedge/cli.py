@@ -202,6 +202,18 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                             "soft targets get 1 - alpha (default: 0.1).")
     space.add_argument("--temperature", type=float, nargs="+", default=[4.0],
                        help="Distillation temperatures to try (default: 4).")
+    space.add_argument("--channel-fraction", type=float, nargs="+", default=[0.0],
+                       help="Channel-pruning fractions to try (whole filters removed, a "
+                            "narrower model; with --sparsity 0 only); 0 = none (default: 0).")
+    space.add_argument("--channel-end", type=float, nargs="+", default=[1.0],
+                       help="End of the channel-masking schedule as a fraction of the epochs "
+                            "(default: 1.0).")
+    space.add_argument("--rank-energy", type=float, nargs="+", default=[0.0],
+                       help="Low-rank factorization: shares of each layer's squared singular "
+                            "values kept; 0 = no factorization (default: 0).")
+    space.add_argument("--rank-macs", type=float, nargs="+", default=[0.0],
+                       help="Low-rank factorization to this share of the MACs (with "
+                            "--rank-energy 0 only); 0 = none (default: 0).")
     space.add_argument("--teacher", metavar="PATH",
                        help="A saved, trained tf_keras teacher model for distillation.")
     run = p.add_argument_group("search")
@@ -254,7 +266,10 @@ def _run_tune(args: argparse.Namespace) -> int:
                                  distill={"off": [False], "on": [True],
                                           "both": [False, True]}[args.distill],
                                  distill_alpha=args.distill_alpha,
-                                 temperature=args.temperature),
+                                 temperature=args.temperature,
+                                 channel_fraction=args.channel_fraction,
+                                 channel_end=args.channel_end, rank_energy=args.rank_energy,
+                                 rank_macs=args.rank_macs),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=args.outputs == "logits"),
         learning_rate=args.learning_rate, epochs=args.epochs, batch_size=args.batch_size,
         max_trials=args.max_trials, oracle=args.oracle, teacher=teacher,

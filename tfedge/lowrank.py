@@ -236,6 +236,17 @@ class FactorizationReport:
     def __init__(self, rows: list[dict[str, Any]], macs_before: int, macs_after: int):
         self.rows, self.macs_before, self.macs_after = rows, macs_before, macs_after
 
+    def bottlenecks(self) -> set[str]:
+        """The first factor of each factorized layer, whose output width is its rank.
+
+        Channel pruning composed with factorization leaves these whole: the
+        rank was chosen by the energy or the budget, and cutting it again
+        hurts (measured on the digits CNN: 0.5x MACs low-rank plus 50% of the
+        channels cut a rank-4 logits bottleneck to 2 and scored 32% int8
+        after 2 epochs; keeping the ranks, 84%).
+        """
+        return {f"{r['layer']}_lr1" for r in self.rows if r["factorized"]}
+
     def to_dict(self) -> dict[str, Any]:
         return {"layers": self.rows, "macs_before": self.macs_before,
                 "macs_after": self.macs_after}

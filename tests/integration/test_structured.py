@@ -128,6 +128,27 @@ def test_self_teacher_distills_from_the_original(digits):
     assert "fc1_lr1" not in [layer.name for layer in model.layers]  # user's model untouched
 
 
+def test_channel_pruning_keeps_the_ranks_factorization_chose(digits):
+    (x, y), _ = digits
+    edge = tfedge.wrap(dense_heavy_model(), factorize=tfedge.LowRankConfig(macs=0.5),
+                       prune=tfedge.PruneConfig(0.5, structure="channel", end_epoch=1))
+    bottlenecks = edge.factorization_report().bottlenecks()
+    assert bottlenecks and all(name.endswith("_lr1") for name in bottlenecks)
+    edge.compile(keras.optimizers.Adam(1e-3),
+                 keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    edge.fit(x[:256], y[:256], epochs=1, batch_size=64, verbose=0)
+    rows = edge.channel_report().to_dict()["groups"]
+    kept = {p: r["kept"] == r["channels"] for r in rows for p in r["producers"]}
+    assert all(kept[name] for name in bottlenecks if name in kept)  # ranks untouched
+    assert not all(kept.values())  # the other groups were pruned
+    narrow = edge.finish()
+    for name in bottlenecks & set(kept):
+        rank = next(r["rank"] for r in edge.factorization_report().rows
+                    if f"{r['layer']}_lr1" == name)
+        assert narrow.get_layer(name).get_config().get("units", narrow.get_layer(
+            name).get_config().get("filters")) == rank
+
+
 CHANNELS_MIRRORED = """
     import json, sys
     import numpy as np

@@ -102,3 +102,61 @@ def test_cli_tune_has_help_on_every_flag():
     for action in sub._actions:
         if action.dest != "help":
             assert action.help, f"--{action.dest} has no help"
+
+
+def test_structured_choices_are_validated_with_the_fix():
+    with pytest.raises(ValueError, match="channel_fraction"):
+        tfedge.SearchSpace(final_sparsity=[0.0], channel_fraction=[0.5, 1.0])
+    with pytest.raises(ValueError, match="add 0.0 to final_sparsity"):
+        tfedge.SearchSpace(final_sparsity=[0.5], channel_fraction=[0.5])
+    with pytest.raises(ValueError, match="rank_energy"):
+        tfedge.SearchSpace(rank_energy=[1.5])
+    with pytest.raises(ValueError, match="add 0.0 to rank_energy"):
+        tfedge.SearchSpace(rank_energy=[0.9], rank_macs=[0.5])
+    with pytest.raises(ValueError, match="channel_end"):
+        tfedge.SearchSpace(final_sparsity=[0.0], channel_fraction=[0.5], channel_end=[0.0])
+    space = tfedge.SearchSpace(final_sparsity=[0], channel_fraction=[0, 0.5])
+    assert space.channel_fraction == [0.0, 0.5]  # one hyperparameter type
+    assert tfedge.SearchSpace.from_config(space.get_config()) == space
+
+
+def test_structured_settings_are_active_only_where_they_act():
+    import keras_tuner as kt
+
+    hp = kt.HyperParameters()
+    tfedge.SearchSpace(final_sparsity=[0.0, 0.5], channel_fraction=[0.0, 0.5],
+                       channel_end=[0.5, 1.0], rank_energy=[0.0, 0.9],
+                       rank_macs=[0.5]).declare(hp)
+    by_name = {p.name: p for p in hp.space}
+    active = lambda *names: [hp.is_active(by_name[n]) for n in names]  # noqa: E731
+    hp.values.update(final_sparsity=0.5, channel_fraction=0.5, rank_energy=0.9)
+    assert active("prune_end", "channel_fraction", "channel_end", "rank_macs") == \
+        [True, False, False, False]
+    hp.values.update(final_sparsity=0.0, channel_fraction=0.0, rank_energy=0.0)
+    assert active("prune_end", "channel_fraction", "channel_end", "rank_macs") == \
+        [False, True, False, True]
+    hp.values.update(channel_fraction=0.5)
+    assert active("channel_end") == [True]
+    # A search without structured choices declares none of them (old searches resume).
+    plain = kt.HyperParameters()
+    tfedge.SearchSpace().declare(plain)
+    assert not {"channel_fraction", "channel_end", "rank_energy", "rank_macs"} & \
+        {p.name for p in plain.space}
+
+
+def test_trial_settings_become_channel_pruning_and_factorization():
+    from tfedge._tune import trial as tune_trial
+
+    values = {"final_sparsity": 0.0, "channel_fraction": 0.5, "channel_end": 0.5,
+              "quantize": True}
+    options = tune_trial._wrap_options(tune_lib.TrialSettings.from_values(values, 4), 4, None,
+                                       (8, 8, 1))
+    prune = options["prune"]
+    assert prune.channel and prune.final_sparsity == 0.5 and prune.end_epoch == 2
+    assert options["quantize"].start_epoch == 2  # QAT after the channels are gone
+    options = tune_trial._wrap_options(tune_lib.TrialSettings.from_values(
+        {"rank_energy": 0.0, "rank_macs": 0.4}, 3), 3, None, (8, 8, 1))
+    assert options == {"factorize": tfedge.LowRankConfig(macs=0.4)}
+    options = tune_trial._wrap_options(tune_lib.TrialSettings.from_values(
+        {"rank_energy": 0.95}, 3), 3, None, (8, 8, 1))
+    assert options["factorize"].energy == 0.95 and "prune" not in options

@@ -79,7 +79,8 @@ class TuneResult:
         """All trials as a text table (Pareto members marked ``*``)."""
         has_latency = any("latency_ms" in t.metrics for t in self.trials)
         has_arena = any("arena_bytes" in t.metrics for t in self.trials)
-        headers = ["trial", "sparsity", "prune end", "qat", "width", "res", "distill", "epochs",
+        headers = ["trial", "sparsity", "prune end", "structured", "qat", "width", "res",
+                   "distill", "epochs",
                    "int8 acc", "float acc", "size B", "zlib B"]
         headers += ["latency ms"] * has_latency + ["arena B"] * has_arena
         headers += ["feasible", "pareto", "note"]
@@ -87,7 +88,8 @@ class TuneResult:
         for t in self.trials:
             s, m = t.settings, t.metrics
             row = [t.trial_id, s.get("final_sparsity"), s.get("prune_end")
-                   if s.get("final_sparsity") else "-", "on" if s.get("quantize") else "off",
+                   if s.get("final_sparsity") else "-", _structured(s),
+                   "on" if s.get("quantize") else "off",
                    s.get("width"), s.get("resolution") or "native",
                    f"a={s.get('distill_alpha')} T={s.get('temperature'):g}"
                    if s.get("distill") else "-", s.get("epochs") or "-",
@@ -121,6 +123,18 @@ class TuneResult:
 
 
 _KINDS = {"size_bytes": int, "arena_bytes": int, "compressed_bytes": int}
+
+
+def _structured(settings: dict[str, Any]) -> str:
+    """Channel pruning and low-rank settings of a trial, e.g. ``"channels 0.5 to 1; rank e=0.9"``."""
+    parts = []
+    if settings.get("channel_fraction"):
+        parts.append(f"channels {settings['channel_fraction']:g} to {settings['channel_end']:g}")
+    if settings.get("rank_energy"):
+        parts.append(f"rank e={settings['rank_energy']:g}")
+    elif settings.get("rank_macs"):
+        parts.append(f"rank macs={settings['rank_macs']:g}")
+    return "; ".join(parts) or "-"
 
 
 def _note(trial: TrialRecord, width: int = 70) -> str:

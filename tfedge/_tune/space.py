@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 
 ORACLES = ("bayesian", "random", "grid", "hyperband")
+_FRACTIONS = ("channel_fraction", "channel_end", "rank_energy", "rank_macs")
 
 
 @dataclasses.dataclass
@@ -146,14 +147,33 @@ class SearchSpace:
             (:class:`tfedge.distill.DistillConfig`'s ``alpha``; the soft
             targets get ``1 - alpha``).
         temperature: distillation temperatures.
+        channel_fraction: channel-pruning fractions
+            (``PruneConfig(f, structure="channel")``: the share of every
+            prunable group's output channels removed; ``finish()`` rebuilds
+            a narrower model); 0 means none. Tried only in trials with
+            ``final_sparsity`` 0: a trial prunes weights or channels.
+        channel_end: where the channel-masking schedule ends, as a fraction
+            of the epochs (like ``prune_end``; only for channel trials).
+        rank_energy: low-rank factorization (``LowRankConfig(energy=e)``):
+            the share of each layer's squared singular values kept, in
+            (0, 1]; 0 means no factorization.
+        rank_macs: low-rank factorization to a MAC budget
+            (``LowRankConfig(macs=m)``: the model's MACs after over before,
+            in (0, 1)); 0 means none. Tried only in trials with
+            ``rank_energy`` 0 (a rank comes from one or the other).
 
     Raises:
-        ValueError: for empty choice lists or values out of range.
+        ValueError: for empty choice lists, values out of range, or a
+            structured choice that no trial could take (channel fractions
+            without a 0 among ``final_sparsity``, MAC budgets without a 0
+            among ``rank_energy``).
 
     Example:
 
     >>> SearchSpace(final_sparsity=[0.5, 0.8], width=[0.5, 1.0]).width
     [0.5, 1.0]
+    >>> SearchSpace(final_sparsity=[0.0], channel_fraction=[0.25, 0.5]).channel_fraction
+    [0.25, 0.5]
     """
 
     final_sparsity: Sequence[float] = (0.0, 0.5, 0.75, 0.9)
@@ -164,6 +184,10 @@ class SearchSpace:
     distill: Sequence[bool] = (False,)
     distill_alpha: Sequence[float] = (0.1,)
     temperature: Sequence[float] = (4.0,)
+    channel_fraction: Sequence[float] = (0.0,)
+    channel_end: Sequence[float] = (1.0,)
+    rank_energy: Sequence[float] = (0.0,)
+    rank_macs: Sequence[float] = (0.0,)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -173,6 +197,9 @@ class SearchSpace:
             values = list(values)
             if not values:
                 raise ValueError(f"SearchSpace {f.name} is empty: give at least one value.")
+            if f.name in _FRACTIONS:  # one hyperparameter type: 0 and 0.5 are both floats
+                values = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                          else v for v in values]
             setattr(self, f.name, values)
         checks = (("final_sparsity", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
                   ("prune_end", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
@@ -180,19 +207,36 @@ class SearchSpace:
                   ("resolution", lambda v: v is None or (int(v) == v and v > 0),
                    "a positive number of pixels or None"),
                   ("distill_alpha", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
-                  ("temperature", lambda v: v > 0, "positive"))
+                  ("temperature", lambda v: v > 0, "positive"),
+                  ("channel_fraction", lambda v: 0.0 <= v < 1.0, "in [0, 1) (0: no channel "
+                   "pruning)"),
+                  ("channel_end", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+                  ("rank_energy", lambda v: 0.0 <= v <= 1.0, "in [0, 1] (0: no "
+                   "factorization)"),
+                  ("rank_macs", lambda v: 0.0 <= v < 1.0, "in [0, 1) (0: no MAC budget)"))
         for name, ok, what in checks:
             bad = [v for v in getattr(self, name) if not ok(v)]
             if bad:
                 raise ValueError(f"SearchSpace {name} values {bad} must be {what}.")
+        for child, parent, why in (
+                ("channel_fraction", "final_sparsity", "a trial prunes weights or channels, "
+                 "not both"),
+                ("rank_macs", "rank_energy", "a rank comes from an energy or a MAC budget, "
+                 "not both")):
+            if any(getattr(self, child)) and 0.0 not in [float(v) for v in getattr(self, parent)]:
+                raise ValueError(f"SearchSpace {child}={getattr(self, child)} is tried only in "
+                                 f"trials with {parent} 0 ({why}), and {parent}="
+                                 f"{getattr(self, parent)} has no 0: add 0.0 to {parent}.")
 
     def declare(self, hp: Any) -> None:
         """Declares the choices on a ``keras_tuner.HyperParameters``.
 
-        The pruning length exists only for trials that prune, and the
-        distillation weights only for trials that distill (keras-tuner
-        conditional scopes), so no two trials differ only in a setting that
-        does nothing.
+        The pruning length exists only for trials that prune, the
+        distillation weights only for trials that distill, the channel
+        fraction only for trials that do not prune weights (and its schedule
+        end only for those that prune channels), the MAC budget only for
+        trials without an energy threshold (keras-tuner conditional scopes),
+        so no two trials differ only in a setting that does nothing.
         """
         def choice(name, values):
             keys = list(dict.fromkeys(_hp_value(v) for v in values))
@@ -214,6 +258,20 @@ class SearchSpace:
             with hp.conditional_scope("distill", [True]):
                 choice("distill_alpha", self.distill_alpha)
                 choice("temperature", self.temperature)
+        # Structured settings are declared only when some trial uses them, so
+        # searches without them keep their hyperparameters (and resume).
+        if any(self.channel_fraction):
+            with hp.conditional_scope("final_sparsity", [0.0]):
+                choice("channel_fraction", self.channel_fraction)
+                with hp.conditional_scope("channel_fraction",
+                                          sorted({float(v) for v in self.channel_fraction
+                                                  if v > 0})):
+                    choice("channel_end", self.channel_end)
+        if any(self.rank_energy) or any(self.rank_macs):
+            choice("rank_energy", self.rank_energy)
+        if any(self.rank_macs):
+            with hp.conditional_scope("rank_energy", [0.0]):
+                choice("rank_macs", self.rank_macs)
 
     def get_config(self) -> dict[str, Any]:
         return {f.name: list(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -244,6 +302,10 @@ class TrialSettings:
     distill: bool = False
     distill_alpha: float = 0.1
     temperature: float = 4.0
+    channel_fraction: float = 0.0
+    channel_end: float = 1.0
+    rank_energy: float = 0.0
+    rank_macs: float = 0.0
     epochs: int | None = None
 
     @classmethod
@@ -256,6 +318,10 @@ class TrialSettings:
                    distill=bool(values.get("distill", False)),
                    distill_alpha=float(values.get("distill_alpha", 0.1)),
                    temperature=float(values.get("temperature", 4.0)),
+                   channel_fraction=float(values.get("channel_fraction", 0.0)),
+                   channel_end=float(values.get("channel_end", 1.0)),
+                   rank_energy=float(values.get("rank_energy", 0.0)),
+                   rank_macs=float(values.get("rank_macs", 0.0)),
                    epochs=int(values.get("tuner/epochs", epochs)))
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from tfedge._keras import keras
 from tfedge._validate import validate
 from tfedge._wrap import wrap
 from tfedge.distill import DistillConfig
+from tfedge.lowrank import LowRankConfig
 from tfedge.quantize import QATConfig
 from tfedge._tune.scaling import resize_images
 from tfedge._tune.space import Budget, TrialSettings, score
@@ -170,7 +171,9 @@ def _wrap_options(settings: TrialSettings, epochs: int, teacher: Any,
                   input_shape: tuple[int, ...]) -> dict[str, Any]:
     """``tfedge.wrap`` arguments for one trial's settings.
 
-    Pruning ramps to its final sparsity over ``prune_end`` of the epochs.
+    Pruning (of weights, or of channels over ``channel_end``) ramps to its
+    final sparsity over ``prune_end`` of the epochs; low-rank factorization
+    happens before the first epoch, the following ones fine-tune.
     With QAT too, pruning must end before the last epoch, and QAT
     (sparsity-preserving) fine-tunes from the epoch pruning ends.
 
@@ -180,8 +183,10 @@ def _wrap_options(settings: TrialSettings, epochs: int, teacher: Any,
     """
 
     options: dict[str, Any] = {}
-    prune_end = settings.prune_end * epochs
-    if settings.final_sparsity > 0 and settings.quantize:
+    pruned = settings.final_sparsity > 0 or settings.channel_fraction > 0
+    prune_end = (settings.prune_end if settings.final_sparsity > 0
+                 else settings.channel_end) * epochs
+    if pruned and settings.quantize:
         if epochs < 2:
             raise ValueError("Pruning followed by QAT needs at least 2 epochs (one to prune, "
                              "one to fine-tune quantization-aware); raise epochs.")
@@ -189,10 +194,17 @@ def _wrap_options(settings: TrialSettings, epochs: int, teacher: Any,
     if settings.final_sparsity > 0:
         options["prune"] = prune_lib.PruneConfig(settings.final_sparsity,
                                                  end_epoch=max(prune_end, 1e-6))
+    elif settings.channel_fraction > 0:  # finish() rebuilds the narrower model
+        options["prune"] = prune_lib.PruneConfig(settings.channel_fraction, structure="channel",
+                                                 end_epoch=max(prune_end, 1e-6))
+    if settings.rank_energy > 0 or settings.rank_macs > 0:  # factorized before epoch 0
+        options["factorize"] = (LowRankConfig(energy=settings.rank_energy)
+                                if settings.rank_energy > 0 else
+                                LowRankConfig(macs=settings.rank_macs))
     if settings.quantize:
 
         options["quantize"] = QATConfig(
-            start_epoch=int(prune_end) if settings.final_sparsity > 0 else 0)
+            start_epoch=int(prune_end) if pruned else 0)
     if settings.distill:
         if teacher is None:
             raise ValueError("distill=True needs teacher= (a trained tf_keras model).")
