@@ -552,3 +552,47 @@ class FlatbufferModel:
                          "activation_bits": activation.bits, "weight_bytes": stored.nbytes,
                          "compute": "float" if activation.dtype in FLOAT_TYPES else "integer"})
         return rows
+
+    def byte_breakdown(self) -> dict[str, Any]:
+        """Where the file's bytes go: weights by op and type, biases, quantization, the graph.
+
+        Returns:
+            ``{"total", "weights": {"<OP> <DTYPE>": bytes}, "biases",
+            "other_constants", "scales" (float32, 4 B each), "zero_points"
+            (int64, 8 B each), "quant_params_of_weights" (the scales and zero
+            points of weight and bias tensors: per channel), "tensor_names",
+            "graph" (the rest: tensor and op tables, names, signatures,
+            flatbuffer structure and alignment)}``, in bytes.
+        """
+        consumers = {}
+        for op in self.ops:
+            for slot, t in enumerate(op.inputs):
+                if t >= 0:
+                    consumers.setdefault(self.stored_tensor(t), (op.name, slot))
+        weights: dict[str, int] = collections.Counter()
+        biases = other = scales = zero_points = weight_quant = names = 0
+        seen_buffers = set()
+        for info, tensor in zip(self.tensors, self._subgraph.tensors):
+            names += len(info.name.encode())
+            quant_bytes = 4 * len(info.scale) + 8 * len(info.zero_point)
+            scales += 4 * len(info.scale)
+            zero_points += 8 * len(info.zero_point)
+            data = self._model.buffers[tensor.buffer].data
+            if data is None or len(data) == 0 or tensor.buffer in seen_buffers:
+                continue
+            seen_buffers.add(tensor.buffer)
+            op_name, slot = consumers.get(info.index, ("", -1))
+            if op_name in WEIGHT_OPS and slot == 1:
+                weights[f"{op_name} {info.dtype}"] += len(data)
+                weight_quant += quant_bytes
+            elif op_name in WEIGHT_OPS and slot == 2:
+                biases += len(data)
+                weight_quant += quant_bytes
+            else:
+                other += len(data)
+        stored = sum(weights.values()) + biases + other
+        return {"total": len(self.content), "weights": dict(sorted(weights.items())),
+                "weights_total": sum(weights.values()), "biases": biases,
+                "other_constants": other, "scales": scales, "zero_points": zero_points,
+                "quant_params_of_weights": weight_quant, "tensor_names": names,
+                "graph": len(self.content) - stored - scales - zero_points - names}

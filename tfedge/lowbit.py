@@ -55,7 +55,7 @@ from tfedge.lowbit_quantizer import (INT4_OPS, QuantizerSession, Rule, check_run
                                      mode_rules, quantizer_modules)
 from tfedge.mixed_precision import MixedPrecisionReport, choose_bits, layer_options
 from tfedge.source import make_converter, model_source, run_converter
-from tfedge._validate import compare_outputs, run_outputs
+from tfedge._validate import compare_outputs, run_all_outputs, run_outputs
 
 __all__ = ["INT4_OPS", "MixedPrecisionReport", "QuantizerSession", "Rule", "choose_bits",
            "convert_lowbit", "mode_rules"]
@@ -146,10 +146,14 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
         shape = tuple(d or 1 for d in source.input_shape[1:])
         check_x = np.random.default_rng(0).standard_normal((16,) + shape).astype(np.float32)
     output_name = source.signature.outputs[0]
-    reference = source.reference(check_x)
+    # several outputs (a detector): compared on all of them, by relative output RMSE
+    references = source.reference_outputs(check_x)
+    reference = references[output_name]
+    compared = references if len(references) > 1 else reference
 
     if mode == "mixed_precision":
-        loss_fn = quant_debug.OutputLoss(reference, check_x, eval_y, output_name)
+        loss_fn = quant_debug.OutputLoss(references if len(references) > 1 else reference,
+                                          check_x, eval_y, output_name)
         options = layer_options(session.fb, source.keras_model)
         content, report = choose_bits(session, options, loss_fn, max_size_bytes=max_size_bytes,
                                       tolerance=tolerance, bits=bits)
@@ -170,7 +174,7 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
             if not allow_float_ops:
                 raise
             logging.warning("tfedge: %s", err)
-    runtimes = check_runtimes(content, check_x, reference, output_name)
+    runtimes = check_runtimes(content, check_x, compared, output_name)
     details["runtimes"] = runtimes
     if not any(r["correct"] for r in runtimes.values()):
         raise ConversionError(
@@ -194,8 +198,15 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
         raise ConversionError(f"mode={mode!r}: XNNPACK rejects this model and LiteRT's built-in "
                               "kernels compute it wrongly.")
     if eval_x is not None:
-        candidate = run_outputs(content, eval_x, artifact.op_resolver, output_name)
-        artifact.validation = compare_outputs(reference, candidate, eval_y, mode=mode)
+        if len(references) > 1:
+            names = list(references)
+            candidates = run_all_outputs(content, eval_x, names, artifact.op_resolver)
+            artifact.validation = compare_outputs([references[n] for n in names],
+                                                  [candidates[n] for n in names], mode=mode,
+                                                  names=names)
+        else:
+            candidate = run_outputs(content, eval_x, artifact.op_resolver, output_name)
+            artifact.validation = compare_outputs(reference, candidate, eval_y, mode=mode)
         artifact.validation.op_resolver = artifact.op_resolver
     details["conversion_seconds"] = round(time.perf_counter() - started, 3)
     logging.info("tfedge: %s", str(artifact).splitlines()[0])

@@ -114,3 +114,38 @@ def test_export_micro_refuses_w4a8_with_tflms_reason(w4a8, trained_digits_cnn, d
     assert {r["weight_dtype"] for r in conv4.flatbuffer.layer_bits()} == {"INT4", "INT8"}
     bundle = tfedge.export_micro(conv4, tmp_path / "conv4", sample_inputs=x_test[:8], max_diff=1)
     assert bundle.arena_bytes > 0
+
+
+def test_two_output_model_is_compared_on_both_outputs(digits):
+    """A detector-like model (class logits + box-like numbers): no top-1 to agree on, so the
+    runtimes, the mixed-precision loss and the validation cover both outputs by RMSE."""
+    from tfedge import keras
+
+    (x_train, y_train), (x_test, _) = digits
+    # the second target: each image quadrant's mean ink (real numbers from the real images)
+    quadrants = np.stack([x_train[:, r:r + 4, c:c + 4, 0].mean((1, 2))
+                          for r in (0, 4) for c in (0, 4)], 1)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(64, activation="relu")(h)
+    model = keras.Model(inputs, [keras.layers.Dense(4, name="boxes")(h),
+                                 keras.layers.Dense(10, name="scores")(h)], name="two_heads")
+    model.compile("adam", [keras.losses.MeanSquaredError(),
+                           keras.losses.SparseCategoricalCrossentropy(from_logits=True)])
+    model.fit(x_train, [quadrants, y_train], epochs=5, batch_size=32, verbose=0)
+
+    w4a8 = tfedge.convert(model, x_train[:200], mode="w4a8", eval_data=x_test[:100])
+    for row in w4a8.details["runtimes"].values():
+        assert row["ok"] and row["correct"] and row["top1_agreement"] is None
+        assert 0 < row["relative_rmse"] < 1
+    assert set(w4a8.validation.per_output) == {"boxes", "scores"}
+
+    int8 = tfedge.convert(model, x_train[:200], mode="litert_int8")
+    budget = int(0.75 * int8.size_bytes)
+    mixed = tfedge.convert(model, x_train[:200], max_size_bytes=budget, eval_data=x_test[:100])
+    report = mixed.details["mixed_precision"]
+    assert report["metric"] == "relative output RMSE (mean of 2 outputs)"
+    assert report["reached"] and mixed.size_bytes <= budget
+    assert 0 < report["int8_loss"] <= report["final_loss"]
