@@ -43,9 +43,8 @@ from absl import logging
 from tfedge import lowbit
 from tfedge.artifact import (INTEGER_MODES, LOWBIT_MODES, MODE_DESCRIPTIONS, MODES,
                              TFLiteArtifact, check_full_integer, runtime_settings, trust)
-from tfedge.calibration import (check_representative_range, data_range, representative_samples,
-                                split_eval_data)
-from tfedge.errors import ConversionError
+from tfedge.calibration import (check_num_samples, check_representative_range, data_range,
+                                representative_samples, split_eval_data)
 from tfedge.quant_debug import accuracy_aware
 from tfedge.source import (ModelSource, is_quantization_aware_model, make_converter,
                            model_source, run_converter)
@@ -259,6 +258,7 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
     >>> art = tfedge.convert(model, x_train[:300], tolerance=0.01,
     ...                      eval_data=(x_val, y_val))  # doctest: +SKIP
     """
+    check_num_samples(num_samples)
     # --- below 8 bits: the LiteRT Quantizer (tfedge/lowbit.py) ---
     if (max_size_bytes is not None or bits) and mode == "int8":
         mode = "mixed_precision"
@@ -270,17 +270,13 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
             output_type=output_type, num_samples=num_samples, batch_size=batch_size,
             signature=signature, tolerance=tolerance, eval_data=eval_data,
             custom_objects=custom_objects, max_size_bytes=max_size_bytes, bits=bits,
-            allow_float_ops=allow_float_ops)
+            allow_float_ops=allow_float_ops, strict=strict)
     if max_size_bytes is not None or bits:
         raise ValueError(f"max_size_bytes= and bits= choose per-layer bit widths: use "
                          f"mode='mixed_precision' (or leave mode out), not mode={mode!r}.")
     # --- end of the low-bit dispatch ---
     started = time.perf_counter()
     input_type, output_type = _validate_args(mode, input_type, output_type)
-    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
-        raise ValueError(f"num_samples={num_samples!r}: give the number of representative "
-                         "samples to calibrate on, at least 1 (default 300; a few hundred "
-                         "are best).")
     if tolerance is not None:
         if mode != "int8":
             raise ValueError(f"tolerance= works with mode='int8' (layers fall back from int8 "
@@ -346,12 +342,7 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
         artifact = accuracy_aware(source, artifact, samples, eval_x, eval_y,
                                               tolerance=tolerance, **settings)
     elif mode in INTEGER_MODES:
-        try:
-            check_full_integer(artifact)
-        except ConversionError as err:
-            if not allow_float_ops:
-                raise
-            logging.warning("tfedge: %s", err)
+        check_full_integer(artifact, allow_float_ops)
 
     trust(artifact.content)
     artifact.runtime = runtime_settings(artifact.content)

@@ -48,7 +48,8 @@ from absl import logging
 from tfedge import quant_debug
 from tfedge.artifact import (MODE_DESCRIPTIONS, TFLiteArtifact, check_full_integer,
                              runtime_settings, trust)
-from tfedge.calibration import data_range, representative_samples, split_eval_data
+from tfedge.calibration import (check_num_samples, check_representative_range, data_range,
+                                representative_samples, split_eval_data)
 from tfedge.card import tool_versions
 from tfedge.errors import ConversionError
 from tfedge.lowbit_quantizer import (INT4_OPS, QuantizerSession, Rule, check_runtimes,
@@ -71,7 +72,7 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
                    signature: str | None = None, tolerance: float | None = None,
                    eval_data: Any = None, custom_objects: dict[str, Any] | None = None,
                    max_size_bytes: int | None = None, bits: dict[str, int] | None = None,
-                   allow_float_ops: bool = False) -> Any:
+                   allow_float_ops: bool = False, strict: bool = False) -> Any:
     """``tfedge.convert`` for the low-bit modes (see the module docstring).
 
     Returns:
@@ -88,6 +89,7 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
             correctly.
     """
     started = time.perf_counter()
+    check_num_samples(num_samples)
     quantizer_modules()  # fail first, before tracing anything
     static = mode in _STATIC_MODES
     for name, value in (("input_type", input_type), ("output_type", output_type)):
@@ -123,7 +125,9 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
     samples = []
     if static or representative_data is not None:
         samples = representative_samples(representative_data, source.input_shape,
-                                                     num_samples)
+                                         num_samples)
+        # the int8 path's check: calibration preprocessed unlike the model's / eval data
+        check_representative_range(samples, eval_x, source.keras_model, strict=strict)
     float_content = run_converter(
         make_converter(source, "float32"), source, "float32")
     session = QuantizerSession(float_content, samples)
@@ -168,12 +172,7 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
     artifact = TFLiteArtifact(content, mode=mode, num_calibration_samples=len(samples),
                                           details=details)
     if static:
-        try:
-            check_full_integer(artifact)
-        except ConversionError as err:
-            if not allow_float_ops:
-                raise
-            logging.warning("tfedge: %s", err)
+        check_full_integer(artifact, allow_float_ops)
     runtimes = check_runtimes(content, check_x, compared, output_name)
     details["runtimes"] = runtimes
     if not any(r["correct"] for r in runtimes.values()):

@@ -149,3 +149,19 @@ def test_two_output_model_is_compared_on_both_outputs(digits):
     assert report["metric"] == "relative output RMSE (mean of 2 outputs)"
     assert report["reached"] and mixed.size_bytes <= budget
     assert 0 < report["int8_loss"] <= report["final_loss"]
+
+
+def test_lowbit_modes_check_calibration_like_int8(trained_digits_cnn, digits):
+    """The low-bit dispatch runs the int8 path's num_samples and calibration-range checks."""
+    (x_train, _), (x_test, y_test) = digits
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match=rf"num_samples={bad!r}"):
+            tfedge.convert(trained_digits_cnn, x_train[:300], mode="w4a8", num_samples=bad)
+    # 0..255 pixels for a model trained on 0..1: strict raises, as it does for int8
+    pixels = np.round(x_train[:300] * 255)
+    for mode in ("int8", "w4a8", "litert_int8"):
+        with pytest.raises(ValueError, match="raw 8-bit pixels"):
+            tfedge.convert(trained_digits_cnn, pixels, mode=mode, strict=True)
+    with pytest.raises(ValueError, match="outside the range of representative_data"):
+        tfedge.convert(trained_digits_cnn, x_train[:300] * 0.1, max_size_bytes=10**6,
+                       eval_data=(x_test, y_test), strict=True)
