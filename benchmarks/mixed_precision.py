@@ -24,7 +24,15 @@ each variant is converted by ``tfedge.convert`` and measured the same way:
 * ``int4_blockwise``: int4 FULLY_CONNECTED weights in blocks of 32, dynamic;
 * ``mixed 0.75x / 0.6x / 0.5x``: ``max_size_bytes`` at those fractions of the
   converter's int8 file; the layers are chosen on held-out training images
-  (top-1 disagreement with the float model; the test set is never seen).
+  (top-1 disagreement with the float model; the test set is never seen);
+* ``w4a8 per-tensor``: w4a8 with one weight scale per tensor
+  (``per_channel=False``): no per-channel scales and zero points;
+* ``mixed 0.6x, per-tensor allowed``: ``per_channel="auto"``, each layer may
+  also take int8 / int4 weights per tensor.
+
+The ``bytes`` section breaks the int8 and w4a8 files down (weights by op and
+type, biases, float32 scales, int64 zero points, names, graph): what int4
+weights can and cannot shrink.
 
 Columns: test accuracy (mAP@0.5 for the detector) in LiteRT (XNNPACK unless the model needs the
 built-in kernels), file size and its ratio to the converter's int8, conversion
@@ -65,6 +73,7 @@ from recipes.common import cosine_schedule  # noqa: E402
 from recipes.data import digits_rgb, generate_shapes, load_detection  # noqa: E402
 
 BUDGETS = (0.75, 0.6, 0.5)
+AUTO_BUDGET = 0.6  # mixed precision with per_channel="auto" (per-tensor layers allowed)
 TARGETS = ["rpi4", "rpi5"]
 MODELS = ["digits_cnn", "mobilenet_v2", "detector"]
 DETECTOR_SIZE = 96
@@ -210,6 +219,11 @@ def run_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                 ("int4_blockwise", dict(mode="int4_blockwise"))]
     variants += [(f"mixed {b}x", dict(max_size_bytes=int(b * int8.size_bytes),
                                       eval_data=held_out)) for b in BUDGETS]
+    # one scale per tensor drops the per-channel float32 scales and int64 zero points
+    variants += [("w4a8 per-tensor", dict(mode="w4a8", per_channel=False)),
+                 (f"mixed {AUTO_BUDGET}x, per-tensor allowed",
+                  dict(max_size_bytes=int(AUTO_BUDGET * int8.size_bytes), eval_data=held_out,
+                       per_channel="auto"))]
     for variant, kwargs in variants:
         try:
             artifact = tfedge.convert(model, calibration, **kwargs)

@@ -169,7 +169,7 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
             input_type: str | None = None, output_type: str | None = None,
             num_samples: int = 300, allow_float_ops: bool = False,
             batch_size: int | None = 1, signature: str | None = None,
-            per_channel: bool = True, sparse: bool = False,
+            per_channel: bool | str = True, sparse: bool = False,
             tolerance: float | None = None, eval_data: Any = None,
             custom_objects: dict[str, Any] | None = None,
             max_size_bytes: int | None = None,
@@ -207,7 +207,10 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
         signature: for a SavedModel with several signatures, the one to
             convert (integer modes convert one signature).
         per_channel: one weight scale per output channel (default); False
-            for one scale per tensor (some DSPs/NPUs need that).
+            for one scale per tensor (some DSPs/NPUs need that; a smaller
+            file: no per-channel scales and zero points). With mixed
+            precision, ``"auto"``: each layer may also go per-tensor, chosen
+            by measurement like its bit width.
         sparse: encode pruned weights in TFLite's sparse format. The file
             shrinks (90% sparsity: about 0.4x); the artifact records the
             runtime settings it needs, since sparse integer models do not
@@ -270,10 +273,14 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
             output_type=output_type, num_samples=num_samples, batch_size=batch_size,
             signature=signature, tolerance=tolerance, eval_data=eval_data,
             custom_objects=custom_objects, max_size_bytes=max_size_bytes, bits=bits,
-            allow_float_ops=allow_float_ops, strict=strict)
+            allow_float_ops=allow_float_ops, strict=strict, per_channel=per_channel)
     if max_size_bytes is not None or bits:
         raise ValueError(f"max_size_bytes= and bits= choose per-layer bit widths: use "
                          f"mode='mixed_precision' (or leave mode out), not mode={mode!r}.")
+    if per_channel not in (True, False):
+        raise ValueError(f"per_channel={per_channel!r}: mode={mode!r} takes True or False "
+                         "('auto' is for mixed precision: max_size_bytes= or "
+                         "mode='mixed_precision').")
     # --- end of the low-bit dispatch ---
     started = time.perf_counter()
     input_type, output_type = _validate_args(mode, input_type, output_type)

@@ -386,11 +386,10 @@ class FlatbufferModel:
         non-zero values (see :meth:`is_sparse`).
         """
         tensor = self._subgraph.tensors[tensor_index]
-        data = self._model.buffers[tensor.buffer].data
-        if data is None or len(data) == 0 or tensor.sparsity is not None:
+        raw = self._buffer_bytes(tensor.buffer)
+        if not raw or tensor.sparsity is not None:
             return None
         info = self.tensors[tensor_index]
-        raw = np.asarray(data, dtype=np.uint8).tobytes()
         if info.dtype in SUB_BYTE_BITS:  # packed: unpacked into int8 values
             size = int(np.prod(info.shape)) if info.shape else 1
             return unpack_sub_byte(raw, info.dtype, size).reshape(info.shape)
@@ -398,14 +397,22 @@ class FlatbufferModel:
             return None
         return np.frombuffer(raw, dtype=info.numpy_dtype).reshape(info.shape)
 
+    def _buffer_bytes(self, index: int) -> bytes:
+        """A buffer's bytes: inline, or (files the LiteRT Quantizer writes) after the
+        flatbuffer at ``offset`` / ``size``."""
+        buffer = self._model.buffers[index]
+        if buffer.data is not None and len(buffer.data):
+            return np.asarray(buffer.data, dtype=np.uint8).tobytes()
+        offset, size = int(buffer.offset or 0), int(buffer.size or 0)
+        return self.content[offset:offset + size] if offset > 1 and size else b""
+
     def is_sparse(self, tensor_index: int) -> bool:
         """True if the tensor uses TFLite's sparse encoding."""
         return self._subgraph.tensors[tensor_index].sparsity is not None
 
     def is_constant(self, tensor_index: int) -> bool:
         """True if the tensor's values are stored in the file (weights, biases, shapes)."""
-        data = self._model.buffers[self._subgraph.tensors[tensor_index].buffer].data
-        return data is not None and len(data) > 0
+        return bool(self._buffer_bytes(self._subgraph.tensors[tensor_index].buffer))
 
     def float_ops(self, ignore_io_boundary: bool = True) -> list[OpInfo]:
         """Operators that read or write a floating-point tensor.
@@ -577,19 +584,21 @@ class FlatbufferModel:
             quant_bytes = 4 * len(info.scale) + 8 * len(info.zero_point)
             scales += 4 * len(info.scale)
             zero_points += 8 * len(info.zero_point)
-            data = self._model.buffers[tensor.buffer].data
-            if data is None or len(data) == 0 or tensor.buffer in seen_buffers:
+            buffer = self._model.buffers[tensor.buffer]
+            size = len(buffer.data) if buffer.data is not None else \
+                (int(buffer.size or 0) if int(buffer.offset or 0) > 1 else 0)
+            if not size or tensor.buffer in seen_buffers:
                 continue
             seen_buffers.add(tensor.buffer)
             op_name, slot = consumers.get(info.index, ("", -1))
             if op_name in WEIGHT_OPS and slot == 1:
-                weights[f"{op_name} {info.dtype}"] += len(data)
+                weights[f"{op_name} {info.dtype}"] += size
                 weight_quant += quant_bytes
             elif op_name in WEIGHT_OPS and slot == 2:
-                biases += len(data)
+                biases += size
                 weight_quant += quant_bytes
             else:
-                other += len(data)
+                other += size
         stored = sum(weights.values()) + biases + other
         return {"total": len(self.content), "weights": dict(sorted(weights.items())),
                 "weights_total": sum(weights.values()), "biases": biases,

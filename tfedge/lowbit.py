@@ -24,6 +24,12 @@ LiteRT has a kernel):
 * ``"litert_int8"``: static int8 through the quantizer, the comparison to
   the converter's ``"int8"`` (which stays the default; see
   ``benchmarks/mixed_precision.py``).
+* ``per_channel=False`` quantizes the fixed modes' weights with one scale per
+  tensor; with mixed precision, ``per_channel="auto"`` lets each layer also
+  take int8 or int4 weights with one scale per tensor, which drops its
+  float32 scales and int64 zero points per output channel (for the weights
+  and the int32 biases: 24 bytes a channel, often more than int4 saves on a
+  narrow layer; see ``benchmarks/results/mixed_precision.json``'s ``bytes``).
 * ``"mixed_precision"``: a bit width per layer, chosen by measurement (see
   :func:`tfedge.mixed_precision.choose_bits`): 4 (int4 weights, int8 activations), 8 (int8) or
   16 (int16 activations, int8 weights: LiteRT's 16x8), to meet
@@ -72,7 +78,8 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
                    signature: str | None = None, tolerance: float | None = None,
                    eval_data: Any = None, custom_objects: dict[str, Any] | None = None,
                    max_size_bytes: int | None = None, bits: dict[str, int] | None = None,
-                   allow_float_ops: bool = False, strict: bool = False) -> Any:
+                   allow_float_ops: bool = False, strict: bool = False,
+                   per_channel: bool | str = True) -> Any:
     """``tfedge.convert`` for the low-bit modes (see the module docstring).
 
     Returns:
@@ -101,6 +108,14 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
         raise ValueError(f"max_size_bytes=, bits= and tolerance= choose per-layer bit widths: "
                          f"use them with mode='mixed_precision' (or leave mode out), not "
                          f"mode={mode!r}.")
+    if per_channel not in (True, False, "auto"):
+        raise ValueError(f"per_channel={per_channel!r}: give True (a weight scale per output "
+                         "channel), False (one per tensor) or, with mixed precision, 'auto' "
+                         "(each layer's choice, by measurement).")
+    if (per_channel == "auto") != (mode == "mixed_precision") and per_channel is not True:
+        raise ValueError(f"per_channel={per_channel!r} with mode={mode!r}: per_channel='auto' "
+                         "lets mixed precision choose per layer (max_size_bytes= or "
+                         "tolerance=); the fixed modes take True or False.")
     if mode == "mixed_precision":
         if max_size_bytes is None and tolerance is None and not bits:
             raise ValueError("mode='mixed_precision' needs a target: max_size_bytes=N, "
@@ -158,13 +173,15 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
     if mode == "mixed_precision":
         loss_fn = quant_debug.OutputLoss(references if len(references) > 1 else reference,
                                           check_x, eval_y, output_name)
-        options = layer_options(session.fb, source.keras_model)
+        options = layer_options(session.fb, source.keras_model,
+                                per_tensor=per_channel == "auto")
         content, report = choose_bits(session, options, loss_fn, max_size_bytes=max_size_bytes,
                                       tolerance=tolerance, bits=bits)
         details["mixed_precision"] = report.to_dict()
         details["lowbit"] = {"bits": report.bits}
     else:
-        rules = mode_rules(mode)
+        rules = [dataclasses.replace(r, per_channel=bool(per_channel)) if not r.block_size
+                 else r for r in mode_rules(mode)]
         content = session.quantize(rules)
         details["lowbit"] = {"recipe": [dataclasses.asdict(r) for r in rules]}
     details["quantize_seconds"] = round(time.perf_counter() - started, 3)

@@ -165,3 +165,24 @@ def test_lowbit_modes_check_calibration_like_int8(trained_digits_cnn, digits):
     with pytest.raises(ValueError, match="outside the range of representative_data"):
         tfedge.convert(trained_digits_cnn, x_train[:300] * 0.1, max_size_bytes=10**6,
                        eval_data=(x_test, y_test), strict=True)
+
+
+def test_per_tensor_weights_drop_the_per_channel_parameters(trained_digits_cnn, digits, w4a8):
+    """per_channel=False: one scale per tensor, a smaller file; per_channel='auto' lets mixed
+    precision reach a budget that per-channel int4 everywhere cannot."""
+    (x_train, _), (x_test, y_test) = digits
+    tensorwise = tfedge.convert(trained_digits_cnn, x_train[:300], mode="w4a8", per_channel=False)
+    assert {r["granularity"] for r in tensorwise.flatbuffer.layer_bits()} == {"per-tensor"}
+    ours, theirs = tensorwise.flatbuffer.byte_breakdown(), w4a8.flatbuffer.byte_breakdown()
+    assert ours["weights_total"] == theirs["weights_total"]
+    assert ours["quant_params_of_weights"] < theirs["quant_params_of_weights"]
+    assert tensorwise.size_bytes < w4a8.size_bytes
+
+    budget = w4a8.size_bytes - 2000  # below every per-channel choice
+    art = tfedge.convert(trained_digits_cnn, x_train[:300], max_size_bytes=budget,
+                         per_channel="auto", eval_data=(x_test, y_test))
+    report = art.details["mixed_precision"]
+    assert report["reached"] and art.size_bytes <= budget
+    assert {"4t", "8t"} & {r["bits"] for r in report["layers"]}
+    with pytest.raises(ValueError, match="per_channel='auto'"):
+        tfedge.convert(trained_digits_cnn, x_train[:300], mode="w4a8", per_channel="auto")
