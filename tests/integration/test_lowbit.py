@@ -116,7 +116,7 @@ def test_export_micro_refuses_w4a8_with_tflms_reason(w4a8, trained_digits_cnn, d
     assert bundle.arena_bytes > 0
 
 
-def test_two_output_model_is_compared_on_both_outputs(digits):
+def test_two_output_model_is_compared_on_both_outputs(digits, tmp_path):
     """A detector-like model (class logits + box-like numbers): no top-1 to agree on, so the
     runtimes, the mixed-precision loss and the validation cover both outputs by RMSE."""
     from tfedge import keras
@@ -141,6 +141,12 @@ def test_two_output_model_is_compared_on_both_outputs(digits):
         assert row["ok"] and row["correct"] and row["top1_agreement"] is None
         assert 0 < row["relative_rmse"] < 1
     assert set(w4a8.validation.per_output) == {"boxes", "scores"}
+    # a SavedModel: the float references come from its traced signature, batch by batch
+    model.save(tmp_path / "saved", save_format="tf")
+    from_dir = tfedge.convert(str(tmp_path / "saved"), x_train[:200], mode="w4a8",
+                              eval_data=x_test[:100])
+    assert from_dir.validation.per_output["boxes"]["snr_db"] == pytest.approx(
+        w4a8.validation.per_output["boxes"]["snr_db"], abs=0.5)
 
     int8 = tfedge.convert(model, x_train[:200], mode="litert_int8")
     budget = int(0.75 * int8.size_bytes)
