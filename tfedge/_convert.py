@@ -43,9 +43,8 @@ from absl import logging
 from tfedge import lowbit
 from tfedge.artifact import (INTEGER_MODES, LOWBIT_MODES, MODE_DESCRIPTIONS, MODES,
                              TFLiteArtifact, check_full_integer, runtime_settings, trust)
-from tfedge.calibration import (check_representative_range, data_range, representative_samples,
-                                split_eval_data)
-from tfedge.errors import ConversionError
+from tfedge.calibration import (check_num_samples, check_representative_range, data_range,
+                                representative_samples, split_eval_data)
 from tfedge.quant_debug import accuracy_aware
 from tfedge.source import (ModelSource, is_quantization_aware_model, make_converter,
                            model_source, run_converter)
@@ -170,7 +169,7 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
             input_type: str | None = None, output_type: str | None = None,
             num_samples: int = 300, allow_float_ops: bool = False,
             batch_size: int | None = 1, signature: str | None = None,
-            per_channel: bool = True, sparse: bool = False,
+            per_channel: bool | str = True, sparse: bool = False,
             tolerance: float | None = None, eval_data: Any = None,
             custom_objects: dict[str, Any] | None = None,
             max_size_bytes: int | None = None,
@@ -208,7 +207,10 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
         signature: for a SavedModel with several signatures, the one to
             convert (integer modes convert one signature).
         per_channel: one weight scale per output channel (default); False
-            for one scale per tensor (some DSPs/NPUs need that).
+            for one scale per tensor (some DSPs/NPUs need that; a smaller
+            file: no per-channel scales and zero points). With mixed
+            precision, ``"auto"``: each layer may also go per-tensor, chosen
+            by measurement like its bit width.
         sparse: encode pruned weights in TFLite's sparse format. The file
             shrinks (90% sparsity: about 0.4x); the artifact records the
             runtime settings it needs, since sparse integer models do not
@@ -259,6 +261,7 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
     >>> art = tfedge.convert(model, x_train[:300], tolerance=0.01,
     ...                      eval_data=(x_val, y_val))  # doctest: +SKIP
     """
+    check_num_samples(num_samples)
     # --- below 8 bits: the LiteRT Quantizer (tfedge/lowbit.py) ---
     if (max_size_bytes is not None or bits) and mode == "int8":
         mode = "mixed_precision"
@@ -270,17 +273,17 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
             output_type=output_type, num_samples=num_samples, batch_size=batch_size,
             signature=signature, tolerance=tolerance, eval_data=eval_data,
             custom_objects=custom_objects, max_size_bytes=max_size_bytes, bits=bits,
-            allow_float_ops=allow_float_ops)
+            allow_float_ops=allow_float_ops, strict=strict, per_channel=per_channel)
     if max_size_bytes is not None or bits:
         raise ValueError(f"max_size_bytes= and bits= choose per-layer bit widths: use "
                          f"mode='mixed_precision' (or leave mode out), not mode={mode!r}.")
+    if per_channel not in (True, False):
+        raise ValueError(f"per_channel={per_channel!r}: mode={mode!r} takes True or False "
+                         "('auto' is for mixed precision: max_size_bytes= or "
+                         "mode='mixed_precision').")
     # --- end of the low-bit dispatch ---
     started = time.perf_counter()
     input_type, output_type = _validate_args(mode, input_type, output_type)
-    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
-        raise ValueError(f"num_samples={num_samples!r}: give the number of representative "
-                         "samples to calibrate on, at least 1 (default 300; a few hundred "
-                         "are best).")
     if tolerance is not None:
         if mode != "int8":
             raise ValueError(f"tolerance= works with mode='int8' (layers fall back from int8 "
@@ -346,12 +349,7 @@ def convert(model: Any, representative_data: Any = None, *, mode: str = "int8",
         artifact = accuracy_aware(source, artifact, samples, eval_x, eval_y,
                                               tolerance=tolerance, **settings)
     elif mode in INTEGER_MODES:
-        try:
-            check_full_integer(artifact)
-        except ConversionError as err:
-            if not allow_float_ops:
-                raise
-            logging.warning("tfedge: %s", err)
+        check_full_integer(artifact, allow_float_ops)
 
     trust(artifact.content)
     artifact.runtime = runtime_settings(artifact.content)

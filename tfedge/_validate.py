@@ -196,6 +196,31 @@ def run_outputs(content: bytes, x: np.ndarray, op_resolver: str | None = None,
     return out
 
 
+def run_all_outputs(content: bytes, x: np.ndarray, names: list[str],
+                    op_resolver: str | None = None) -> dict[str, np.ndarray]:
+    """Float outputs of a flatbuffer in LiteRT, each of ``names`` (signature output names)."""
+    runner = TFLiteRunner(content, op_resolver=op_resolver)
+    out = runner.predict(x, output_names=list(names))
+    return dict(zip(names, out if isinstance(out, list) else [out]))
+
+
+def relative_rmse(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> float:
+    """Output RMSE relative to the reference's standard deviation, averaged over outputs.
+
+    Each output is scaled by its own spread, so a model whose outputs differ
+    in scale (a detector's box offsets and class logits) weighs them alike.
+    Non-finite outputs give ``inf``.
+    """
+    values = []
+    for name, ref in reference.items():
+        ref = np.asarray(ref, np.float64).reshape(len(ref), -1)
+        out = np.asarray(candidate[name], np.float64).reshape(len(ref), -1)
+        if not np.isfinite(out).all():
+            return float("inf")
+        values.append(float(np.sqrt(np.mean((out - ref) ** 2)) / (np.std(ref) or 1.0)))
+    return float(np.mean(values))
+
+
 @dataclasses.dataclass
 class ValidationReport:
     """How the flatbuffer compares with the Keras model on the same data.

@@ -495,15 +495,17 @@ def _card_vouches_for(path: str, sha256: str) -> bool:
     return False
 
 
-def check_full_integer(artifact: TFLiteArtifact) -> None:
+def check_full_integer(artifact: TFLiteArtifact, allow_float_ops: bool = False) -> None:
     """Raises unless every op of the model computes on integer tensors.
 
     Args:
         artifact: the converted model.
+        allow_float_ops: log the same message as a warning instead of raising
+            (``tfedge.convert(..., allow_float_ops=True)``).
 
     Raises:
         ConversionError: lists each op that reads or writes a float tensor,
-            with what to do about it.
+            with what to do about it (unless ``allow_float_ops``).
     """
     float_ops = artifact.flatbuffer.float_ops()
     if not float_ops:
@@ -515,13 +517,16 @@ def check_full_integer(artifact: TFLiteArtifact) -> None:
                  if t >= 0 and tensors[t].dtype in flatbuffer.FLOAT_TYPES]
         lines.append(f"  op {op.index} {op.name}: {', '.join(names[:3])}")
     more = f"\n  ... and {len(float_ops) - 20} more" if len(float_ops) > 20 else ""
-    raise ConversionError(
+    error = ConversionError(
         f"The model is not full integer: {len(float_ops)} op(s) compute in float:\n"
         + "\n".join(lines) + more +
         "\nThese ops have no int8 kernel (or the converter could not quantize them). "
         "Replace the layers behind them with int8-friendly ones (e.g. ReLU6 for swish, "
         "no custom ops), convert with mode='int16x8', or pass allow_float_ops=True to "
         "accept a mixed model.")
+    if not allow_float_ops:
+        raise error
+    logging.warning("tfedge: %s", error)
 
 def trust(content: bytes) -> None:
     """Marks flatbuffer bytes as this process's own output: they are not probed."""

@@ -177,6 +177,15 @@ def representative_samples(data: Any, input_shape: tuple[int | None, ...],
     return samples
 
 
+def check_num_samples(num_samples: Any) -> None:
+    """Raises unless ``num_samples`` (representative samples to calibrate on) is a count >= 1."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, float, np.integer)) \
+            or int(num_samples) != num_samples or num_samples < 1:
+        raise ValueError(f"num_samples={num_samples!r}: give the number of representative "
+                         "samples to calibrate on, at least 1 (default 300; a few hundred "
+                         "are best).")
+
+
 def data_range(samples: list[np.ndarray]) -> dict[str, float]:
     """Min, max, mean and std of the calibration samples (recorded in the artifact)."""
     stacked = np.concatenate(samples)

@@ -386,11 +386,10 @@ class FlatbufferModel:
         non-zero values (see :meth:`is_sparse`).
         """
         tensor = self._subgraph.tensors[tensor_index]
-        data = self._model.buffers[tensor.buffer].data
-        if data is None or len(data) == 0 or tensor.sparsity is not None:
+        raw = self._buffer_bytes(tensor.buffer)
+        if not raw or tensor.sparsity is not None:
             return None
         info = self.tensors[tensor_index]
-        raw = np.asarray(data, dtype=np.uint8).tobytes()
         if info.dtype in SUB_BYTE_BITS:  # packed: unpacked into int8 values
             size = int(np.prod(info.shape)) if info.shape else 1
             return unpack_sub_byte(raw, info.dtype, size).reshape(info.shape)
@@ -398,14 +397,22 @@ class FlatbufferModel:
             return None
         return np.frombuffer(raw, dtype=info.numpy_dtype).reshape(info.shape)
 
+    def _buffer_bytes(self, index: int) -> bytes:
+        """A buffer's bytes: inline, or (files the LiteRT Quantizer writes) after the
+        flatbuffer at ``offset`` / ``size``."""
+        buffer = self._model.buffers[index]
+        if buffer.data is not None and len(buffer.data):
+            return np.asarray(buffer.data, dtype=np.uint8).tobytes()
+        offset, size = int(buffer.offset or 0), int(buffer.size or 0)
+        return self.content[offset:offset + size] if offset > 1 and size else b""
+
     def is_sparse(self, tensor_index: int) -> bool:
         """True if the tensor uses TFLite's sparse encoding."""
         return self._subgraph.tensors[tensor_index].sparsity is not None
 
     def is_constant(self, tensor_index: int) -> bool:
         """True if the tensor's values are stored in the file (weights, biases, shapes)."""
-        data = self._model.buffers[self._subgraph.tensors[tensor_index].buffer].data
-        return data is not None and len(data) > 0
+        return bool(self._buffer_bytes(self._subgraph.tensors[tensor_index].buffer))
 
     def float_ops(self, ignore_io_boundary: bool = True) -> list[OpInfo]:
         """Operators that read or write a floating-point tensor.
@@ -552,3 +559,49 @@ class FlatbufferModel:
                          "activation_bits": activation.bits, "weight_bytes": stored.nbytes,
                          "compute": "float" if activation.dtype in FLOAT_TYPES else "integer"})
         return rows
+
+    def byte_breakdown(self) -> dict[str, Any]:
+        """Where the file's bytes go: weights by op and type, biases, quantization, the graph.
+
+        Returns:
+            ``{"total", "weights": {"<OP> <DTYPE>": bytes}, "biases",
+            "other_constants", "scales" (float32, 4 B each), "zero_points"
+            (int64, 8 B each), "quant_params_of_weights" (the scales and zero
+            points of weight and bias tensors: per channel), "tensor_names",
+            "graph" (the rest: tensor and op tables, names, signatures,
+            flatbuffer structure and alignment)}``, in bytes.
+        """
+        consumers = {}
+        for op in self.ops:
+            for slot, t in enumerate(op.inputs):
+                if t >= 0:
+                    consumers.setdefault(self.stored_tensor(t), (op.name, slot))
+        weights: dict[str, int] = collections.Counter()
+        biases = other = scales = zero_points = weight_quant = names = 0
+        seen_buffers = set()
+        for info, tensor in zip(self.tensors, self._subgraph.tensors):
+            names += len(info.name.encode())
+            quant_bytes = 4 * len(info.scale) + 8 * len(info.zero_point)
+            scales += 4 * len(info.scale)
+            zero_points += 8 * len(info.zero_point)
+            buffer = self._model.buffers[tensor.buffer]
+            size = len(buffer.data) if buffer.data is not None else \
+                (int(buffer.size or 0) if int(buffer.offset or 0) > 1 else 0)
+            if not size or tensor.buffer in seen_buffers:
+                continue
+            seen_buffers.add(tensor.buffer)
+            op_name, slot = consumers.get(info.index, ("", -1))
+            if op_name in WEIGHT_OPS and slot == 1:
+                weights[f"{op_name} {info.dtype}"] += size
+                weight_quant += quant_bytes
+            elif op_name in WEIGHT_OPS and slot == 2:
+                biases += size
+                weight_quant += quant_bytes
+            else:
+                other += size
+        stored = sum(weights.values()) + biases + other
+        return {"total": len(self.content), "weights": dict(sorted(weights.items())),
+                "weights_total": sum(weights.values()), "biases": biases,
+                "other_constants": other, "scales": scales, "zero_points": zero_points,
+                "quant_params_of_weights": weight_quant, "tensor_names": names,
+                "graph": len(self.content) - stored - scales - zero_points - names}

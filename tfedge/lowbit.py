@@ -24,6 +24,12 @@ LiteRT has a kernel):
 * ``"litert_int8"``: static int8 through the quantizer, the comparison to
   the converter's ``"int8"`` (which stays the default; see
   ``benchmarks/mixed_precision.py``).
+* ``per_channel=False`` quantizes the fixed modes' weights with one scale per
+  tensor; with mixed precision, ``per_channel="auto"`` lets each layer also
+  take int8 or int4 weights with one scale per tensor, which drops its
+  float32 scales and int64 zero points per output channel (for the weights
+  and the int32 biases: 24 bytes a channel, often more than int4 saves on a
+  narrow layer; see ``benchmarks/results/mixed_precision.json``'s ``bytes``).
 * ``"mixed_precision"``: a bit width per layer, chosen by measurement (see
   :func:`tfedge.mixed_precision.choose_bits`): 4 (int4 weights, int8 activations), 8 (int8) or
   16 (int16 activations, int8 weights: LiteRT's 16x8), to meet
@@ -48,14 +54,15 @@ from absl import logging
 from tfedge import quant_debug
 from tfedge.artifact import (MODE_DESCRIPTIONS, TFLiteArtifact, check_full_integer,
                              runtime_settings, trust)
-from tfedge.calibration import data_range, representative_samples, split_eval_data
+from tfedge.calibration import (check_num_samples, check_representative_range, data_range,
+                                representative_samples, split_eval_data)
 from tfedge.card import tool_versions
 from tfedge.errors import ConversionError
 from tfedge.lowbit_quantizer import (INT4_OPS, QuantizerSession, Rule, check_runtimes,
                                      mode_rules, quantizer_modules)
 from tfedge.mixed_precision import MixedPrecisionReport, choose_bits, layer_options
 from tfedge.source import make_converter, model_source, run_converter
-from tfedge._validate import compare_outputs, run_outputs
+from tfedge._validate import compare_outputs, run_all_outputs, run_outputs
 
 __all__ = ["INT4_OPS", "MixedPrecisionReport", "QuantizerSession", "Rule", "choose_bits",
            "convert_lowbit", "mode_rules"]
@@ -71,7 +78,8 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
                    signature: str | None = None, tolerance: float | None = None,
                    eval_data: Any = None, custom_objects: dict[str, Any] | None = None,
                    max_size_bytes: int | None = None, bits: dict[str, int] | None = None,
-                   allow_float_ops: bool = False) -> Any:
+                   allow_float_ops: bool = False, strict: bool = False,
+                   per_channel: bool | str = True) -> Any:
     """``tfedge.convert`` for the low-bit modes (see the module docstring).
 
     Returns:
@@ -88,6 +96,7 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
             correctly.
     """
     started = time.perf_counter()
+    check_num_samples(num_samples)
     quantizer_modules()  # fail first, before tracing anything
     static = mode in _STATIC_MODES
     for name, value in (("input_type", input_type), ("output_type", output_type)):
@@ -99,6 +108,14 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
         raise ValueError(f"max_size_bytes=, bits= and tolerance= choose per-layer bit widths: "
                          f"use them with mode='mixed_precision' (or leave mode out), not "
                          f"mode={mode!r}.")
+    if per_channel not in (True, False, "auto"):
+        raise ValueError(f"per_channel={per_channel!r}: give True (a weight scale per output "
+                         "channel), False (one per tensor) or, with mixed precision, 'auto' "
+                         "(each layer's choice, by measurement).")
+    if (per_channel == "auto") != (mode == "mixed_precision") and per_channel is not True:
+        raise ValueError(f"per_channel={per_channel!r} with mode={mode!r}: per_channel='auto' "
+                         "lets mixed precision choose per layer (max_size_bytes= or "
+                         "tolerance=); the fixed modes take True or False.")
     if mode == "mixed_precision":
         if max_size_bytes is None and tolerance is None and not bits:
             raise ValueError("mode='mixed_precision' needs a target: max_size_bytes=N, "
@@ -123,7 +140,9 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
     samples = []
     if static or representative_data is not None:
         samples = representative_samples(representative_data, source.input_shape,
-                                                     num_samples)
+                                         num_samples)
+        # the int8 path's check: calibration preprocessed unlike the model's / eval data
+        check_representative_range(samples, eval_x, source.keras_model, strict=strict)
     float_content = run_converter(
         make_converter(source, "float32"), source, "float32")
     session = QuantizerSession(float_content, samples)
@@ -146,17 +165,23 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
         shape = tuple(d or 1 for d in source.input_shape[1:])
         check_x = np.random.default_rng(0).standard_normal((16,) + shape).astype(np.float32)
     output_name = source.signature.outputs[0]
-    reference = source.reference(check_x)
+    # several outputs (a detector): compared on all of them, by relative output RMSE
+    references = source.reference_outputs(check_x)
+    reference = references[output_name]
+    compared = references if len(references) > 1 else reference
 
     if mode == "mixed_precision":
-        loss_fn = quant_debug.OutputLoss(reference, check_x, eval_y, output_name)
-        options = layer_options(session.fb, source.keras_model)
+        loss_fn = quant_debug.OutputLoss(references if len(references) > 1 else reference,
+                                          check_x, eval_y, output_name)
+        options = layer_options(session.fb, source.keras_model,
+                                per_tensor=per_channel == "auto")
         content, report = choose_bits(session, options, loss_fn, max_size_bytes=max_size_bytes,
                                       tolerance=tolerance, bits=bits)
         details["mixed_precision"] = report.to_dict()
         details["lowbit"] = {"bits": report.bits}
     else:
-        rules = mode_rules(mode)
+        rules = [dataclasses.replace(r, per_channel=bool(per_channel)) if not r.block_size
+                 else r for r in mode_rules(mode)]
         content = session.quantize(rules)
         details["lowbit"] = {"recipe": [dataclasses.asdict(r) for r in rules]}
     details["quantize_seconds"] = round(time.perf_counter() - started, 3)
@@ -164,13 +189,8 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
     artifact = TFLiteArtifact(content, mode=mode, num_calibration_samples=len(samples),
                                           details=details)
     if static:
-        try:
-            check_full_integer(artifact)
-        except ConversionError as err:
-            if not allow_float_ops:
-                raise
-            logging.warning("tfedge: %s", err)
-    runtimes = check_runtimes(content, check_x, reference, output_name)
+        check_full_integer(artifact, allow_float_ops)
+    runtimes = check_runtimes(content, check_x, compared, output_name)
     details["runtimes"] = runtimes
     if not any(r["correct"] for r in runtimes.values()):
         raise ConversionError(
@@ -194,8 +214,15 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
         raise ConversionError(f"mode={mode!r}: XNNPACK rejects this model and LiteRT's built-in "
                               "kernels compute it wrongly.")
     if eval_x is not None:
-        candidate = run_outputs(content, eval_x, artifact.op_resolver, output_name)
-        artifact.validation = compare_outputs(reference, candidate, eval_y, mode=mode)
+        if len(references) > 1:
+            names = list(references)
+            candidates = run_all_outputs(content, eval_x, names, artifact.op_resolver)
+            artifact.validation = compare_outputs([references[n] for n in names],
+                                                  [candidates[n] for n in names], mode=mode,
+                                                  names=names)
+        else:
+            candidate = run_outputs(content, eval_x, artifact.op_resolver, output_name)
+            artifact.validation = compare_outputs(reference, candidate, eval_y, mode=mode)
         artifact.validation.op_resolver = artifact.op_resolver
     details["conversion_seconds"] = round(time.perf_counter() - started, 3)
     logging.info("tfedge: %s", str(artifact).splitlines()[0])

@@ -20,7 +20,7 @@ from tfedge.artifact import TFLiteArtifact
 from tfedge.errors import ConversionError
 from tfedge.flatbuffer import FlatbufferModel
 from tfedge.source import quiet_converter
-from tfedge._validate import TFLiteRunner
+from tfedge._validate import TFLiteRunner, relative_rmse
 
 INT4_OPS = ("CONV_2D", "FULLY_CONNECTED")  # LiteRT's int4 kernels (the quantizer's policy)
 BLOCK_SIZE = 32
@@ -54,6 +54,9 @@ class Rule:
         activation_bits: activation bits (static only).
         regex: which ops (by output tensor name) it applies to.
         block_size: 0 for per-channel, else the block size (32, 64, ...).
+        per_channel: with ``block_size`` 0: one weight scale per output
+            channel (default), or False for one per tensor (no per-channel
+            scales and zero points in the file, for weights and biases).
     """
 
     kind: str
@@ -62,6 +65,7 @@ class Rule:
     activation_bits: int = 8
     regex: str = ".*"
     block_size: int = 0
+    per_channel: bool = True
 
 
 def mode_rules(mode: str, block_size: int = BLOCK_SIZE) -> list[Rule]:
@@ -81,8 +85,11 @@ def mode_rules(mode: str, block_size: int = BLOCK_SIZE) -> list[Rule]:
 
 def _apply(qt: Any, qtyping: Any, rule: Rule) -> None:
     op = qtyping.TFLOperationName(rule.op)
-    granularity = (qtyping.QuantGranularity.CHANNELWISE if not rule.block_size else
-                   qtyping.QuantGranularity(f"BLOCKWISE_{rule.block_size}"))
+    if rule.block_size:
+        granularity = qtyping.QuantGranularity(f"BLOCKWISE_{rule.block_size}")
+    else:
+        granularity = qtyping.QuantGranularity.CHANNELWISE if rule.per_channel else \
+            qtyping.QuantGranularity.TENSORWISE
     if rule.kind == "static":
         qt.add_static_config(rule.regex, op, rule.activation_bits, rule.weight_bits,
                              weight_granularity=granularity)
@@ -155,37 +162,50 @@ class QuantizerSession:
 # ----------------------------------------------------------------------------
 # Runtimes: XNNPACK and the built-in kernels
 # ----------------------------------------------------------------------------
-def check_runtimes(content: bytes, x: np.ndarray, reference: np.ndarray,
+def check_runtimes(content: bytes, x: np.ndarray, reference: np.ndarray | dict[str, np.ndarray],
                    output_name: str | None = None) -> dict[str, Any]:
     """Runs a flatbuffer with XNNPACK and with LiteRT's built-in kernels, against float.
 
+    Args:
+        content: the flatbuffer.
+        x: inputs.
+        reference: the float model's outputs on ``x``: one array (of
+            ``output_name``), or a dict of every output by name (a model with
+            several outputs is compared on all of them, by relative RMSE only).
+        output_name: the output ``reference`` holds, when it is one array.
+
     Returns:
         ``{"xnnpack": row, "builtin": row}``; a row holds ``ok``, ``error``
-        (why it does not run), ``top1_agreement`` and ``relative_rmse``
-        against the float outputs, and ``correct`` (False: the kernels run
-        but compute wrong results).
+        (why it does not run), ``top1_agreement`` (None for several outputs or
+        one value per sample) and ``relative_rmse`` against the float outputs
+        (averaged over outputs), and ``correct`` (False: the kernels run but
+        compute wrong results).
     """
-    reference = np.asarray(reference, np.float64).reshape(len(x), -1)
+    references = reference if isinstance(reference, dict) else {output_name: reference}
+    several = len(references) > 1
     result = {}
     for name, resolver in (("xnnpack", "auto"), ("builtin", "no_delegates")):
         try:
             runner = TFLiteRunner(content, op_resolver=resolver)
-            if output_name in runner.output_names:
-                out = runner.predict(x, output_names=[output_name])
+            if several:
+                outs = dict(zip(references, runner.predict(x, output_names=list(references))))
+            elif output_name in runner.output_names:
+                outs = {output_name: runner.predict(x, output_names=[output_name])}
             else:
-                out = runner.predict(x)
+                outs = {output_name: runner.predict(x)}
         except (RuntimeError, ValueError) as err:
             result[name] = {"ok": False, "correct": False,
                             "error": str(err).strip().splitlines()[0][:300]}
             continue
-        out = np.asarray(out, np.float64).reshape(len(x), -1)
-        rmse = float(np.sqrt(np.mean((out - reference) ** 2)) / (np.std(reference) or 1.0))
-        agreement = (float(np.mean(out.argmax(1) == reference.argmax(1)))
-                     if reference.shape[1] > 1 else None)
-        correct = bool(np.isfinite(out).all() and rmse <= 1.0 and
+        rmse = relative_rmse(references, outs)
+        agreement = None
+        if not several:
+            ref = np.asarray(next(iter(references.values())), np.float64).reshape(len(x), -1)
+            out = np.asarray(next(iter(outs.values())), np.float64).reshape(len(x), -1)
+            if ref.shape[1] > 1:
+                agreement = float(np.mean(out.argmax(1) == ref.argmax(1)))
+        correct = bool(np.isfinite(rmse) and rmse <= 1.0 and
                        (agreement is None or agreement >= _BROKEN_AGREEMENT))
         result[name] = {"ok": True, "correct": correct, "error": None,
                         "top1_agreement": agreement, "relative_rmse": rmse}
     return result
-
-

@@ -24,6 +24,7 @@ from tfedge.lowbit_quantizer import INT4_OPS, QuantizerSession, Rule
 
 WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 BITS_CHOICES = (4, 8, 16)
+PER_TENSOR = {"8t": 8, "4t": 4}  # per-tensor weight choices -> their bit width
 MAX_16X8_TRIALS = 8  # layers mixed precision tries with int16 activations, most sensitive first
 
 
@@ -39,7 +40,10 @@ class LayerOption:
             names it).
         ops: its TFLite op names.
         scopes: its ops' output tensor names (the quantizer's regex targets).
-        choices: allowed bit widths (4 only for ops with an int4 kernel).
+        choices: allowed bit widths (4 only for ops with an int4 kernel);
+            with per-tensor choices (``per_channel="auto"``) also ``"8t"`` /
+            ``"4t"``: int8 / int4 weights with one scale per tensor (no
+            per-channel scales and zero points for weights and biases).
         weight_elements: weight values of its weight ops.
         loss: choice -> measured loss of the model with only this layer
             changed from int8 (the output effect, as in quant_debug).
@@ -53,22 +57,30 @@ class LayerOption:
     layer: str
     ops: list[str]
     scopes: list[str]
-    choices: tuple[int, ...]
+    choices: tuple[Any, ...]
     weight_elements: int
-    loss: dict[int, float] = dataclasses.field(default_factory=dict)
-    bytes_saved: dict[int, int] = dataclasses.field(default_factory=dict)
-    bits: int = 8
+    loss: dict[Any, float] = dataclasses.field(default_factory=dict)
+    bytes_saved: dict[Any, int] = dataclasses.field(default_factory=dict)
+    bits: Any = 8
     fixed: bool = False
     rmse_increase: float = 0.0
+    rmse: dict[Any, float] = dataclasses.field(default_factory=dict)
 
-    def rules(self, bits: int | None = None) -> list[Rule]:
+    def rules(self, bits: Any = None) -> list[Rule]:
         bits = self.bits if bits is None else bits
         if bits == 8:
             return []
-        activation, weight = (16, 8) if bits == 16 else (8, 4)
-        return [Rule("static", op, weight, activation, regex="^" + re.escape(scope) + ";")
-                for op, scope in zip(self.ops, self.scopes)
-                if bits == 16 or op in INT4_OPS]
+        per_channel = bits not in PER_TENSOR
+        bits = PER_TENSOR.get(bits, bits)
+        activation = 16 if bits == 16 else 8
+        rules = []
+        for op, scope in zip(self.ops, self.scopes):
+            weight = 4 if bits == 4 and op in INT4_OPS else 8
+            if weight == 8 and per_channel and activation == 8:
+                continue  # the default rule's int8 per-channel
+            rules.append(Rule("static", op, weight, activation,
+                              regex="^" + re.escape(scope) + ";", per_channel=per_channel))
+        return rules
 
     def to_dict(self) -> dict[str, Any]:
         return {"layer": self.layer, "ops": self.ops, "bits": self.bits, "fixed": self.fixed,
@@ -78,8 +90,13 @@ class LayerOption:
                 "bytes_saved_if_only_this": {str(k): v for k, v in self.bytes_saved.items()}}
 
 
-def layer_options(fb: FlatbufferModel, keras_model: Any = None) -> list[LayerOption]:
-    """The weight layers of a float flatbuffer and the bit widths each may take."""
+def layer_options(fb: FlatbufferModel, keras_model: Any = None,
+                  per_tensor: bool = False) -> list[LayerOption]:
+    """The weight layers of a float flatbuffer and the bit widths each may take.
+
+    With ``per_tensor``, each layer may also take int8 or (with an int4
+    kernel) int4 weights with one scale per tensor (``"8t"`` / ``"4t"``).
+    """
     options = []
     for name, ops in quant_debug.layer_groups(fb, keras_model).items():
         weight_ops = [op for op in ops if op.name in WEIGHT_OPS]
@@ -87,7 +104,10 @@ def layer_options(fb: FlatbufferModel, keras_model: Any = None) -> list[LayerOpt
             continue
         scopes = [fb.tensors[op.outputs[0]].name for op in weight_ops]
         elements = sum(int(np.prod(fb.tensors[op.inputs[1]].shape)) for op in weight_ops)
-        choices = (4, 8, 16) if any(op.name in INT4_OPS for op in weight_ops) else (8, 16)
+        int4 = any(op.name in INT4_OPS for op in weight_ops)
+        choices = (4, 8, 16) if int4 else (8, 16)
+        if per_tensor:
+            choices += ("8t", "4t") if int4 else ("8t",)
         options.append(LayerOption(name, [op.name for op in weight_ops], scopes, choices,
                                    elements))
     return options
@@ -175,11 +195,14 @@ def _check_bits(bits: dict[str, int] | None, options: list[LayerOption]) -> dict
     return resolved
 
 
+_LABELS = {16: "16x8", "8t": "8 per-tensor", "4t": "4 per-tensor"}
+
+
 def _summary(options: list[LayerOption]) -> str:
     if len(options) <= 8:
         return ", ".join(f"{o.layer}: {o.bits}" for o in options)
-    counts = {b: sum(o.bits == b for o in options) for b in BITS_CHOICES}
-    return (", ".join(f"{n} layers at {'16x8' if b == 16 else b}" for b, n in counts.items() if n)
+    counts = {b: sum(o.bits == b for o in options) for b in BITS_CHOICES + tuple(PER_TENSOR)}
+    return (", ".join(f"{n} layers at {_LABELS.get(b, b)}" for b, n in counts.items() if n)
             + " (details['mixed_precision']['layers'] names them)")
 
 
@@ -188,12 +211,14 @@ def choose_bits(session: QuantizerSession, options: list[LayerOption], loss_fn: 
                 bits: dict[str, int] | None = None) -> tuple[bytes, MixedPrecisionReport]:
     """Chooses each layer's bit width by measurement; returns the model and the report.
 
-    1. The all-int8 model is measured, then each free layer alone at 4 bits:
-       the loss against the float model (its effect on the output, as
+    1. The all-int8 model is measured, then each free layer alone at 4 bits
+       (and, with per-tensor choices, at int8 and int4 per tensor): the loss
+       against the float model (its effect on the output, as
        :mod:`tfedge.quant_debug` measures it; relative output RMSE breaks
-       ties) and the bytes it saves. Layers are ranked by loss per byte saved.
-    2. With ``max_size_bytes``: layers go to 4 bits, cheapest first, until
-       the predicted size meets the budget; the model is then quantized and
+       ties) and the bytes it saves. Moves are ranked by loss per byte saved.
+    2. With ``max_size_bytes``: the cheapest move per byte (a layer to 4
+       bits, or to per-tensor, or from one to a smaller other) is taken, one
+       at a time, until the predicted size meets the budget; the model is then quantized and
        measured, and more layers follow while the real file is too large.
        Bytes left under the budget then buy 16x8 activations (int16
        activations, int8 weights) for the layers whose int4 weights hurt the
@@ -201,9 +226,9 @@ def choose_bits(session: QuantizerSession, options: list[LayerOption], loss_fn: 
        ops run outside XNNPACK, several times slower on ARM: see
        ``benchmarks/results/mixed_precision.json``).
     3. With ``tolerance`` only: if int8 itself misses the tolerance, 16x8
-       layers are added as in 2; then layers go to 4 bits in rank order as
-       long as the measured loss stays within the tolerance (a layer that
-       breaks it is skipped).
+       layers are added as in 2; then the moves from int8 are tried in rank
+       order, each kept if the measured loss stays within the tolerance and
+       the file shrinks.
     Layers in ``bits`` keep their width. At most :data:`MAX_16X8_TRIALS`
     layers are tried at 16x8. When the budget cannot be met, the smallest
     model found is returned and a warning says "not reachable".
@@ -230,17 +255,33 @@ def choose_bits(session: QuantizerSession, options: list[LayerOption], loss_fn: 
     current = {o.layer: o.bits for o in options}
     free = [o for o in options if not o.fixed]
     for option in free:
-        if 4 in option.choices:
-            content, loss = measure({**base, option.layer: 4})
-            option.loss[4] = loss[0]
-            option.bytes_saved[4] = len(int8_content) - len(content)
-            option.rmse_increase = loss[1] - int8_loss[1]
+        option.loss[8], option.rmse[8], option.bytes_saved[8] = int8_loss[0], int8_loss[1], 0
+        for choice in option.choices:
+            if choice in (8, 16):
+                continue
+            content, loss = measure({**base, option.layer: choice})
+            option.loss[choice], option.rmse[choice] = loss
+            option.bytes_saved[choice] = len(int8_content) - len(content)
+        if 4 in option.loss:
+            option.rmse_increase = option.rmse[4] - int8_loss[1]
 
-    def cost_per_byte(option: LayerOption) -> tuple[float, float]:
-        saved = option.bytes_saved[4]
-        return (option.loss[4] - int8_loss[0]) / saved, option.rmse_increase / saved
+    def move_cost(option: LayerOption, start: Any, end: Any) -> tuple[float, float]:
+        """Measured loss (then RMSE) per byte saved going from one choice to another."""
+        saved = option.bytes_saved[end] - option.bytes_saved[start]
+        return ((option.loss[end] - option.loss[start]) / saved,
+                (option.rmse[end] - option.rmse[start]) / saved)
 
-    to_four = sorted((o for o in free if o.bytes_saved.get(4, 0) > 0), key=cost_per_byte)
+    def best_move(assignment: dict[str, Any]) -> tuple[LayerOption, Any] | None:
+        """The smaller choice of some free layer that costs the least loss per byte saved."""
+        moves = [(move_cost(o, assignment[o.layer], c), i, o, c)
+                 for i, o in enumerate(free) if assignment[o.layer] in o.loss
+                 for c in o.loss
+                 if o.bytes_saved[c] > o.bytes_saved[assignment[o.layer]]]
+        return min(moves, key=lambda m: (m[0], m[1]))[2:] if moves else None
+
+    # every (layer, smaller choice) from int8, cheapest per byte first (tolerance search)
+    ranked = sorted(((move_cost(o, 8, c), i, o, c) for i, o in enumerate(free)
+                     for c in o.loss if o.bytes_saved[c] > 0), key=lambda m: (m[0], m[1]))
     sixteen = sorted((o for o in free if 16 in o.choices and 4 in o.loss),
                      key=lambda o: -o.rmse_increase)[:MAX_16X8_TRIALS]
     content, loss = measure(current)
@@ -260,13 +301,13 @@ def choose_bits(session: QuantizerSession, options: list[LayerOption], loss_fn: 
 
     if max_size_bytes is not None:
         predicted = len(content)
-        for option in to_four:
-            if len(content) <= max_size_bytes:
+        while len(content) > max_size_bytes:
+            move = best_move(current)
+            if move is None:
                 break
-            if current[option.layer] == 4:
-                continue
-            current[option.layer] = 4
-            predicted -= option.bytes_saved[4]
+            option, choice = move
+            predicted -= option.bytes_saved[choice] - option.bytes_saved[current[option.layer]]
+            current[option.layer] = choice
             if predicted <= max_size_bytes:
                 content, loss = measure(current)
                 predicted = len(content)
@@ -276,8 +317,11 @@ def choose_bits(session: QuantizerSession, options: list[LayerOption], loss_fn: 
     elif tolerance is not None:
         if loss[0] > tolerance:
             add_sixteen(lambda c: True)
-        for option in to_four:
-            trial = {**current, option.layer: 4}
+        for _, _, option, choice in ranked:
+            if current[option.layer] not in option.loss or \
+                    option.bytes_saved[choice] <= option.bytes_saved[current[option.layer]]:
+                continue
+            trial = {**current, option.layer: choice}
             trial_content, trial_loss = measure(trial)
             if trial_loss[0] <= tolerance and len(trial_content) < len(content):
                 current, content, loss = trial, trial_content, trial_loss

@@ -46,7 +46,7 @@ from tfedge.errors import ConversionError
 from tfedge.flatbuffer import FlatbufferModel
 from tfedge.report import format_table, to_json, write_json
 from tfedge.source import make_converter, model_source, quiet_converter
-from tfedge._validate import run_outputs
+from tfedge._validate import relative_rmse, run_all_outputs, run_outputs
 
 
 # ----------------------------------------------------------------------------
@@ -270,17 +270,29 @@ class OutputLoss:
         output_name: the signature output to compare.
     """
 
-    def __init__(self, reference: np.ndarray, x: np.ndarray, y: np.ndarray | None = None,
-                 output_name: str | None = None):
+    def __init__(self, reference: np.ndarray | dict[str, np.ndarray], x: np.ndarray,
+                 y: np.ndarray | None = None, output_name: str | None = None):
         self.x, self.y, self.output_name = x, y, output_name
+        self.references: dict[str, np.ndarray] | None = None
+        self.float_accuracy = None
+        if isinstance(reference, dict) and len(reference) > 1:
+            # several outputs (a detector's boxes and scores): no class to agree on
+            self.references = {k: np.asarray(v, np.float64) for k, v in reference.items()}
+            self.metric = f"relative output RMSE (mean of {len(reference)} outputs)"
+            return
+        if isinstance(reference, dict):
+            self.output_name, reference = next(iter(reference.items()))
         self.reference = np.asarray(reference, np.float64).reshape(len(x), -1)
         self.metric = _loss_metric(self.reference, y)
-        self.float_accuracy = None
         if y is not None and self.metric == "accuracy drop":
             self.float_accuracy = float(np.mean(self.reference.argmax(1) == class_labels(y)))
 
     def __call__(self, content: bytes, op_resolver: str | None = None) -> tuple[float, float]:
         """(loss, relative output RMSE) of a flatbuffer against the float model."""
+        if self.references is not None:
+            rmse = relative_rmse(self.references, run_all_outputs(
+                content, self.x, list(self.references), op_resolver))
+            return rmse, rmse
         out = run_outputs(content, self.x, op_resolver, output_name=self.output_name)
         out = np.asarray(out, np.float64).reshape(len(out), -1)
         ref = self.reference

@@ -146,6 +146,36 @@ class ModelSource:
         return tf.lite.TFLiteConverter.from_saved_model(self.saved_model_dir,
                                                         signature_keys=keys)
 
+    def reference_outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Float outputs of the source model for inputs ``x``, every output by signature name."""
+        sig = self.signature
+        if len(sig.outputs) == 1:
+            return {sig.outputs[0]: self.reference(x)}
+        if self.keras_model is not None:
+            out = self.keras_model.predict(x, batch_size=64, verbose=0)
+            names = list(getattr(self.keras_model, "output_names", None) or [])
+            if isinstance(out, dict) and set(out) == set(sig.outputs):
+                return {n: np.asarray(out[n]) for n in sig.outputs}
+            if isinstance(out, (list, tuple)) and sorted(names) == sorted(sig.outputs):
+                by_name = dict(zip(names, out))
+                return {n: np.asarray(by_name[n]) for n in sig.outputs}
+        return self._run_signature(x, sig.outputs)
+
+    def _run_signature(self, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        """The traced signature's outputs ``names`` on ``x``, in batches it was traced for."""
+        sig = self.signature
+        step = self.batch_size or 64
+        outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        for i in range(0, len(x), step):
+            chunk = x[i:i + step]
+            padded = chunk if self.batch_size is None or len(chunk) == step else \
+                np.concatenate([chunk, np.zeros((step - len(chunk),) + chunk.shape[1:],
+                                                chunk.dtype)])
+            result = sig.function(tf.constant(padded))
+            for n in names:
+                outs[n].append(as_numpy(result[n])[:len(chunk)])
+        return {n: np.concatenate(v) for n, v in outs.items()}
+
     def reference(self, x: np.ndarray) -> np.ndarray:
         """Float outputs of the source model (first output) for inputs ``x``."""
         if self.keras_model is not None:
@@ -156,16 +186,8 @@ class ModelSource:
             elif isinstance(out, (list, tuple)):
                 out = out[0]
             return np.asarray(out)
-        sig = self.signature
-        step = self.batch_size or 64
-        outs = []
-        for i in range(0, len(x), step):
-            chunk = x[i:i + step]
-            padded = chunk if self.batch_size is None or len(chunk) == step else \
-                np.concatenate([chunk, np.zeros((step - len(chunk),) + chunk.shape[1:],
-                                                chunk.dtype)])
-            outs.append(as_numpy(sig.function(tf.constant(padded))[sig.outputs[0]])[:len(chunk)])
-        return np.concatenate(outs)
+        first = self.signature.outputs[0]
+        return self._run_signature(x, [first])[first]
 
 
 def _batch(shape: Any, batch_size: int | None) -> tuple:

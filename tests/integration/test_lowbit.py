@@ -114,3 +114,81 @@ def test_export_micro_refuses_w4a8_with_tflms_reason(w4a8, trained_digits_cnn, d
     assert {r["weight_dtype"] for r in conv4.flatbuffer.layer_bits()} == {"INT4", "INT8"}
     bundle = tfedge.export_micro(conv4, tmp_path / "conv4", sample_inputs=x_test[:8], max_diff=1)
     assert bundle.arena_bytes > 0
+
+
+def test_two_output_model_is_compared_on_both_outputs(digits, tmp_path):
+    """A detector-like model (class logits + box-like numbers): no top-1 to agree on, so the
+    runtimes, the mixed-precision loss and the validation cover both outputs by RMSE."""
+    from tfedge import keras
+
+    (x_train, y_train), (x_test, _) = digits
+    # the second target: each image quadrant's mean ink (real numbers from the real images)
+    quadrants = np.stack([x_train[:, r:r + 4, c:c + 4, 0].mean((1, 2))
+                          for r in (0, 4) for c in (0, 4)], 1)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(64, activation="relu")(h)
+    model = keras.Model(inputs, [keras.layers.Dense(4, name="boxes")(h),
+                                 keras.layers.Dense(10, name="scores")(h)], name="two_heads")
+    model.compile("adam", [keras.losses.MeanSquaredError(),
+                           keras.losses.SparseCategoricalCrossentropy(from_logits=True)])
+    model.fit(x_train, [quadrants, y_train], epochs=5, batch_size=32, verbose=0)
+
+    w4a8 = tfedge.convert(model, x_train[:200], mode="w4a8", eval_data=x_test[:100])
+    for row in w4a8.details["runtimes"].values():
+        assert row["ok"] and row["correct"] and row["top1_agreement"] is None
+        assert 0 < row["relative_rmse"] < 1
+    assert set(w4a8.validation.per_output) == {"boxes", "scores"}
+    # a SavedModel: the float references come from its traced signature, batch by batch
+    model.save(tmp_path / "saved", save_format="tf")
+    from_dir = tfedge.convert(str(tmp_path / "saved"), x_train[:200], mode="w4a8",
+                              eval_data=x_test[:100])
+    assert from_dir.validation.per_output["boxes"]["snr_db"] == pytest.approx(
+        w4a8.validation.per_output["boxes"]["snr_db"], abs=0.5)
+
+    int8 = tfedge.convert(model, x_train[:200], mode="litert_int8")
+    budget = int(0.75 * int8.size_bytes)
+    mixed = tfedge.convert(model, x_train[:200], max_size_bytes=budget, eval_data=x_test[:100])
+    report = mixed.details["mixed_precision"]
+    assert report["metric"] == "relative output RMSE (mean of 2 outputs)"
+    assert report["reached"] and mixed.size_bytes <= budget
+    assert 0 < report["int8_loss"] <= report["final_loss"]
+
+
+def test_lowbit_modes_check_calibration_like_int8(trained_digits_cnn, digits):
+    """The low-bit dispatch runs the int8 path's num_samples and calibration-range checks."""
+    (x_train, _), (x_test, y_test) = digits
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match=rf"num_samples={bad!r}"):
+            tfedge.convert(trained_digits_cnn, x_train[:300], mode="w4a8", num_samples=bad)
+    # 0..255 pixels for a model trained on 0..1: strict raises, as it does for int8
+    pixels = np.round(x_train[:300] * 255)
+    for mode in ("int8", "w4a8", "litert_int8"):
+        with pytest.raises(ValueError, match="raw 8-bit pixels"):
+            tfedge.convert(trained_digits_cnn, pixels, mode=mode, strict=True)
+    with pytest.raises(ValueError, match="outside the range of representative_data"):
+        tfedge.convert(trained_digits_cnn, x_train[:300] * 0.1, max_size_bytes=10**6,
+                       eval_data=(x_test, y_test), strict=True)
+
+
+def test_per_tensor_weights_drop_the_per_channel_parameters(trained_digits_cnn, digits, w4a8):
+    """per_channel=False: one scale per tensor, a smaller file; per_channel='auto' lets mixed
+    precision reach a budget that per-channel int4 everywhere cannot."""
+    (x_train, _), (x_test, y_test) = digits
+    tensorwise = tfedge.convert(trained_digits_cnn, x_train[:300], mode="w4a8", per_channel=False)
+    assert {r["granularity"] for r in tensorwise.flatbuffer.layer_bits()} == {"per-tensor"}
+    ours, theirs = tensorwise.flatbuffer.byte_breakdown(), w4a8.flatbuffer.byte_breakdown()
+    assert ours["weights_total"] == theirs["weights_total"]
+    assert ours["quant_params_of_weights"] < theirs["quant_params_of_weights"]
+    assert tensorwise.size_bytes < w4a8.size_bytes
+
+    budget = w4a8.size_bytes - 2000  # below every per-channel choice
+    art = tfedge.convert(trained_digits_cnn, x_train[:300], max_size_bytes=budget,
+                         per_channel="auto", eval_data=(x_test, y_test))
+    report = art.details["mixed_precision"]
+    assert report["reached"] and art.size_bytes <= budget
+    assert {"4t", "8t"} & {r["bits"] for r in report["layers"]}
+    with pytest.raises(ValueError, match="per_channel='auto'"):
+        tfedge.convert(trained_digits_cnn, x_train[:300], mode="w4a8", per_channel="auto")
