@@ -175,6 +175,11 @@ CUSTOM_OBJECTS = {"ConstantOp": ConstantOp, "HardSwish": HardSwish,
                   "OutputQuantizeConfig": OutputQuantizeConfig}
 
 
+# Pooling layers whose TFLite int8 kernel keeps the input's scale (the global
+# poolings convert to MEAN, which rescales, and keep tfmot's config).
+_SAME_SCALE_POOLS = (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
+                     keras.layers.AveragePooling3D)
+
 # Layers tfmot's transforms fold a following BatchNormalization into.
 _FOLDS_BATCHNORM = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
 
@@ -194,14 +199,22 @@ def _standalone_batchnorms(model: Any) -> set[str]:
 
 def quantize_configs(model: Any) -> dict[str, Any]:
     """``{layer name: QuantizeConfig}`` for the layers this module introduces,
-    ``Multiply`` (tfmot's registry lacks it) and BatchNormalization layers
+    ``Multiply`` (tfmot's registry lacks it), BatchNormalization layers
     with no Conv/Dense before them (tfmot's registry refuses them one by one,
     each refusal costing a whole ``quantize_apply``; TFLite runs them as int8
-    ``MUL`` + ``ADD``)."""
+    ``MUL`` + ``ADD``) and ``AveragePooling`` layers (no output range of their
+    own: TFLite's kernel requires the input's)."""
     standalone = _standalone_batchnorms(model)
-    return {layer.name: OutputQuantizeConfig() for layer in model.layers
-            if isinstance(layer, (ConstantOp, HardSwish, keras.layers.Multiply))
-            or layer.name in standalone}
+    configs = {layer.name: OutputQuantizeConfig() for layer in model.layers
+               if isinstance(layer, (ConstantOp, HardSwish, keras.layers.Multiply))
+               or layer.name in standalone}
+    # TFLite's int8 AVERAGE_POOL_2D needs the same scale on its input and output
+    # (the converter refuses two learned ranges that differ, as DenseNet's
+    # transition pools feeding a Concatenate get); an average never leaves its
+    # input's range, so the output takes the input's quantization.
+    configs.update({layer.name: OutputQuantizeConfig(quantize_output=False)
+                    for layer in model.layers if isinstance(layer, _SAME_SCALE_POOLS)})
+    return configs
 
 
 # ----------------------------------------------------------------------------
