@@ -70,6 +70,8 @@ def tflite_tensors(art, x: np.ndarray) -> tuple[dict[int, np.ndarray], Interpret
                 t = interp.get_tensor(index)
             except ValueError:
                 continue
+            if t.ndim == 0 or t.shape[0] != 1:
+                continue  # constants and scalars: not activations of this sample
             if t.dtype in (np.int8, np.uint8, np.int32, np.int16) and d["quantization"][0]:
                 t = (t.astype(np.float32) - d["quantization"][1]) * d["quantization"][0]
             values.setdefault(index, []).append(np.array(t, np.float32))
@@ -87,13 +89,13 @@ def main(argv=None) -> int:
     x = x_test[:args.samples]
     fb = FlatbufferModel(art.content)
     groups = layer_groups(fb, final)
-    tensors, interp = tflite_tensors(art, x)
-    scales = {d["index"]: d["quantization"][0] for d in interp.get_tensor_details()}
     # Keras outputs of every layer that has ops in the file.
     by_name = {layer.name: layer for layer in final.layers}
     names = [n for n in groups if n in by_name]
     probe = keras.Model(final.inputs, [by_name[n].output for n in names])
     keras_out = dict(zip(names, probe.predict(x, verbose=0)))
+    tensors, interp = tflite_tensors(art, x)
+    scales = {d["index"]: d["quantization"][0] for d in interp.get_tensor_details()}
     rows = []
     for n in names:
         op = groups[n][-1]
