@@ -19,6 +19,10 @@ not survive a config round trip).
 * ``Activation`` layers of Keras 3's ``hard_silu`` / ``hard_sigmoid`` (carried
   over by :mod:`tfedge.keras3` as :func:`hard_swish` / :func:`hard_sigmoid`)
   become the same layers;
+* ``Conv2D`` / ``DepthwiseConv2D`` / ``Dense`` with a swish or gelu inside
+  (EfficientNet's squeeze-excite) become the linear layer + ``Activation``,
+  so the kernel's output gets its own quantization range (TFLite cannot
+  fuse these activations into the kernel);
 * ``Rescaling`` and ``Normalization`` become the constant multiply / add
   they compute (int8 ``MUL`` / ``ADD`` after the input is quantized), so the
   whole body, preprocessing included, is int8.
