@@ -9,13 +9,20 @@ converted to full int8 and evaluated with LiteRT on the test split. The only
 change to the architecture is the BatchNorm momentum (0.9, a training
 setting, as the recipes use for short runs).
 
+Where accuracy goes is recorded too: the held-out accuracy after every
+fine-tuning epoch (the pruning epochs are float, the last ones QAT), and with
+``--debug`` tfedge's layer-wise int8 debugger on the float model
+(``tfedge.debug_quantization``: the layers with the largest int8 error).
+
     python benchmarks/zoo_accuracy.py [--models MobileNetV3Small,EfficientNetB0]
-        [--epochs 15] [--finetune-epochs 5] [--out benchmarks/results/zoo_accuracy.json]
+        [--epochs 15] [--finetune-epochs 5] [--debug]
+        [--out benchmarks/results/zoo_accuracy.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -23,22 +30,22 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import tfedge  # noqa: E402
 from tfedge._keras import keras  # noqa: E402
 from tfedge.data import load_digits  # noqa: E402
 from tfedge.report import format_table, write_json  # noqa: E402
+from recipes.data import digits_rgb  # noqa: E402
 
 SIZE = 32
 
 
 def digits_rgb255(x: np.ndarray) -> np.ndarray:
-    up = tf.image.resize(x, (SIZE, SIZE), method="bilinear").numpy()
-    return (np.clip(np.repeat(up, 3, axis=-1), 0.0, 1.0) * 255).astype(np.float32)
+    return digits_rgb(x, SIZE) * 255
 
 
-def run(name: str, epochs: int, finetune_epochs: int) -> dict:
+def run(name: str, epochs: int, finetune_epochs: int, debug: bool = False) -> dict:
     (x_train, y_train), (x_test, y_test) = load_digits()
     x_train, x_test = digits_rgb255(x_train), digits_rgb255(x_test)
     keras.utils.set_random_seed(0)
@@ -51,12 +58,23 @@ def run(name: str, epochs: int, finetune_epochs: int) -> dict:
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", ["accuracy"])
     model.fit(x_train, y_train, batch_size=32, epochs=epochs, verbose=0)
     float_acc = float(model.evaluate(x_test, y_test, verbose=0)[1])
+    extra = {}
+    if debug:  # which layers of the float model lose the most in int8 (calibrated)
+        dbg = tfedge.debug_quantization(model, x_train[:200], (x_test, y_test),
+                                        num_debug_samples=32, output_effects=False)
+        extra["debug_float_model"] = {
+            "int8_ptq_accuracy_drop": dbg.int8_loss, "metric": dbg.metric,
+            "seconds": dbg.seconds,
+            "worst_layers": [{k: layer.to_dict()[k] for k in (
+                "rank", "layer", "ops", "scale", "rmse_over_scale", "max_abs_error")}
+                for layer in dbg.top(12)]}
     t1 = time.perf_counter()
     prune_epochs = max(1, finetune_epochs - 2)
     edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, end_epoch=prune_epochs),
                        quantize=tfedge.QATConfig(start_epoch=prune_epochs, strict=True))
     edge.compile(keras.optimizers.Adam(3e-4), "sparse_categorical_crossentropy", ["accuracy"])
-    edge.fit(x_train, y_train, batch_size=32, epochs=finetune_epochs, verbose=0)
+    history = edge.fit(x_train, y_train, batch_size=32, epochs=finetune_epochs, verbose=0,
+                       validation_data=(x_test, y_test))
     final = edge.finish()
     sparsity = tfedge.sparsity_report(final).overall
     art = tfedge.convert(final, x_train[:200])
@@ -69,7 +87,9 @@ def run(name: str, epochs: int, finetune_epochs: int) -> dict:
             "float_ops": [op.name for op in art.flatbuffer.float_ops()], "mode": art.mode,
             "int8_bytes": art.size_bytes, "ops": art.ops, "epochs": epochs,
             "finetune_epochs": finetune_epochs, "float_train_s": t1 - t0,
-            "optimize_s": t2 - t1}
+            "optimize_s": t2 - t1, "prune_epochs": prune_epochs,
+            "finetune_val_accuracy": [float(v) for v in history.history["val_accuracy"]],
+            **extra}
 
 
 def main(argv=None) -> int:
@@ -77,13 +97,20 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="MobileNetV3Small,EfficientNetB0")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--finetune-epochs", type=int, default=5)
+    parser.add_argument("--debug", action="store_true",
+                        help="run tfedge.debug_quantization on the float model")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of other models already in --out")
     parser.add_argument("--out", default="benchmarks/results/zoo_accuracy.json")
     args = parser.parse_args(argv)
     rows = []
+    if args.append and os.path.exists(args.out):
+        with open(args.out) as f:
+            rows = json.load(f)["rows"]
     for name in args.models.split(","):
         print(f"== {name}", flush=True)
-        row = run(name, args.epochs, args.finetune_epochs)
-        rows.append(row)
+        row = run(name, args.epochs, args.finetune_epochs, args.debug)
+        rows = [r for r in rows if r["model"] != name] + [row]
         write_json(args.out, {"rows": rows})
     print(format_table(
         ["model", "float acc", "int8 acc", "drop pp", "sparsity", "float ops", "int8 bytes"],

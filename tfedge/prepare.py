@@ -19,6 +19,10 @@ not survive a config round trip).
 * ``Activation`` layers of Keras 3's ``hard_silu`` / ``hard_sigmoid`` (carried
   over by :mod:`tfedge.keras3` as :func:`hard_swish` / :func:`hard_sigmoid`)
   become the same layers;
+* ``Conv2D`` / ``DepthwiseConv2D`` / ``Dense`` with a swish or gelu inside
+  (EfficientNet's squeeze-excite) become the linear layer + ``Activation``,
+  so the kernel's output gets its own quantization range (TFLite cannot
+  fuse these activations into the kernel);
 * ``Rescaling`` and ``Normalization`` become the constant multiply / add
   they compute (int8 ``MUL`` / ``ADD`` after the input is quantized), so the
   whole body, preprocessing included, is int8.
@@ -175,6 +179,11 @@ CUSTOM_OBJECTS = {"ConstantOp": ConstantOp, "HardSwish": HardSwish,
                   "OutputQuantizeConfig": OutputQuantizeConfig}
 
 
+# Pooling layers whose TFLite int8 kernel keeps the input's scale (the global
+# poolings convert to MEAN, which rescales, and keep tfmot's config).
+_SAME_SCALE_POOLS = (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
+                     keras.layers.AveragePooling3D)
+
 # Layers tfmot's transforms fold a following BatchNormalization into.
 _FOLDS_BATCHNORM = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
 
@@ -194,14 +203,22 @@ def _standalone_batchnorms(model: Any) -> set[str]:
 
 def quantize_configs(model: Any) -> dict[str, Any]:
     """``{layer name: QuantizeConfig}`` for the layers this module introduces,
-    ``Multiply`` (tfmot's registry lacks it) and BatchNormalization layers
+    ``Multiply`` (tfmot's registry lacks it), BatchNormalization layers
     with no Conv/Dense before them (tfmot's registry refuses them one by one,
     each refusal costing a whole ``quantize_apply``; TFLite runs them as int8
-    ``MUL`` + ``ADD``)."""
+    ``MUL`` + ``ADD``) and ``AveragePooling`` layers (no output range of their
+    own: TFLite's kernel requires the input's)."""
     standalone = _standalone_batchnorms(model)
-    return {layer.name: OutputQuantizeConfig() for layer in model.layers
-            if isinstance(layer, (ConstantOp, HardSwish, keras.layers.Multiply))
-            or layer.name in standalone}
+    configs = {layer.name: OutputQuantizeConfig() for layer in model.layers
+               if isinstance(layer, (ConstantOp, HardSwish, keras.layers.Multiply))
+               or layer.name in standalone}
+    # TFLite's int8 AVERAGE_POOL_2D needs the same scale on its input and output
+    # (the converter refuses two learned ranges that differ, as DenseNet's
+    # transition pools feeding a Concatenate get); an average never leaves its
+    # input's range, so the output takes the input's quantization.
+    configs.update({layer.name: OutputQuantizeConfig(quantize_output=False)
+                    for layer in model.layers if isinstance(layer, _SAME_SCALE_POOLS)})
+    return configs
 
 
 # ----------------------------------------------------------------------------
@@ -285,6 +302,21 @@ def _affine_of(layer: Any) -> tuple[np.ndarray, np.ndarray] | None:
     return None
 
 
+# Activations tfmot fake-quantizes only after the activation when they sit inside a
+# Conv/Dense layer, while TFLite cannot fuse them into the kernel: the CONV_2D /
+# FULLY_CONNECTED output then gets no learned range of its own (EfficientNet's
+# squeeze-excite ``se_reduce`` conv with swish: relative error 0.03 -> 0.61 there).
+_UNFUSED_ACTIVATIONS = ("swish", "silu", "gelu")
+_SPLIT_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+
+
+def _unfused_activation(layer: Any) -> str | None:
+    if type(layer) not in _SPLIT_LAYERS or len(layer._inbound_nodes) != 1:  # pylint: disable=protected-access
+        return None
+    name = getattr(getattr(layer, "activation", None), "__name__", None)
+    return name if name in _UNFUSED_ACTIVATIONS else None
+
+
 def rewrite(model: Any) -> tuple[Any, dict[str, int]]:
     """Rebuilds ``model`` with the rewrites of this module (no numerical check).
 
@@ -335,6 +367,16 @@ def rewrite(model: Any) -> tuple[Any, dict[str, int]]:
             h = constant_op(value(node.call_args[0]), "add", 3.0, layer.name + "_add")
             h = keras.layers.ReLU(6.0, name=fresh(layer.name + "_relu6"))(h)
             return constant_op(h, "multiply", 1.0 / 6.0, layer.name + "_scale")
+        elif _unfused_activation(layer) is not None:
+            # Conv/Dense(activation=swish) -> Conv/Dense + Activation(swish): each output
+            # gets its own quantization range, as the two TFLite ops need.
+            counts["activation split"] += 1
+            activation = _unfused_activation(layer)
+            config = {**layer.get_config(), "activation": "linear"}
+            linear = type(layer).from_config(config)
+            h = linear(value(node.call_args[0]))
+            linear.set_weights(layer.get_weights())
+            return keras.layers.Activation(activation, name=fresh(layer.name + "_activation"))(h)
         elif _affine_of(layer) is not None:
             scale, offset = _affine_of(layer)
             counts[type(layer).__name__] += 1

@@ -72,6 +72,72 @@ def test_blocks_go_through_prune_and_qat_to_full_int8():
     assert "HARD_SWISH" in art.ops
 
 
+def _average_pool_block_model():
+    """DenseNet's transition: conv -> BN -> ReLU -> AveragePooling2D, whose output feeds
+    both a BN -> ReLU -> conv branch and the Concatenate of a dense block."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization()(h))
+    h = keras.layers.AveragePooling2D(2)(h)
+    b = keras.layers.ReLU()(keras.layers.BatchNormalization()(h))
+    b = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(b)
+    h = keras.layers.Concatenate()([h, b])
+    h = keras.layers.Conv2D(8, 3, padding="same")(h)
+    return keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(h)))
+
+
+def test_average_pooling_goes_through_prune_and_qat_to_full_int8():
+    # TFLite's AVERAGE_POOL_2D needs one scale on its input and output: a range of
+    # its own made the converter fail ("violate the same scale constraint").
+    model = _average_pool_block_model()
+    x = np.random.default_rng(0).uniform(0, 1, (32, 8, 8, 3)).astype("float32")
+    y = np.arange(32) % 4
+    edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, end_epoch=1),
+                       quantize=tfedge.QATConfig(start_epoch=1, strict=True))
+    edge.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    edge.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    final = edge.finish()
+    art = tfedge.convert(final, x[:16])
+    assert art.mode == "int8" and not art.flatbuffer.float_ops(), art.ops
+    assert art.ops.get("AVERAGE_POOL_2D") == 1
+    # The outputs agree within a few steps of the int8 output scale (top-1 of an
+    # untrained 4-class model on noise is decided by near-ties, so not compared).
+    step = art.outputs[0].scale[0]
+    report = tfedge.validate(art, final, x)
+    assert report.max_abs_error <= 3 * step, (report.max_abs_error, step)
+
+
+def test_conv_with_swish_is_split_so_its_output_gets_a_range():
+    # EfficientNet's squeeze-excite: GAP -> Conv2D(activation="swish") -> Conv2D(sigmoid)
+    # -> Multiply. tfmot fake-quantizes only after the swish; TFLite runs CONV_2D then
+    # LOGISTIC + MUL, so the conv output needs a range of its own.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="swish")(inputs)
+    se = keras.layers.GlobalAveragePooling2D(keepdims=True)(h)
+    se = keras.layers.Conv2D(4, 1, activation="swish")(se)
+    se = keras.layers.Conv2D(8, 1, activation="sigmoid")(se)
+    h = keras.layers.Multiply()([h, se])
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(h)))
+    prepared, report = prepare.prepare_model(model)
+    assert report.rewrites["activation split"] == 2
+    assert not any(getattr(layer, "activation", None) is keras.activations.swish
+                   for layer in prepared.layers if isinstance(layer, keras.layers.Conv2D))
+    x = np.random.default_rng(1).uniform(0, 1, (32, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(prepared(x), model(x), rtol=1e-5, atol=1e-5)
+    y = np.arange(32) % 4
+    edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, end_epoch=1),
+                       quantize=tfedge.QATConfig(start_epoch=1, strict=True))
+    edge.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    edge.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    final = edge.finish()
+    art = tfedge.convert(final, x[:16])
+    assert art.mode == "int8" and not art.flatbuffer.float_ops(), art.ops
+    report = tfedge.validate(art, final, x)
+    assert report.max_abs_error <= 3 * art.outputs[0].scale[0], report
+
+
 @pytest.mark.slow
 def test_keras_applications_mobilenet_v3_small_prune_qat_int8():
     keras.utils.set_random_seed(0)
