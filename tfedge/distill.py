@@ -293,9 +293,10 @@ class Distillation:
 
     Raises:
         UnsupportedModelError: the teacher is not a tf_keras model.
-        ValueError: teacher and student outputs differ in shape, a named
-            layer is missing, feature maps differ in shape, or
-            ``from_logits`` does not match a softmax output.
+        ValueError: teacher and student outputs differ in number or shape,
+            several outputs without ``outputs=`` (or naming no output), a
+            named layer is missing, feature maps differ in shape, or
+            ``from_logits`` does not match a softmax / sigmoid output.
     """
 
     def __init__(self, teacher: Any, config: DistillConfig, student: Any):
@@ -347,9 +348,10 @@ class Distillation:
             return
         self._student_model = _feature_model(student, [s for s, _ in self.config.features],
                                               "student")
-        teacher_shapes = [tuple(t.shape[1:]) for t in self._teacher_model.outputs[1:]]
+        n = self.num_outputs
+        teacher_shapes = [tuple(t.shape[1:]) for t in self._teacher_model.outputs[n:]]
         for (s_name, t_name), s_out, t_shape in zip(
-                self.config.features, self._student_model.outputs[1:], teacher_shapes):
+                self.config.features, self._student_model.outputs[n:], teacher_shapes):
             s_shape = tuple(s_out.shape[1:])
             if s_shape[:-1] != t_shape[:-1]:
                 raise ValueError(

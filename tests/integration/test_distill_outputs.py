@@ -152,3 +152,15 @@ def test_bad_pairings_name_the_fix(teacher):
                                    keras.layers.Dense(10, activation="sigmoid", name="s")(h)])
     with pytest.raises(ValueError, match="ends in a sigmoid.*from_logits=False"):
         tfedge.wrap(sigmoid, teacher=teacher, distill={"outputs": OUTPUTS})
+
+
+def test_feature_matching_with_two_outputs(teacher, digits):
+    (x, y), _ = digits
+    edge = _compile(tfedge.wrap(_two_heads(4, "student"), teacher=teacher, distill=DistillConfig(
+        outputs=OUTPUTS, features={"d1": "d1"}, feature_weight=0.5)))
+    got = edge.test_on_batch(x[:32], _targets(x[:32], y[:32]), return_dict=True)
+    assert got["feature_loss"] > 0
+    assert got["loss"] == pytest.approx(0.1 * got["hard_loss"] + 0.9 * got["soft_loss"]
+                                        + 0.5 * got["feature_loss"], rel=1e-4)
+    assert got["soft_loss"] == pytest.approx(got["soft_loss_boxes"] + got["soft_loss_scores"],
+                                             rel=1e-4)
