@@ -38,6 +38,8 @@ same 24-epoch budget, plain and distilled from the same teacher
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
 import time
@@ -297,10 +299,11 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
     """The recipe's YOLO-style detector (``recipes.detector``) on generated shapes.
 
     Dense (the recipe's 20 epochs), channel-pruned to ~0.5x MACs (gradual
-    masking, rebuild, fine-tune of the narrow model; no distillation: tfedge's
-    distillation matches the logits of one output and the detector has two),
-    and the same architecture at the width of ~0.5x MACs trained from scratch
-    for the pruned model's whole epoch budget. Scored by COCO mAP of the int8
+    masking, rebuild, fine-tune of the narrow model, both distilled from the
+    dense model: ``DistillConfig(outputs={"boxes": "mse", "scores": "bce"})``,
+    once per ``--detector-multiples`` channel multiple), and the same
+    architecture at the width nearest the first pruned model's MACs trained
+    from scratch for the pruned model's whole epoch budget. Scored by COCO mAP of the int8
     TFLite body with the recipe's float post-processing.
     """
     from recipes import common as recipe_common
@@ -331,22 +334,42 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
     dense_macs = channels.keras_macs(dense)
     variants = {"dense int8": (dense, f"width 1.0, {epochs} epochs from scratch")}
     log("dense trained")
-    (fraction, reached), multiple = fraction_for_macs(dense, 0.5, 4)
-    keras.utils.set_random_seed(0)
-    edge = train_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
-        fraction, structure="channel", end_epoch=prune_epochs, importance=args.importance,
-        channel_multiple=multiple)), prune_epochs, lr / 10)
-    pruned = train_(edge.finish(), rebuilt, lr / 4)
+    # boxes: box numbers (regression) -> mse; scores: class logits trained with a sigmoid
+    # focal loss -> bce (binary KL of the sigmoids at T)
+    distill = tfedge.DistillConfig(temperature=args.detector_temperature, alpha=0.5,
+                                   outputs={"boxes": "mse", "scores": "bce"},
+                                   output_weights={"scores": args.detector_score_weight})
     total = epochs + prune_epochs + rebuilt
-    variants["channel 0.5x MACs"] = (
-        pruned, f"fraction {fraction:.3f} ({args.importance}, multiples of {multiple}); "
-        f"+{prune_epochs} prune + {rebuilt} rebuilt fine-tune epochs; {total} epochs in all")
-    log(f"channel pruned (fraction {fraction:.3f}, reached {reached:.3f}x)")
+    channel_reports, reached_ratios = {}, []
+    for multiple in args.detector_multiples:
+        # the reachable MAC ratio nearest 0.5 (multiples of 8 jump from 0.31x to 0.54x)
+        options = []
+        for target in (0.5, 0.55):
+            with contextlib.suppress(ValueError):
+                options.append(channel_prune.fraction_for_macs(dense, target, multiple=multiple))
+        fraction, reached = min(options, key=lambda fr: abs(fr[1] - 0.5))
+        keras.utils.set_random_seed(0)
+        edge = train_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
+            fraction, structure="channel", end_epoch=prune_epochs, importance=args.importance,
+            channel_multiple=multiple), teacher="self", distill=distill), prune_epochs, lr / 10)
+        tuned = tfedge.wrap(edge.finish(), teacher=dense, distill=distill)
+        pruned = train_(tuned, rebuilt, lr / 4).finish()
+        name = f"channel {reached:.2f}x MACs, multiples of {multiple}, distilled"
+        variants[name] = (
+            pruned, f"fraction {fraction:.3f} ({args.importance}, multiples of {multiple}); "
+            f"+{prune_epochs} prune + {rebuilt} rebuilt fine-tune epochs, both distilled from "
+            f"the dense model (boxes mse, scores bce at T={args.detector_temperature:g}, score "
+            f"weight {args.detector_score_weight:g}, alpha 0.5); {total} epochs in all")
+        channel_reports[name] = edge.channel_report().to_dict()
+        reached_ratios.append(reached)
+        log(f"channel pruned (multiple {multiple}, fraction {fraction:.3f}, reached "
+            f"{reached:.3f}x)")
+    target = reached_ratios[0] if reached_ratios else 0.5
     width, macs = min(((w, channels.keras_macs(build(w, "probe")))
                        for w in (0.5, 0.55, 0.6, 0.65, 0.7, 0.75)),
-                      key=lambda wm: abs(wm[1] - 0.5 * dense_macs))
+                      key=lambda wm: abs(wm[1] - target * dense_macs))
     keras.utils.set_random_seed(0)
-    variants[f"scratch 0.5x MACs, {total} epochs"] = (
+    variants[f"scratch {macs / dense_macs:.2f}x MACs, {total} epochs"] = (
         train_(build(width, f"detector_w{width}"), total, lr),
         f"width {width} ({macs / dense_macs:.3f}x MACs), {total} epochs from scratch")
     log("scratch trained")
@@ -368,7 +391,7 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
                      "host_p50_ms": bench_report.host.latency_ms["p50"],
                      "instructions": {t.target: t.instructions for t in bench_report.targets},
                      "ratios": ratio})
-    return rows, {"bench": report.to_dict(), "channel_report": edge.channel_report().to_dict(),
+    return rows, {"bench": report.to_dict(), "channel_reports": channel_reports,
                   "num_train": data.num_train, "test_images": len(data.test_images)}
 
 
@@ -463,6 +486,12 @@ def main(argv: list[str] | None = None) -> int:
                              "column); writes structured_detector.json.")
     parser.add_argument("--detector-epochs", type=int, default=20)
     parser.add_argument("--detector-train", type=int, default=3000)
+    parser.add_argument("--detector-multiples", nargs="+", type=int, default=[8, 4],
+                        help="Channel multiples of the detector's pruned variants.")
+    parser.add_argument("--detector-temperature", type=float, default=2.0)
+    parser.add_argument("--detector-score-weight", type=float, default=10.0,
+                        help="Weight of the scores' soft term (a per-anchor mean) against "
+                             "the boxes' mse.")
     parser.add_argument("--recover", action="store_true",
                         help="The accuracy-recovery run: MobileNetV2, channel 0.5x MACs and "
                              "0.6x rpi4 instructions with 4 prune + 8 rebuilt epochs distilled, "
@@ -485,11 +514,16 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out, {"study": importance_study(args), "seconds": time.time() - start})
         print(f"wrote {out}")
         return 0
-    rows, details = [], {}
+    rows, details, previous = [], {}, None
     if args.detector:
-        rows, details["detector"] = run_detector(args)
         if args.out == DEFAULT_OUT:
             args.out = os.path.join(os.path.dirname(DEFAULT_OUT), "structured_detector.json")
+        if os.path.exists(args.out):  # the last run's rows stay visible next to the new ones
+            with open(args.out) as f:
+                old = json.load(f)
+            previous = old.get("previous") if "distill" not in str(old.get("rows")) else None
+            previous = previous or {k: old[k] for k in ("settings", "rows") if k in old}
+        rows, details["detector"] = run_detector(args)
     for family in args.families if not args.detector else ():
         family_rows, details[family] = run_family(family, args)
         rows += family_rows
@@ -510,8 +544,11 @@ def main(argv: list[str] | None = None) -> int:
                           if args.detector else " on digits")))
     settings = {**vars(args), "out": os.path.relpath(args.out, os.path.dirname(
         os.path.dirname(os.path.abspath(__file__))))}  # no machine paths in results
-    write_json(args.out, {"settings": settings, "rows": rows, "details": details,
-                          "seconds": time.time() - start})
+    result = {"settings": settings, "rows": rows, "details": details,
+              "seconds": time.time() - start}
+    if previous:
+        result["previous"] = previous
+    write_json(args.out, result)
     print(f"wrote {args.out} ({time.time() - start:.0f} s)")
     return 0
 

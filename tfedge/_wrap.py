@@ -229,8 +229,9 @@ class EdgeModel(keras.Model):
     again from the ``compile`` arguments, with a fresh optimizer.
 
     With a teacher, ``train_step`` minimizes the distillation loss and
-    reports ``loss`` (the total), ``hard_loss``, ``soft_loss`` and, with
-    feature matching, ``feature_loss`` next to the compiled metrics;
+    reports ``loss`` (the total), ``hard_loss``, ``soft_loss`` (with several
+    outputs also ``soft_loss_<output>`` per output) and, with feature
+    matching, ``feature_loss`` next to the compiled metrics;
     ``evaluate`` reports the same terms.
 
     Args:
@@ -277,9 +278,7 @@ class EdgeModel(keras.Model):
         self._distillation = (distill_lib.Distillation(teacher, distill_config, network)
                               if teacher is not None else None)
         if self._distillation is not None:
-            names = ["loss", "hard_loss", "soft_loss"]
-            if distill_config.features:
-                names.append("feature_loss")
+            names = ["loss", "hard_loss", *self._distillation.term_names]
             self._trackers = [keras.metrics.Mean(name=n) for n in names]
         if self.phases and self.phases[0].start_epoch == 0:
             self._enter_phase(0)
@@ -448,7 +447,7 @@ class EdgeModel(keras.Model):
 
     def _distill_results(self, y, y_pred, sample_weight, terms) -> dict[str, Any]:
         self.compiled_metrics.update_state(y, y_pred, sample_weight)
-        batch = tf.cast(tf.shape(y_pred)[0], tf.float32)
+        batch = tf.cast(tf.shape(tf.nest.flatten(y_pred)[0])[0], tf.float32)
         results = {}
         for tracker in self._trackers:
             tracker.update_state(terms[tracker.name], sample_weight=batch)

@@ -7,6 +7,12 @@ The loss is Hinton et al.'s, as in the Keras distillation example::
 * ``hard``: the loss given to ``compile`` (labels vs the student's output);
 * ``soft``: KL(softmax(teacher / T) || softmax(student / T)) * T**2, the
   mean over the batch (the T**2 keeps its gradients on the scale of ``hard``);
+  a model with several outputs names one loss per output (``outputs=``):
+  ``"kl"`` (that softmax KL), ``"bce"`` (sigmoid soft targets: the binary KL
+  between sigmoid(teacher / T) and sigmoid(student / T) per element, summed
+  over the last axis, times T**2), ``"mse"`` (regression outputs such as box
+  offsets: mean squared error, no temperature) or ``None`` (no soft loss for
+  that output); ``soft`` is then the weighted sum of the per-output terms;
 * ``feature`` (optional): the mean squared error between named intermediate
   layers of the student and the teacher, summed over the pairs; a learned
   1x1 projection (a bias-free Dense on the channel axis) maps the student's
@@ -52,16 +58,27 @@ class DistillConfig(PhaseConfig):
             the same shape except the last (channel) axis.
         feature_weight: weight of the feature-matching loss.
         from_logits: whether student and teacher output logits (True) or
-            probabilities (False: their logarithm is used as logits).
+            probabilities (False: their logarithm is used as logits, for
+            ``"bce"`` their log-odds).
+        outputs: the soft loss per model output, ``{output name or index:
+            "kl" | "bce" | "mse" | None}``. Unnamed outputs get no soft loss.
+            Default: a single-output model uses ``"kl"``; a model with
+            several outputs must name them (there is no safe guess).
+        output_weights: optional ``{output name or index: weight}`` of the
+            per-output soft terms (default 1 each).
 
     Raises:
         ValueError: for a temperature that is not positive, alpha outside
-            [0, 1], a negative feature weight or malformed ``features``.
+            [0, 1], a negative feature weight, malformed ``features``, a loss
+            in ``outputs`` that is not one of the choices or a negative
+            output weight.
 
     Example:
 
     >>> DistillConfig(temperature=2.0, alpha=0.5, features={"conv": "t_conv"}).features
     [('conv', 't_conv')]
+    >>> DistillConfig(outputs={"boxes": "mse", "scores": "bce"}).outputs
+    {'boxes': 'mse', 'scores': 'bce'}
     """
 
     ARGUMENT = "distill"
@@ -73,6 +90,8 @@ class DistillConfig(PhaseConfig):
     features: dict[str, str] | list[tuple[str, str]] | None = None
     feature_weight: float = 1.0
     from_logits: bool = True
+    outputs: dict[str | int, str | None] | None = None
+    output_weights: dict[str | int, float] | None = None
 
     def _normalize(self) -> None:
         self._set("temperature", float(self.temperature))
@@ -87,6 +106,19 @@ class DistillConfig(PhaseConfig):
                              "(student layer, teacher layer) pairs.") from err
         self._set("feature_weight", float(self.feature_weight))
         self._set("from_logits", bool(self.from_logits))
+        for field in ("outputs", "output_weights"):
+            value = getattr(self, field)
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ValueError(f"{field} must be a dict {{output name or index: ...}}, got "
+                                 f"{type(value).__name__}.")
+            self._set(field, {_output_key(k): v for k, v in value.items()})
+        if self.outputs is not None:
+            self._set("outputs", {k: (None if v is None else str(v).lower())
+                                  for k, v in self.outputs.items()})
+        if self.output_weights is not None:
+            self._set("output_weights", {k: float(v) for k, v in self.output_weights.items()})
 
     def _validate(self) -> None:
         if not self.temperature > 0:
@@ -97,11 +129,59 @@ class DistillConfig(PhaseConfig):
                              "hard-label loss against the soft targets (1 - alpha).")
         if self.feature_weight < 0:
             raise ValueError(f"feature_weight={self.feature_weight:g} must be >= 0.")
+        for key, loss in (self.outputs or {}).items():
+            if loss not in OUTPUT_LOSSES:
+                raise ValueError(
+                    f"outputs[{key!r}]={loss!r} is not a soft loss: pick one of "
+                    f"{', '.join(repr(c) for c in OUTPUT_LOSSES)} (kl: softmax classes, bce: "
+                    "sigmoid scores, mse: regression such as boxes, None: no soft loss).")
+        for key, weight in (self.output_weights or {}).items():
+            if weight < 0:
+                raise ValueError(f"output_weights[{key!r}]={weight:g} must be >= 0.")
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config["features"] = [list(p) for p in self.features]
+        for field in ("outputs", "output_weights"):
+            if config[field] is not None:
+                config[field] = dict(config[field])
         return config
+
+
+# The soft losses an output can use (DistillConfig(outputs=...)).
+OUTPUT_LOSSES = ("kl", "bce", "mse", None)
+
+
+def _output_key(key: Any) -> str | int:
+    if isinstance(key, bool) or not isinstance(key, (str, int)):
+        raise ValueError(f"An output is named by its name (str) or index (int), got {key!r}.")
+    return key
+
+
+def sigmoid_target_loss(teacher_logits: Any, student_logits: Any, temperature: float
+                        ) -> tf.Tensor:
+    """Binary KL(sigmoid(teacher / T) || sigmoid(student / T)) * T**2.
+
+    Per element, summed over the last axis, the mean over the other axes:
+    the sigmoid counterpart of :func:`soft_target_loss` for independent
+    per-class scores (multi-label heads, detectors' class logits). It is the
+    cross-entropy against the teacher's probabilities minus their entropy,
+    so it is 0 when the student matches the teacher.
+
+    Args:
+        teacher_logits: teacher logits, ``(batch, ..., classes)``.
+        student_logits: student logits, same shape.
+        temperature: the temperature T.
+
+    Returns:
+        A scalar tensor.
+    """
+    t = tf.cast(teacher_logits, tf.float32) / temperature
+    s = tf.cast(student_logits, tf.float32) / temperature
+    p = tf.sigmoid(t)
+    kl = (tf.nn.sigmoid_cross_entropy_with_logits(labels=p, logits=s)
+          - tf.nn.sigmoid_cross_entropy_with_logits(labels=p, logits=t))
+    return tf.reduce_mean(tf.reduce_sum(kl, axis=-1)) * (temperature ** 2)
 
 
 def soft_target_loss(teacher_logits: Any, student_logits: Any, temperature: float) -> tf.Tensor:
@@ -134,8 +214,8 @@ def _find_layer(model: Any, name: str) -> Any:
 
 
 def _feature_model(model: Any, names: list[str], role: str) -> Any:
-    """A model giving ``model``'s output followed by the named layers' outputs."""
-    outputs = [model.outputs[0]]
+    """A model giving ``model``'s outputs followed by the named layers' outputs."""
+    outputs = list(model.outputs)
     for name in names:
         try:
             layer = _find_layer(model, name)
@@ -147,6 +227,56 @@ def _feature_model(model: Any, names: list[str], role: str) -> Any:
                 "layer's name instead.") from None
         outputs.append(layer.output)
     return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+
+
+def resolve_outputs(config: DistillConfig, output_names: list[str]
+                    ) -> list[tuple[int, str, str, float]]:
+    """``(index, name, loss, weight)`` of each output that gets a soft loss.
+
+    Args:
+        config: the :class:`DistillConfig`.
+        output_names: the teacher's output names, in order.
+
+    Returns:
+        One tuple per output with a soft loss, in output order.
+
+    Raises:
+        ValueError: several outputs and no ``outputs=``, or a key that names
+            no output.
+    """
+    n = len(output_names)
+
+    def index(key: str | int, field: str) -> int:
+        if isinstance(key, int):
+            if not -n <= key < n:
+                raise ValueError(f"{field}[{key}]: the teacher has {n} output(s), indices "
+                                 f"0..{n - 1}.")
+            return key % n
+        if key not in output_names:
+            raise ValueError(f"{field}[{key!r}] names no output: the teacher's outputs are "
+                             f"{output_names} (or use their indices 0..{n - 1}).")
+        return output_names.index(key)
+
+    if config.outputs is None:
+        if n != 1:
+            raise ValueError(
+                f"The models have {n} outputs {output_names}: say which soft loss each one "
+                f"gets with DistillConfig(outputs={{name or index: loss}}), loss one of "
+                f"{', '.join(repr(c) for c in OUTPUT_LOSSES)} (kl: softmax classes, bce: "
+                "sigmoid scores, mse: regression such as boxes, None: no soft loss), e.g. "
+                "outputs={'boxes': 'mse', 'scores': 'bce'}.")
+        losses = {0: "kl"}
+    else:
+        losses = {}
+        for key, loss in config.outputs.items():
+            i = index(key, "outputs")
+            if i in losses:
+                raise ValueError(f"outputs names output {output_names[i]!r} twice (by name "
+                                 "and by index): keep one.")
+            losses[i] = loss
+    weights = {index(k, "output_weights"): w for k, w in (config.output_weights or {}).items()}
+    return [(i, output_names[i], losses[i], weights.get(i, 1.0))
+            for i in range(n) if losses.get(i) is not None]
 
 
 class Distillation:
@@ -163,9 +293,10 @@ class Distillation:
 
     Raises:
         UnsupportedModelError: the teacher is not a tf_keras model.
-        ValueError: teacher and student outputs differ in shape, a named
-            layer is missing, feature maps differ in shape, or
-            ``from_logits`` does not match a softmax output.
+        ValueError: teacher and student outputs differ in number or shape,
+            several outputs without ``outputs=`` (or naming no output), a
+            named layer is missing, feature maps differ in shape, or
+            ``from_logits`` does not match a softmax / sigmoid output.
     """
 
     def __init__(self, teacher: Any, config: DistillConfig, student: Any):
@@ -175,17 +306,33 @@ class Distillation:
                 "Load or build it with tf_keras (`tf.keras` after `import tfedge`).")
         self.teacher = teacher
         self.config = config
-        t_shape, s_shape = tuple(teacher.outputs[0].shape[1:]), tuple(student.outputs[0].shape[1:])
-        if t_shape != s_shape:
-            raise ValueError(f"The teacher's output {t_shape} and the student's {s_shape} "
-                             "differ: distillation needs the same classes in the same order.")
+        self.num_outputs = len(teacher.outputs)
+        if len(student.outputs) != self.num_outputs:
+            raise ValueError(f"The teacher has {self.num_outputs} output(s) and the student "
+                             f"{len(student.outputs)}: distillation pairs them in order, so "
+                             "both need the same outputs.")
+        names = list(teacher.output_names)
+        for i, (t_out, s_out) in enumerate(zip(teacher.outputs, student.outputs)):
+            t_shape, s_shape = tuple(t_out.shape[1:]), tuple(s_out.shape[1:])
+            if t_shape != s_shape:
+                raise ValueError(
+                    f"The teacher's output {names[i]!r} {t_shape} and the student's "
+                    f"{s_shape} differ: distillation needs the same classes (boxes, ...) "
+                    "in the same order.")
+        self.soft_outputs = resolve_outputs(config, names)
         if config.from_logits:
-            for role, model in (("teacher", teacher), ("student", student)):
-                activation = getattr(model.layers[-1], "activation", None)
-                if getattr(activation, "__name__", "") == "softmax":
-                    raise ValueError(
-                        f"The {role} ends in a softmax but DistillConfig(from_logits=True). "
-                        "Pass from_logits=False, or (better) end both models in logits.")
+            for i, _, loss, _ in self.soft_outputs:
+                if loss == "mse":
+                    continue
+                for role, model in (("teacher", teacher), ("student", student)):
+                    layer = (model.layers[-1] if self.num_outputs == 1
+                             else model.outputs[i]._keras_history.layer)
+                    activation = getattr(layer, "activation", None)
+                    if getattr(activation, "__name__", "") in ("softmax", "sigmoid"):
+                        raise ValueError(
+                            f"The {role}'s output {names[i]!r} ends in a "
+                            f"{activation.__name__} but DistillConfig(from_logits=True). Pass "
+                            "from_logits=False, or (better) end both models in logits.")
         self._teacher_model = teacher
         if config.features:
             self._teacher_model = _feature_model(teacher, [t for _, t in config.features],
@@ -201,9 +348,10 @@ class Distillation:
             return
         self._student_model = _feature_model(student, [s for s, _ in self.config.features],
                                               "student")
-        teacher_shapes = [tuple(t.shape[1:]) for t in self._teacher_model.outputs[1:]]
+        n = self.num_outputs
+        teacher_shapes = [tuple(t.shape[1:]) for t in self._teacher_model.outputs[n:]]
         for (s_name, t_name), s_out, t_shape in zip(
-                self.config.features, self._student_model.outputs[1:], teacher_shapes):
+                self.config.features, self._student_model.outputs[n:], teacher_shapes):
             s_shape = tuple(s_out.shape[1:])
             if s_shape[:-1] != t_shape[:-1]:
                 raise ValueError(
@@ -221,18 +369,40 @@ class Distillation:
         """The projections' variables (trained with the student)."""
         return [v for p in self.projections.values() for v in p.trainable_variables]
 
-    def student_forward(self, x: Any, training: bool) -> tuple[Any, list[Any]]:
-        """(student output, student features) for a batch."""
-        if not self.config.features:
-            return self._student_model(x, training=training), []
-        outputs = self._student_model(x, training=training)
-        return outputs[0], list(outputs[1:])
+    @property
+    def term_names(self) -> list[str]:
+        """The loss terms reported besides ``loss`` and ``hard_loss``."""
+        names = ["soft_loss"]
+        if self.num_outputs > 1:
+            names += [f"soft_loss_{name}" for _, name, _, _ in self.soft_outputs]
+        if self.config.features:
+            names.append("feature_loss")
+        return names
 
-    def _logits(self, values: Any) -> tf.Tensor:
+    def student_forward(self, x: Any, training: bool) -> tuple[Any, list[Any]]:
+        """(student output(s), student features) for a batch."""
+        outputs = self._student_model(x, training=training)
+        if not self.config.features:
+            return outputs, []
+        n = self.num_outputs
+        return (outputs[0] if n == 1 else list(outputs[:n])), list(outputs[n:])
+
+    def _logits(self, values: Any, loss: str = "kl") -> tf.Tensor:
         values = tf.cast(values, tf.float32)
-        if self.config.from_logits:
+        if self.config.from_logits or loss == "mse":
             return values
+        if loss == "bce":
+            values = tf.clip_by_value(values, 1e-7, 1.0 - 1e-7)
+            return tf.math.log(values) - tf.math.log1p(-values)
         return tf.math.log(tf.clip_by_value(values, 1e-7, 1.0))
+
+    def _soft(self, loss: str, teacher_output: Any, student_output: Any) -> tf.Tensor:
+        t, s = self._logits(teacher_output, loss), self._logits(student_output, loss)
+        if loss == "kl":
+            return soft_target_loss(t, s, self.config.temperature)
+        if loss == "bce":
+            return sigmoid_target_loss(t, s, self.config.temperature)
+        return tf.reduce_mean(tf.square(s - t))
 
     def loss_terms(self, x: Any, student_output: Any, student_features: list[Any]
                    ) -> dict[str, tf.Tensor]:
@@ -240,22 +410,31 @@ class Distillation:
 
         Args:
             x: the batch's inputs (the teacher runs on them, in inference mode).
-            student_output: the student's output on ``x``.
+            student_output: the student's output on ``x`` (a list with
+                several outputs).
             student_features: the student's named features (may be empty).
 
         Returns:
             ``{"soft_loss": ..., "feature_loss": ...}`` (the latter only when
-            features are matched); scalar tensors, unweighted.
+            features are matched); with several outputs also
+            ``soft_loss_<output name>`` per output with a soft loss, unweighted,
+            and ``soft_loss`` their weighted sum. Scalar tensors.
         """
         teacher = self._teacher_model(x, training=False)
+        n = self.num_outputs
         if self.config.features:
-            teacher_output, teacher_features = teacher[0], teacher[1:]
+            teacher_outputs, teacher_features = list(teacher[:n]), teacher[n:]
         else:
-            teacher_output, teacher_features = teacher, []
-        teacher_output = tf.stop_gradient(teacher_output)
-        terms = {"soft_loss": soft_target_loss(self._logits(teacher_output),
-                                               self._logits(student_output),
-                                               self.config.temperature)}
+            teacher_outputs, teacher_features = tf.nest.flatten(teacher), []
+        student_outputs = tf.nest.flatten(student_output)
+        soft = tf.constant(0.0)
+        terms = {}
+        for i, name, loss, weight in self.soft_outputs:
+            term = self._soft(loss, tf.stop_gradient(teacher_outputs[i]), student_outputs[i])
+            if n > 1:
+                terms[f"soft_loss_{name}"] = term
+            soft += weight * term
+        terms["soft_loss"] = soft
         if self.config.features:
             feature = tf.constant(0.0)
             for (s_name, _), s_feat, t_feat in zip(self.config.features, student_features,
