@@ -58,17 +58,26 @@ def test_a_wrong_rewrite_is_caught_by_the_check():
         prepare.check_equivalent(model, prepared)
 
 
+
+def _prune_qat_int8(model, x, y, batch_size=16, loss=None):
+    """wrap(prune 50% for one epoch, then strict QAT) -> fit 2 epochs -> finish -> int8.
+
+    Returns (final Keras model, artifact), the artifact checked to be full int8."""
+    edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, end_epoch=1),
+                       quantize=tfedge.QATConfig(start_epoch=1, strict=True))
+    edge.compile("adam", loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    edge.fit(x, y, batch_size=batch_size, epochs=2, verbose=0)
+    final = edge.finish()
+    art = tfedge.convert(final, x[:16])
+    assert art.mode == "int8" and not art.flatbuffer.float_ops(), art.ops
+    return final, art
+
 def test_blocks_go_through_prune_and_qat_to_full_int8():
     model = _blocks_model()
     x = np.random.default_rng(0).uniform(0, 255, (32, 8, 8, 3)).astype("float32")
     y = np.arange(32) % 4
-    edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, end_epoch=1),
-                       quantize=tfedge.QATConfig(start_epoch=1, strict=True))
+    _, art = _prune_qat_int8(model, x, y)
     assert [type(layer).__name__ for layer in model.layers].count("TFOpLambda") > 0  # untouched
-    edge.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    edge.fit(x, y, batch_size=16, epochs=2, verbose=0)
-    art = tfedge.convert(edge.finish(), x[:16])
-    assert art.mode == "int8" and not art.flatbuffer.float_ops(), art.ops
     assert "HARD_SWISH" in art.ops
 
 
@@ -93,13 +102,7 @@ def test_average_pooling_goes_through_prune_and_qat_to_full_int8():
     model = _average_pool_block_model()
     x = np.random.default_rng(0).uniform(0, 1, (32, 8, 8, 3)).astype("float32")
     y = np.arange(32) % 4
-    edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, end_epoch=1),
-                       quantize=tfedge.QATConfig(start_epoch=1, strict=True))
-    edge.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    edge.fit(x, y, batch_size=16, epochs=2, verbose=0)
-    final = edge.finish()
-    art = tfedge.convert(final, x[:16])
-    assert art.mode == "int8" and not art.flatbuffer.float_ops(), art.ops
+    final, art = _prune_qat_int8(model, x, y)
     assert art.ops.get("AVERAGE_POOL_2D") == 1
     # The outputs agree within a few steps of the int8 output scale (top-1 of an
     # untrained 4-class model on noise is decided by near-ties, so not compared).
@@ -127,13 +130,7 @@ def test_conv_with_swish_is_split_so_its_output_gets_a_range():
     x = np.random.default_rng(1).uniform(0, 1, (32, 8, 8, 3)).astype("float32")
     np.testing.assert_allclose(prepared(x), model(x), rtol=1e-5, atol=1e-5)
     y = np.arange(32) % 4
-    edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, end_epoch=1),
-                       quantize=tfedge.QATConfig(start_epoch=1, strict=True))
-    edge.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    edge.fit(x, y, batch_size=16, epochs=2, verbose=0)
-    final = edge.finish()
-    art = tfedge.convert(final, x[:16])
-    assert art.mode == "int8" and not art.flatbuffer.float_ops(), art.ops
+    final, art = _prune_qat_int8(model, x, y)
     report = tfedge.validate(art, final, x)
     assert report.max_abs_error <= 3 * art.outputs[0].scale[0], report
 
@@ -145,12 +142,7 @@ def test_keras_applications_mobilenet_v3_small_prune_qat_int8():
                                                 classes=10)
     x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
     y = np.arange(16) % 10
-    edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, end_epoch=1),
-                       quantize=tfedge.QATConfig(start_epoch=1, strict=True))
-    edge.compile("adam", "sparse_categorical_crossentropy")
-    edge.fit(x, y, batch_size=8, epochs=2, verbose=0)
-    final = edge.finish()
-    art = tfedge.convert(final, x)
-    assert art.mode == "int8" and not art.flatbuffer.float_ops(), art.ops
+    final, art = _prune_qat_int8(model, x, y, batch_size=8,
+                                 loss="sparse_categorical_crossentropy")
     assert art.ops.get("HARD_SWISH", 0) > 0
     assert tfedge.validate(art, final, x).agreement >= 0.9
