@@ -112,7 +112,8 @@ def convert_lowbit(model: Any, representative_data: Any = None, *, mode: str,
         raise ValueError(f"per_channel={per_channel!r}: give True (a weight scale per output "
                          "channel), False (one per tensor) or, with mixed precision, 'auto' "
                          "(each layer's choice, by measurement).")
-    if (per_channel == "auto") != (mode == "mixed_precision") and per_channel is not True:
+    mixed = mode == "mixed_precision"
+    if (per_channel == "auto" and not mixed) or (per_channel is False and mixed):
         raise ValueError(f"per_channel={per_channel!r} with mode={mode!r}: per_channel='auto' "
                          "lets mixed precision choose per layer (max_size_bytes= or "
                          "tolerance=); the fixed modes take True or False.")
