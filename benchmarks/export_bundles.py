@@ -23,7 +23,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tfedge  # noqa: E402
-from tfedge import export, keras, micro  # noqa: E402
+from tfedge import handoff, keras, micro  # noqa: E402
 from tfedge.data import load_digits  # noqa: E402
 from tfedge.report import format_table, write_json  # noqa: E402
 
@@ -86,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             "arena_bytes": facts["arena_bytes"],
             "tflm_default_arena_guess_bytes": 10 * artifact.size_bytes,
             "micro_bundle_bytes": sum(micro_bundle.files.values()),
-            "model_data_cc_bytes": micro_bundle.files[export.MODEL_DATA_SOURCE],
+            "model_data_cc_bytes": micro_bundle.files[handoff.MODEL_DATA_SOURCE],
             "android_bundle_bytes": sum(android.files.values()),
-            "metadata_added_bytes": android.files[export.MODEL_FILE] - artifact.size_bytes,
+            "metadata_added_bytes": android.files[handoff.MODEL_FILE] - artifact.size_bytes,
             "tflm_vs_litert_builtin": facts["verification"]["summary"],
             "xnnpack_vs_litert_builtin": facts["verification"]["xnnpack_vs_builtin_kernels"],
             "export_micro_s": t_micro, "export_android_s": t_android,

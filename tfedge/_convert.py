@@ -41,7 +41,7 @@ import numpy as np
 from absl import logging
 
 from tfedge import lowbit
-from tfedge.artifact import (INTEGER_MODES, LOWBIT_MODES, MODE_DESCRIPTIONS, MODES,
+from tfedge.artifact import (INTEGER_MODES, IO_TYPES, LOWBIT_MODES, MODE_DESCRIPTIONS, MODES,
                              TFLiteArtifact, check_full_integer, runtime_settings, trust)
 from tfedge.calibration import (check_num_samples, check_representative_range, data_range,
                                 representative_samples, split_eval_data)
@@ -50,7 +50,6 @@ from tfedge.source import (ModelSource, is_quantization_aware_model, make_conver
                            model_source, run_converter)
 from tfedge._validate import compare_outputs, run_outputs
 
-_IO_TYPES = ("int8", "uint8", "float32")
 # A weight tensor with at least this fraction of zeros that the sparse encoder
 # left dense is reported (the encoder itself skips tensors under about 30%).
 SPARSE_REPORT_THRESHOLD = 0.1
@@ -157,8 +156,8 @@ def _validate_args(mode: str, input_type: str | None, output_type: str | None
     input_type = input_type or default_io
     output_type = output_type or default_io
     for name, value in (("input_type", input_type), ("output_type", output_type)):
-        if value not in _IO_TYPES:
-            raise ValueError(f"{name}={value!r}; use one of {', '.join(_IO_TYPES)}.")
+        if value not in IO_TYPES:
+            raise ValueError(f"{name}={value!r}; use one of {', '.join(IO_TYPES)}.")
         if value != "float32" and mode != "int8":
             raise ValueError(f"{name}={value!r} needs mode='int8'; mode={mode!r} keeps "
                              "float32 inputs and outputs.")

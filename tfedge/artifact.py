@@ -58,6 +58,9 @@ MODE_DESCRIPTIONS = {
     "unknown": "not known",
 }
 INTEGER_MODES = ("int8", "int16x8")
+# Interface types of a full-integer model's inputs and outputs (convert's
+# input_type / output_type; the type an export bundle states).
+IO_TYPES = ("int8", "uint8", "float32")
 
 _NO_DELEGATES_ADVICE = (
     "Run it with LiteRT's OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES (Python: "

@@ -538,7 +538,7 @@ def _(e, tmp):
 # -- CLI -------------------------------------------------------------------------------------
 _CONVERTER = "tensorflow:lite.TFLiteConverter.from_concrete_functions"
 _BENCH_HOST = ("tfedge._bench:_run_host", "tfedge.bench:_run_host")
-_EXPORT = "tfedge.export:litert_outputs"
+_EXPORT = "tfedge.handoff:litert_outputs"
 
 
 @case("cli convert -o <directory>", "cli", "cli", ("-o", "directory"), forbid=(_CONVERTER,),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tfedge
-from tfedge import export, keras, metadata, micro
+from tfedge import handoff, keras, metadata, micro
 from tfedge.card import read_model_card, write_model_card
 from tfedge.errors import UnsupportedModelError, VerificationError
 
@@ -39,9 +39,9 @@ def android_bundle(digits_int8, x_test, tmp_path_factory):
 
 
 def test_tflm_outputs_equal_litert_exactly_on_32_inputs(micro_bundle, digits_int8, x_test):
-    inputs = [export._quantize(x_test[:32], digits_int8.inputs[0])]
+    inputs = [handoff.quantize_input(x_test[:32], digits_int8.inputs[0])]
     tflm = micro.run_tflm(digits_int8.content, inputs, arena_size=micro_bundle.arena_bytes)
-    litert = export.litert_outputs(digits_int8.content, inputs)
+    litert = handoff.litert_outputs(digits_int8.content, inputs)
     assert tflm.outputs[0].shape == (32, 10) and tflm.outputs[0].dtype == np.int8
     np.testing.assert_array_equal(tflm.outputs[0], litert[0])
     assert micro_bundle.card["bundle"]["verification"]["equal"]
@@ -53,8 +53,8 @@ def test_arena_is_measured_and_is_the_smallest_that_works(micro_bundle, digits_i
     header = (pathlib.Path(micro_bundle.directory) / "model_data.h").read_text()
     assert f"TensorArenaSize = {arena};" in header
     smallest = micro_bundle.card["bundle"]["arena_min_bytes"]
-    assert arena == smallest + export.ARENA_HEADROOM  # tests/test_micro_arena.py: the search
-    inputs = [export._quantize(x_test[:1], digits_int8.inputs[0])]
+    assert arena == smallest + handoff.ARENA_HEADROOM  # tests/test_micro_arena.py: the search
+    inputs = [handoff.quantize_input(x_test[:1], digits_int8.inputs[0])]
     with pytest.raises(VerificationError, match="allocating tensors"):
         micro.run_tflm(digits_int8.content, inputs, arena_size=smallest - 1)
 
@@ -108,7 +108,7 @@ def test_check_bundle_passes_and_catches_wrong_samples(micro_bundle, tmp_path):
     arrays["output_0"][0, 0] += 1
     np.savez(copy / "samples.npz", **arrays)
     card = read_model_card(copy)  # re-sign the file so only the reproduction checks fail
-    card["bundle"]["files"]["samples.npz"]["sha256"] = export._sha256(str(copy / "samples.npz"))
+    card["bundle"]["files"]["samples.npz"]["sha256"] = handoff.sha256_file(str(copy / "samples.npz"))
     write_model_card(copy, card)
     failed = {check for check, passed, _ in tfedge.check_bundle(copy).checks if not passed}
     assert failed == {"LiteRT reproduces samples", "TFLM reproduces samples"}
@@ -139,7 +139,7 @@ def test_android_metadata_reads_back_as_written(android_bundle, digits_int8):
     directory = pathlib.Path(android_bundle.directory)
     sidecar = json.loads((directory / "metadata.json").read_text())
     content = (directory / "model.tflite").read_bytes()
-    embedded = json.loads(metadata.read_metadata(content)[export.METADATA_ENTRY])
+    embedded = json.loads(metadata.read_metadata(content)[handoff.METADATA_ENTRY])
     assert embedded == sidecar
     assert (sidecar["name"], sidecar["version"]) == ("digits", "2.1")
     assert sidecar["description"] == "Handwritten digit classifier, 8x8 grey."
@@ -154,10 +154,10 @@ def test_android_metadata_reads_back_as_written(android_bundle, digits_int8):
     assert inp["quantization"] == {"scale": source.scale[0], "zero_point": source.zero_point[0]}
     assert out["quantization"]["scale"] == digits_int8.outputs[0].scale[0]
     # The converter's own metadata survives, and the graph computes the same.
-    assert {"min_runtime_version", export.METADATA_ENTRY} <= set(metadata.read_metadata(content))
+    assert {"min_runtime_version", handoff.METADATA_ENTRY} <= set(metadata.read_metadata(content))
     inputs = [np.random.default_rng(1).integers(-128, 128, (8, 8, 8, 1), dtype=np.int8)]
-    np.testing.assert_array_equal(export.litert_outputs(content, inputs)[0],
-                                  export.litert_outputs(digits_int8.content, inputs)[0])
+    np.testing.assert_array_equal(handoff.litert_outputs(content, inputs)[0],
+                                  handoff.litert_outputs(digits_int8.content, inputs)[0])
     assert tfedge.check_bundle(directory).ok
 
 
@@ -217,11 +217,11 @@ def test_cli_exports_both_bundles_and_checks_them(digits_int8, x_test, tmp_path,
 def test_one_step_differences_fail_unless_allowed():
     reference = [np.array([[5, -3, 7]], np.int8)]
     candidate = [np.array([[5, -2, 7]], np.int8)]
-    strict = export._agreement(reference, candidate)
+    strict = handoff.compare_outputs(reference, candidate)
     assert not strict["equal"] and strict["differing_values"] == 1
     assert "top-1 equal on 100%" in strict["summary"]
-    assert export._agreement(reference, candidate, max_diff=1)["equal"]
-    assert not export._agreement(reference, [candidate[0] + 2], max_diff=1)["equal"]
+    assert handoff.compare_outputs(reference, candidate, max_diff=1)["equal"]
+    assert not handoff.compare_outputs(reference, [candidate[0] + 2], max_diff=1)["equal"]
 
 
 def test_labels_attach_to_the_class_scores_output_of_a_detector(tmp_path, digits):

@@ -14,14 +14,14 @@ import pathlib
 import pytest
 
 import tfedge
-from tfedge import export, keras, micro
+from tfedge import handoff, keras, micro
 from tfedge.errors import VerificationError
 
 from recipes.classifier import build_classifier
 
 
 def bundle_inputs(artifact, samples):
-    return [export._quantize(samples, artifact.inputs[0])]
+    return [handoff.quantize_input(samples, artifact.inputs[0])]
 
 
 def _check_stated_arena(bundle, artifact, samples):
@@ -33,7 +33,7 @@ def _check_stated_arena(bundle, artifact, samples):
     assert facts["arena_recorded_bytes"] <= smallest
     header = (pathlib.Path(bundle.directory) / "model_data.h").read_text()
     assert f"TensorArenaSize = {smallest + headroom};" in header
-    inputs = [export._quantize(samples[:2], artifact.inputs[0])]
+    inputs = [handoff.quantize_input(samples[:2], artifact.inputs[0])]
     assert micro.run_tflm(artifact.content, inputs, arena_size=smallest).arena_bytes == smallest
     with pytest.raises(VerificationError, match="allocating tensors"):
         micro.run_tflm(artifact.content, inputs, arena_size=smallest - micro.ARENA_ALIGNMENT)
@@ -76,7 +76,7 @@ def test_mobilenet_v3_arena_needs_more_than_tflm_records(mobilenet_v3_int8, tmp_
 
 def test_arena_size_override_is_stated_and_checked(mobilenet_v3_int8, tmp_path):
     artifact, x = mobilenet_v3_int8
-    inputs = [export._quantize(x[:1], artifact.inputs[0])]
+    inputs = [handoff.quantize_input(x[:1], artifact.inputs[0])]
     smallest = micro.run_tflm(artifact.content, inputs).arena_bytes
     given = smallest + 4096
     bundle = tfedge.export_micro(artifact, tmp_path / "given", sample_inputs=x[:2],
@@ -123,15 +123,15 @@ def test_small_digits_cnns_the_recorded_size_refused_now_export(build, digits, t
 def test_tflm_is_checked_against_litert_reference_kernels_where_builtin_ones_round_apart(
         digits_int8, digits, tmp_path, monkeypatch):
     x_test = digits[1][0]
-    real = export.litert_outputs
+    real = handoff.litert_outputs
 
-    def builtin_two_steps_off(content, inputs, op_resolver=export.REFERENCE_RESOLVER):
+    def builtin_two_steps_off(content, inputs, op_resolver=handoff.REFERENCE_RESOLVER):
         outputs = real(content, inputs, op_resolver)
         if op_resolver != "reference":  # as LiteRT's optimized kernels did on a MobileNetV3
             outputs[0] = (outputs[0].astype("int16") + 2).clip(-128, 127).astype(outputs[0].dtype)
         return outputs
 
-    monkeypatch.setattr(export, "litert_outputs", builtin_two_steps_off)
+    monkeypatch.setattr(handoff, "litert_outputs", builtin_two_steps_off)
     bundle = tfedge.export_micro(digits_int8, tmp_path / "micro", sample_inputs=x_test[:8],
                                  max_diff=1)
     facts = bundle.card["bundle"]
