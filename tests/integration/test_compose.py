@@ -9,7 +9,7 @@ import tfedge
 from tfedge import keras
 from tfedge.cluster import ClusterConfig
 from tfedge.quantize import QATConfig
-from tfedge._wrap import Phase, plan_phases
+from tfedge.phases import Phase, plan_phases
 
 from tests.helpers import compile_for_digits
 
