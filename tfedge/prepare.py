@@ -19,12 +19,10 @@ not survive a config round trip).
 * ``Activation`` layers of Keras 3's ``hard_silu`` / ``hard_sigmoid`` (carried
   over by :mod:`tfedge.keras3` as :func:`hard_swish` / :func:`hard_sigmoid`)
   become the same layers;
-* ``Conv2D`` / ``DepthwiseConv2D`` / ``Dense`` with a swish, sigmoid or gelu
-  inside (EfficientNet's squeeze-excite) become the linear layer + the
-  activation, so the kernel's output gets its own quantization range (TFLite
-  cannot fuse these activations into the kernel);
-* swish and sigmoid become :class:`Gate` layers, whose QAT puts the sigmoid
-  on the fixed output grid of TFLite's int8 ``LOGISTIC``;
+* ``Conv2D`` / ``DepthwiseConv2D`` / ``Dense`` with a swish or gelu inside
+  (EfficientNet's squeeze-excite) become the linear layer + ``Activation``,
+  so the kernel's output gets its own quantization range (TFLite cannot
+  fuse these activations into the kernel);
 * ``Rescaling`` and ``Normalization`` become the constant multiply / add
   they compute (int8 ``MUL`` / ``ADD`` after the input is quantized), so the
   whole body, preprocessing included, is int8.
@@ -103,41 +101,6 @@ class HardSwish(keras.layers.Layer):
         return inputs * (tf.nn.relu6(inputs + 3.0) * (1.0 / 6.0))
 
 
-# TFLite's int8 LOGISTIC writes its output on a fixed grid: scale 1/256, zero point -128.
-_LOGISTIC_MAX = 255.0 / 256.0
-
-
-@keras.utils.register_keras_serializable("tfedge")
-class Gate(keras.layers.Layer):
-    """``sigmoid(x)``, or ``x * sigmoid(x)`` (swish), as TFLite runs them in int8.
-
-    TFLite converts both to ``LOGISTIC``, whose int8 output lies on a fixed
-    grid of step 1/256, and, for swish, a ``MUL``. Inside tfmot's QAT wrapper
-    (:class:`GateQuantizeConfig` sets ``quantize_gate``) the sigmoid is
-    fake-quantized on that grid, so the QAT model computes what the int8
-    kernels do (tfmot's own swish has one range, after the multiply, and its
-    sigmoid none: a mismatch of up to half a step at every EfficientNet
-    activation and squeeze-excite gate). Outside QAT it is the exact function.
-
-    Args:
-        swish: multiply the gate by the input (swish) or not (sigmoid).
-    """
-
-    def __init__(self, swish: bool, **kwargs):
-        super().__init__(**kwargs)
-        self.swish = bool(swish)
-        self.quantize_gate = False
-
-    def call(self, inputs):
-        gate = tf.math.sigmoid(inputs)
-        if self.quantize_gate:
-            gate = tf.quantization.fake_quant_with_min_max_args(gate, 0.0, _LOGISTIC_MAX)
-        return inputs * gate if self.swish else gate
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "swish": self.swish}
-
-
 @keras.utils.register_keras_serializable("tfedge")
 def hard_swish(x: Any) -> Any:
     """Keras 3's ``hard_silu`` / ``hard_swish``: ``x * relu6(x + 3) / 6``."""
@@ -212,21 +175,8 @@ def construction_without_autograph() -> Any:
     return ag_ctx.ControlStatusCtx(status=ag_ctx.Status.DISABLED)
 
 
-@keras.utils.register_keras_serializable("tfedge")
-class GateQuantizeConfig(OutputQuantizeConfig):
-    """tfmot QuantizeConfig of a :class:`Gate`: its sigmoid on TFLite's LOGISTIC
-    grid; a swish's output range learned (the ``MUL``), a sigmoid's is the grid."""
-
-    def set_quantize_activations(self, layer, quantize_activations):
-        layer.quantize_gate = True
-
-    def get_output_quantizers(self, layer):
-        return super().get_output_quantizers(layer) if layer.swish else []
-
-
-CUSTOM_OBJECTS = {"ConstantOp": ConstantOp, "HardSwish": HardSwish, "Gate": Gate,
-                  "OutputQuantizeConfig": OutputQuantizeConfig,
-                  "GateQuantizeConfig": GateQuantizeConfig}
+CUSTOM_OBJECTS = {"ConstantOp": ConstantOp, "HardSwish": HardSwish,
+                  "OutputQuantizeConfig": OutputQuantizeConfig}
 
 
 # Pooling layers whose TFLite int8 kernel keeps the input's scale (the global
@@ -266,8 +216,6 @@ def quantize_configs(model: Any) -> dict[str, Any]:
     # (the converter refuses two learned ranges that differ, as DenseNet's
     # transition pools feeding a Concatenate get); an average never leaves its
     # input's range, so the output takes the input's quantization.
-    configs.update({layer.name: GateQuantizeConfig() for layer in model.layers
-                    if isinstance(layer, Gate)})
     configs.update({layer.name: OutputQuantizeConfig(quantize_output=False)
                     for layer in model.layers if isinstance(layer, _SAME_SCALE_POOLS)})
     return configs
@@ -358,8 +306,7 @@ def _affine_of(layer: Any) -> tuple[np.ndarray, np.ndarray] | None:
 # Conv/Dense layer, while TFLite cannot fuse them into the kernel: the CONV_2D /
 # FULLY_CONNECTED output then gets no learned range of its own (EfficientNet's
 # squeeze-excite ``se_reduce`` conv with swish: relative error 0.03 -> 0.61 there).
-_UNFUSED_ACTIVATIONS = ("swish", "silu", "gelu", "sigmoid")
-_GATES = {"swish": True, "silu": True, "sigmoid": False}  # activation -> Gate(swish=)
+_UNFUSED_ACTIVATIONS = ("swish", "silu", "gelu")
 _SPLIT_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 
 
@@ -368,12 +315,6 @@ def _unfused_activation(layer: Any) -> str | None:
         return None
     name = getattr(getattr(layer, "activation", None), "__name__", None)
     return name if name in _UNFUSED_ACTIVATIONS else None
-
-
-def _gate_of(layer: Any) -> bool | None:
-    """``swish`` of the :class:`Gate` an ``Activation`` layer becomes, or None."""
-    name = getattr(_activation_fn(layer), "__name__", None)
-    return _GATES.get(name) if type(layer) is keras.layers.Activation else None
 
 
 def rewrite(model: Any) -> tuple[Any, dict[str, int]]:
@@ -435,13 +376,7 @@ def rewrite(model: Any) -> tuple[Any, dict[str, int]]:
             linear = type(layer).from_config(config)
             h = linear(value(node.call_args[0]))
             linear.set_weights(layer.get_weights())
-            name = fresh(layer.name + "_activation")
-            if activation in _GATES:
-                return Gate(_GATES[activation], name=name)(h)
-            return keras.layers.Activation(activation, name=name)(h)
-        elif _gate_of(layer) is not None:
-            counts["Gate"] += 1
-            return Gate(_gate_of(layer), name=layer.name)(value(node.call_args[0]))
+            return keras.layers.Activation(activation, name=fresh(layer.name + "_activation"))(h)
         elif _affine_of(layer) is not None:
             scale, offset = _affine_of(layer)
             counts[type(layer).__name__] += 1
