@@ -44,11 +44,11 @@ def train_and_convert(name: str):
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = 0.9
-    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", ["accuracy"])
+    model.compile(keras.optimizers.Adam(3e-3), zoo.loss_for(model, keras), ["accuracy"])
     model.fit(x, y, batch_size=zoo.BATCH, epochs=zoo.SETTINGS["plain_epochs"], verbose=0)
     edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, end_epoch=1),
                        quantize=tfedge.QATConfig(start_epoch=1))
-    edge.compile(keras.optimizers.Adam(3e-4), "sparse_categorical_crossentropy", ["accuracy"])
+    edge.compile(keras.optimizers.Adam(3e-4), zoo.loss_for(model, keras), ["accuracy"])
     edge.fit(x, y, batch_size=zoo.BATCH, epochs=2, verbose=0)
     final = edge.finish()
     art = tfedge.convert(final, x[:100])

@@ -48,6 +48,7 @@ from tfedge import keras3 as keras3_lib
 from tfedge import lowrank as lowrank_lib
 from tfedge import prepare as prepare_lib
 from tfedge import prune as prune_lib
+from tfedge import qat_ranges
 from tfedge import quantize as quantize_lib
 from tfedge.phases import fresh_optimizer, merge_histories, plan_phases
 from tfedge._keras import is_keras3_model, keras
@@ -181,6 +182,7 @@ class EdgeModel(keras.Model):
         self.qat_plan: quantize_lib.QuantizationPlan | None = None
         self._source_sparsity = source_sparsity
         self._phase_index = -1
+        self._ranges_started = False  # QAT activation ranges set from data
         self._epochs_done = 0
         self._compile_args: dict[str, Any] | None = None
         self._schedule = prune_config.make_schedule() if prune_config else None
@@ -268,6 +270,16 @@ class EdgeModel(keras.Model):
             super().compile(**args)
         logging.info("tfedge: epoch %d: %s phase", phase.start_epoch, phase.name)
 
+    def _start_qat_ranges(self, x: Any) -> None:
+        """At QAT's first ``fit``, its activation ranges start from ``x``'s first samples."""
+        count = self.qat_config.range_samples if self.phase == "quantize" else 0
+        if count and not self._ranges_started:
+            samples = qat_ranges.first_samples(x, count)
+            if samples is not None:
+                with self.distribute_strategy.scope():
+                    qat_ranges.start_ranges(self.network, samples)
+            self._ranges_started = True
+
     def optimization_callbacks(self) -> list[keras.callbacks.Callback]:
         """The callbacks ``fit`` adds before the user's own, for the current phase."""
         callbacks: list[keras.callbacks.Callback] = []
@@ -322,6 +334,7 @@ class EdgeModel(keras.Model):
         for begin, end in zip(bounds[:-1], bounds[1:]):
             if begin != first:
                 self._enter_phase(self._phase_index + 1)
+            self._start_qat_ranges(x)
             ours = [cb for cb in self.optimization_callbacks()
                     if not any(type(u) is type(cb) for u in user)]
             history = super().fit(

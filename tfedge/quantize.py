@@ -87,6 +87,10 @@ class QATConfig(PhaseConfig):
         preserve_sparsity: use tfmot's prune-preserving scheme. None (auto):
             when the model is pruned in the same ``wrap``, or when its kernels
             are already at least half zeros.
+        range_samples: training samples the activation ranges are started
+            from when QAT begins (:func:`tfedge.qat_ranges.start_ranges`);
+            0 keeps tfmot's start at [-6, 6], which a short fine-tune barely
+            moves.
 
     Raises:
         ValueError: unknown scheme, negative start, overlapping ``skip`` and
@@ -110,6 +114,7 @@ class QATConfig(PhaseConfig):
     layer_configs: dict[str, Any] | None = None
     strict: bool = False
     preserve_sparsity: bool | None = None
+    range_samples: int = 64
 
     def _normalize(self) -> None:
         self._set("skip", list(self.skip))
@@ -123,6 +128,9 @@ class QATConfig(PhaseConfig):
         if self.start_epoch is not None and (int(self.start_epoch) != self.start_epoch
                                              or self.start_epoch < 0):
             raise ValueError(f"start_epoch={self.start_epoch} must be a whole number >= 0.")
+        if int(self.range_samples) != self.range_samples or self.range_samples < 0:
+            raise ValueError(f"range_samples={self.range_samples} must be a whole number >= 0 "
+                             "(0: keep tfmot's initial activation ranges).")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate={self.learning_rate} must be positive.")
         both = sorted(set(self.skip) & set(self.layer_configs))

@@ -146,3 +146,46 @@ def test_keras_applications_mobilenet_v3_small_prune_qat_int8():
                                  loss="sparse_categorical_crossentropy")
     assert art.ops.get("HARD_SWISH", 0) > 0
     assert tfedge.validate(art, final, x).agreement >= 0.9
+
+
+def test_qat_activation_ranges_start_from_the_data():
+    # tfmot starts every activation range at [-6, 6] and moves it by 0.1% a step;
+    # start_ranges sets them from a batch (the values each quantizer sees).
+    import tensorflow_model_optimization as tfmot
+    from tfedge import qat_ranges
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+    qat = tfmot.quantization.keras.quantize_model(model)
+    x = np.random.default_rng(0).uniform(0, 0.5, (64, 6)).astype("float32")
+    moving, all_values = qat_ranges.range_variables(qat)
+    assert len(all_values) == 1 and len(moving) == 2
+    weights = [v.numpy() for v in qat.trainable_variables]
+    assert qat_ranges.start_ranges(qat, x) == 3
+    assert all(np.array_equal(v.numpy(), w) for v, w in zip(qat.trainable_variables, weights))
+    np.testing.assert_allclose([all_values[0]["min_var"].numpy(), all_values[0]["max_var"].numpy()],
+                               [0.0, x.max()], rtol=1e-6)
+    relu, logits = keras.Model(inputs, hidden)(x).numpy(), model(x).numpy()
+    (relu_min, relu_max), (low, high) = [(float(p["min_var"].numpy()), float(p["max_var"].numpy()))
+                                         for p in moving]  # in graph order
+    assert relu_min == 0.0
+    np.testing.assert_allclose(relu_max, relu.max(), rtol=0.03)  # QAT's input is quantized
+    np.testing.assert_allclose([low, high], [min(logits.min(), 0), max(logits.max(), 0)],
+                               rtol=0.05, atol=0.01)
+
+
+def test_qat_in_wrap_starts_ranges_from_the_training_data():
+    model = _blocks_model()
+    x = np.random.default_rng(0).uniform(0, 255, (32, 8, 8, 3)).astype("float32")
+    y = np.arange(32) % 4
+    scales = []
+    for samples in (0, 32):
+        edge = tfedge.wrap(model, quantize=tfedge.QATConfig(range_samples=samples))
+        edge.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        edge.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        art = tfedge.convert(edge.finish(), x[:16])
+        scales.append(art.outputs[0].scale[0])
+    # tfmot's start: the logits' range stays near [-6, 6] after 2 steps (step ~ 12 / 255).
+    assert scales[0] > 0.04 and scales[1] < scales[0] / 2, scales
