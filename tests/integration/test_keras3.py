@@ -314,6 +314,16 @@ def test_mobilenet_v3_constructs_translate_by_their_exact_maths():
     assert report.rewrites.get("HardSwish") == 1 and report.rewrites.get("hard_sigmoid") == 1
 
 
+def test_keras3_hard_activations_are_carried_bit_exactly():
+    """The bridge's hard_silu / hard_sigmoid compute Keras 3's exact float32 results
+    (a reordered ``* (1 / 6)`` differs in the last bit for ~1 input in 6)."""
+    x = np.random.default_rng(0).normal(0, 4, 100_000).astype("float32")
+    for name in ("hard_silu", "hard_sigmoid"):
+        ours = tf_keras.activations.get(tfedge.prepare.KERAS3_ACTIVATIONS[name])
+        np.testing.assert_array_equal(np.asarray(ours(x)),
+                                      np.asarray(keras.activations.get(name)(x)), err_msg=name)
+
+
 class SubclassedNet(keras.Model):
     def __init__(self):
         super().__init__(name="subclassed")
