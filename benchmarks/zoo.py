@@ -126,6 +126,19 @@ def keras3_bridge_facts(model, edge) -> dict:
     return facts
 
 
+def step_without_xla(model, keras_mod, x, y) -> float:
+    """Median training step of a copy of the Keras 3 ``model`` compiled with
+    ``jit_compile=False``, the kernels tf_keras (and so the wrapped model) runs:
+    one epoch, the model itself untouched."""
+    twin = keras_mod.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    twin.compile(keras_mod.optimizers.Adam(3e-3), "sparse_categorical_crossentropy",
+                 metrics=["accuracy"], jit_compile=False)
+    times = batch_times(keras_mod)
+    twin.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[times])
+    return float(np.median(times.epochs[-1][1:]))
+
+
 def run_model(name: str, keras_mod, label: str) -> dict:
     size = SIZES[name]
     x, y, x_test, y_test = smoke_data(size)
@@ -151,6 +164,7 @@ def run_model(name: str, keras_mod, label: str) -> dict:
         row["plain_batches"] = times.summary()
         if label == "3":  # Keras 3 compiles with jit_compile="auto": XLA on TensorFlow
             row["plain_jit_compile"] = bool(model.jit_compile)
+            row["plain_step_no_xla_s"] = step_without_xla(model, keras_mod, x, y)
         row["float_accuracy"] = float(model.evaluate(x_test, y_test, verbose=0)[1])
         stage = "wrap"
         t = time.perf_counter()
