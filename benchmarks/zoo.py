@@ -185,6 +185,8 @@ def run_model(name: str, keras_mod, label: str) -> dict:
         row["wrapped_step_s"] = float(np.median(times.epochs[-1]))
         row["wrapped_batches"] = times.summary()  # epoch 0 prune, epoch 1 QAT
         row["step_ratio"] = row["wrapped_step_s"] / row["plain_step_s"]
+        if "plain_step_no_xla_s" in row:
+            row["step_ratio_no_xla"] = row["wrapped_step_s"] / row["plain_step_no_xla_s"]
         row["stages"]["fit"] = "pass"
         row["float_layers"] = sorted(edge.qat_plan.skipped) if edge.qat_plan else []
         stage = "finish"
