@@ -314,6 +314,26 @@ def test_mobilenet_v3_constructs_translate_by_their_exact_maths():
     assert report.rewrites.get("HardSwish") == 1 and report.rewrites.get("hard_sigmoid") == 1
 
 
+def test_convnext_layers_of_keras_applications_are_carried():
+    """ConvNeXt's LayerScale and StochasticDepth are keras.applications' own
+    (unregistered) layers: they go to tf_keras's twins, weights and all."""
+    from keras.src.applications import convnext  # noqa: PLC0415  (Keras 3 internals)
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 8))
+    h = keras.layers.Dense(8)(inputs)
+    h = convnext.LayerScale(0.5, 8, name="scale")(h)
+    out = keras.layers.Add()([inputs, convnext.StochasticDepth(0.1, name="drop")(h)])
+    model = keras.Model(inputs, out)
+    model.get_layer("scale").gamma.assign(np.linspace(-1, 1, 8).astype("float32"))
+    tf_model = bridge.to_tf_keras(model)
+    assert [type(layer).__name__ for layer in tf_model.layers][2:4] == ["LayerScale",
+                                                                        "StochasticDepth"]
+    np.testing.assert_array_equal(tf_model.get_layer("scale").get_weights()[0],
+                                  np.linspace(-1, 1, 8).astype("float32"))
+    assert bridge.check_equivalent(model, tf_model, what="copy") == 0.0
+
+
 def test_keras3_hard_activations_are_carried_bit_exactly():
     """The bridge's hard_silu / hard_sigmoid compute Keras 3's exact float32 results
     (a reordered ``* (1 / 6)`` differs in the last bit for ~1 input in 6)."""
