@@ -103,15 +103,16 @@ class HardSwish(keras.layers.Layer):
 
 @keras.utils.register_keras_serializable("tfedge")
 def hard_swish(x: Any) -> Any:
-    """Keras 3's ``hard_silu`` / ``hard_swish``: ``x * relu6(x + 3) / 6``."""
-    return x * (tf.nn.relu6(x + 3.0) * (1.0 / 6.0))
+    """Keras 3's ``hard_silu`` / ``hard_swish``: ``x * (relu6(x + 3) / 6)``, in Keras 3's
+    order of operations (bit-identical; ``* (1 / 6)`` differs in the last bit)."""
+    return x * (tf.nn.relu6(x + 3.0) / 6.0)
 
 
 @keras.utils.register_keras_serializable("tfedge")
 def hard_sigmoid(x: Any) -> Any:
     """Keras 3's ``hard_sigmoid``: ``relu6(x + 3) / 6`` (tf_keras's is another
-    function, ``clip(0.2 x + 0.5, 0, 1)``)."""
-    return tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+    function, ``clip(0.2 x + 0.5, 0, 1)``), bit-identical."""
+    return tf.nn.relu6(x + 3.0) / 6.0
 
 
 # Keras 3 activation name -> the tf_keras name of its exact maths (the bridge's table).

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tf_keras.src.applications import convnext as tf_keras_convnext
 
 from tfedge import prepare as prepare_lib
 from tfedge._keras import keras
@@ -28,6 +29,19 @@ _CHECK_BATCH = 4
 
 # Keras 3 config keys tf_keras calls differently, per class.
 _RENAMES = {"LeakyReLU": {"negative_slope": "alpha"}}
+# tf_keras options set on the copy so it computes what Keras 3 computes, per class.
+# BatchNormalization: Keras 3 normalizes with tf.nn.batch_normalization; tf_keras's
+# default fused kernel (FusedBatchNormV3) rounds differently, a 1e-7 relative
+# difference a deep network amplifies (an EfficientNetB0 whose BatchNorm saw a
+# few images drifted to 9091x the float tolerance, benchmarks/keras3.py). The
+# unfused tf_keras path is the same op: the copy is bit-identical.
+_AS_KERAS3 = {"BatchNormalization": {"fused": False}}
+# Layers keras.applications defines for itself (not registered, not in keras.layers),
+# by their Keras 3 module: the tf_keras twin with the same code, config and weights.
+_APPLICATION_LAYERS = {
+    "keras.src.applications.convnext": {"LayerScale": tf_keras_convnext.LayerScale,
+                                        "StochasticDepth": tf_keras_convnext.StochasticDepth},
+}
 # Keras 3 options that change speed only, never the numbers.
 _SPEED_ONLY = {"use_cudnn", "flash_attention"}
 # Activations tf_keras has under the same name with another definition.
@@ -235,6 +249,8 @@ class _Translator:
         for key in (registered, name):
             if key and key in self.custom_objects:
                 return self.custom_objects[key]
+        if name in _APPLICATION_LAYERS.get(module, {}):
+            return _APPLICATION_LAYERS[module][name]
         if module.startswith("keras.src.ops") or module.startswith("keras.ops"):
             self.problems.append(
                 f"{where}: a Keras 3 operation (keras.ops {name}, or a Python operator on a "
@@ -294,6 +310,8 @@ class _Translator:
             return None
         config = {k: self.value(v, f"{where}:{k}") for k, v in data["config"].items()}
         config = self.fit(cls, name, "layers", config, where)
+        if cls not in self.custom_objects.values():
+            config.update(_AS_KERAS3.get(name, {}))
         if len(self.problems) > before:
             return None
         try:
