@@ -311,7 +311,7 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
     from recipes import detector
 
     size, epochs, lr = 96, args.detector_epochs, 4e-3
-    prune_epochs, rebuilt = 3, 8
+    prune_epochs, rebuilt = args.detector_prune_epochs, args.detector_rebuilt_epochs
     data = data_lib.load_detection("shapes", input_size=size, num_train=args.detector_train,
                                    num_test=300, seed=0)
     anchors = detector.make_anchors(size, anchor_scale=3.0)
@@ -336,9 +336,16 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
     log("dense trained")
     # boxes: box numbers (regression) -> mse; scores: class logits trained with a sigmoid
     # focal loss -> bce (binary KL of the sigmoids at T)
-    distill = tfedge.DistillConfig(temperature=args.detector_temperature, alpha=0.5,
+    # --detector-box-mask t: the boxes' mse only on the anchors the teacher scores above t
+    # (the background anchors' box numbers are never trained by the recipe's GIoU loss)
+    masks = {"output_masks": {"boxes": "scores"}, "mask_threshold": args.detector_box_mask}
+    distill = tfedge.DistillConfig(temperature=args.detector_temperature,
+                                   alpha=args.detector_alpha,
                                    outputs={"boxes": "mse", "scores": "bce"},
-                                   output_weights={"scores": args.detector_score_weight})
+                                   output_weights={"scores": args.detector_score_weight},
+                                   **(masks if args.detector_box_mask else {}))
+    box_note = (f"boxes mse on the anchors the teacher scores > {args.detector_box_mask:g}"
+                if args.detector_box_mask else "boxes mse")
     total = epochs + prune_epochs + rebuilt
     channel_reports, reached_ratios = {}, []
     for multiple in args.detector_multiples:
@@ -358,8 +365,9 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
         variants[name] = (
             pruned, f"fraction {fraction:.3f} ({args.importance}, multiples of {multiple}); "
             f"+{prune_epochs} prune + {rebuilt} rebuilt fine-tune epochs, both distilled from "
-            f"the dense model (boxes mse, scores bce at T={args.detector_temperature:g}, score "
-            f"weight {args.detector_score_weight:g}, alpha 0.5); {total} epochs in all")
+            f"the dense model ({box_note}, scores bce at T={args.detector_temperature:g}, score "
+            f"weight {args.detector_score_weight:g}, alpha {args.detector_alpha:g}); {total} "
+            "epochs in all")
         channel_reports[name] = edge.channel_report().to_dict()
         reached_ratios.append(reached)
         log(f"channel pruned (multiple {multiple}, fraction {fraction:.3f}, reached "
@@ -489,6 +497,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detector-multiples", nargs="+", type=int, default=[8, 4],
                         help="Channel multiples of the detector's pruned variants.")
     parser.add_argument("--detector-temperature", type=float, default=2.0)
+    parser.add_argument("--detector-alpha", type=float, default=0.5,
+                        help="Weight of the detector's hard loss against the soft terms.")
+    parser.add_argument("--detector-box-mask", type=float, default=0.0,
+                        help="Distil the boxes only on the anchors whose teacher score is "
+                             "above this (DistillConfig(output_masks={'boxes': 'scores'}, "
+                             "mask_threshold=...)); 0: every anchor.")
+    parser.add_argument("--detector-prune-epochs", type=int, default=3,
+                        help="Epochs of gradual channel masking of the detector.")
+    parser.add_argument("--detector-rebuilt-epochs", type=int, default=8,
+                        help="Fine-tune epochs of the rebuilt narrow detector (cosine-decayed "
+                             "from 1/4 of the dense learning rate).")
     parser.add_argument("--detector-score-weight", type=float, default=10.0,
                         help="Weight of the scores' soft term (a per-anchor mean) against "
                              "the boxes' mse.")
