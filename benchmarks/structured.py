@@ -338,17 +338,21 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
     # focal loss -> bce (binary KL of the sigmoids at T)
     # --detector-box-mask t: the boxes' mse only on the anchors the teacher scores above t
     # (the background anchors' box numbers are never trained by the recipe's GIoU loss)
-    masks = {"output_masks": {"boxes": "scores"}, "mask_threshold": args.detector_box_mask}
-    distill = tfedge.DistillConfig(temperature=args.detector_temperature,
-                                   alpha=args.detector_alpha,
-                                   outputs={"boxes": "mse", "scores": "bce"},
-                                   output_weights={"scores": args.detector_score_weight},
-                                   **(masks if args.detector_box_mask else {}))
-    box_note = (f"boxes mse on the anchors the teacher scores > {args.detector_box_mask:g}"
-                if args.detector_box_mask else "boxes mse")
+    def distill_config(box_mask):
+        masks = {"output_masks": {"boxes": "scores"}, "mask_threshold": box_mask}
+        return tfedge.DistillConfig(temperature=args.detector_temperature,
+                                    alpha=args.detector_alpha,
+                                    outputs={"boxes": "mse", "scores": "bce"},
+                                    output_weights={"scores": args.detector_score_weight},
+                                    **(masks if box_mask else {}))
+
     total = epochs + prune_epochs + rebuilt
     channel_reports, reached_ratios = {}, []
-    for multiple in args.detector_multiples:
+    runs = [(m, b) for m in args.detector_multiples for b in args.detector_box_mask]
+    for multiple, box_mask in runs:
+        distill = distill_config(box_mask)
+        box_note = (f"boxes mse on the anchors the teacher scores > {box_mask:g}"
+                    if box_mask else "boxes mse")
         # the reachable MAC ratio nearest 0.5 (multiples of 8 jump from 0.31x to 0.54x)
         options = []
         for target in (0.5, 0.55):
@@ -361,7 +365,8 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
             channel_multiple=multiple), teacher="self", distill=distill), prune_epochs, lr / 10)
         tuned = tfedge.wrap(edge.finish(), teacher=dense, distill=distill)
         pruned = train_(tuned, rebuilt, lr / 4).finish()
-        name = f"channel {reached:.2f}x MACs, multiples of {multiple}, distilled"
+        name = (f"channel {reached:.2f}x MACs, multiples of {multiple}, distilled"
+                + (f", boxes masked > {box_mask:g}" if box_mask else ""))
         variants[name] = (
             pruned, f"fraction {fraction:.3f} ({args.importance}, multiples of {multiple}); "
             f"+{prune_epochs} prune + {rebuilt} rebuilt fine-tune epochs, both distilled from "
@@ -499,10 +504,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detector-temperature", type=float, default=2.0)
     parser.add_argument("--detector-alpha", type=float, default=0.5,
                         help="Weight of the detector's hard loss against the soft terms.")
-    parser.add_argument("--detector-box-mask", type=float, default=0.0,
+    parser.add_argument("--detector-box-mask", nargs="+", type=float, default=[0.0],
                         help="Distil the boxes only on the anchors whose teacher score is "
                              "above this (DistillConfig(output_masks={'boxes': 'scores'}, "
-                             "mask_threshold=...)); 0: every anchor.")
+                             "mask_threshold=...)); 0: every anchor. Several values: one "
+                             "pruned variant each (per channel multiple), side by side.")
     parser.add_argument("--detector-prune-epochs", type=int, default=3,
                         help="Epochs of gradual channel masking of the detector.")
     parser.add_argument("--detector-rebuilt-epochs", type=int, default=8,
