@@ -212,34 +212,47 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
     multiple = args.channel_multiple or spec["multiple"]
     searches = []
     if "channel" in args.variants:
-        searches = [(f"channel {r}x MACs", *fraction_for_macs(dense, r, multiple))
+        searches = [(f"channel {r}x MACs", *fraction_for_macs(dense, r, multiple), None)
                     for r in args.channel_macs]
+    if "channel" in args.variants and args.channel_fixed:
+        # the high-resolution expansions held at their own (larger) fraction, the others
+        # solved for the same MACs: fewer instructions per MAC kept (structured_instructions)
+        fixed = dict(args.channel_fixed)
+        for r in args.channel_macs:
+            plan, reached = channel_prune.fractions_for_macs(dense, r, fixed=fixed,
+                                                             multiple=multiple)
+            searches.append((f"channel {r}x MACs, early layers pruned harder",
+                             (max(plan.values()), reached), multiple, plan))
     if "channel" in args.variants and args.instructions:
         searches.append((f"channel {args.instructions}x {args.instructions_target} instr",
                          fraction_for_instructions(dense, args.instructions,
                                                    args.instructions_target, multiple,
-                                                   calibration), multiple))
+                                                   calibration), multiple, None))
     prune_epochs = args.prune_epochs or prune_epochs
     masked = tune_epochs if args.masked_epochs is None else args.masked_epochs
     rebuilt = args.rebuilt_epochs
     recipe = (f"+{prune_epochs} prune + {masked} masked + {rebuilt} rebuilt fine-tune epochs"
               + (" (distilled from the dense model)" if args.distill else ""))
     extra_epochs = prune_epochs + masked + rebuilt
-    for name, (fraction, reached), multiple in searches:
+    for name, (fraction, reached), multiple, plan in searches:
         keras.utils.set_random_seed(0)
         edge = compile_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
             fraction, structure="channel", end_epoch=prune_epochs,
-            importance=args.importance, channel_multiple=multiple),
+            importance=args.importance, channel_multiple=multiple, fractions=plan),
             teacher="self" if args.distill else None), tune_lr)
         edge.fit(x, y, epochs=prune_epochs + masked, **fit)
         model = edge.finish()
         extra[name] = edge.channel_report().to_dict()
         if rebuilt:  # the narrow model trains faster than the masked full-width one
             model = fine_tune(model, x, y, rebuilt, tune_lr, dense if args.distill else None)
+        fixed = dict(args.channel_fixed)
+        others = next((v for k, v in (plan or {}).items() if k not in fixed), 0.0)
+        held = (f"; held: {', '.join(f'{k} {v:g}' for k, v in fixed.items())}, the others "
+                f"{others:.3f}" if plan else "")
         variants[name] = (
             model, tfedge.convert(model, calibration),
             f"fraction {fraction:.3f} ({args.importance}, channels kept in multiples of "
-            f"{multiple}); {recipe}; {epochs + extra_epochs} epochs in all")
+            f"{multiple}{held}); {recipe}; {epochs + extra_epochs} epochs in all")
         log(f"{name} done (fraction {fraction:.3f}, reached {reached:.3f}x)")
 
     if "lowrank" in args.variants and not args.skip_lowrank:
@@ -474,6 +487,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                         help="Which kinds of variant to run besides dense int8.")
     parser.add_argument("--channel-macs", nargs="+", type=float, default=[0.5, 0.25])
+    parser.add_argument("--channel-fixed", nargs="+", default=[], metavar="PRODUCER=FRACTION",
+                        type=lambda v: (v.split("=")[0], float(v.split("=")[1])),
+                        help="Also a channel variant per --channel-macs whose groups named "
+                             "here keep their own fraction, the others solved for the MACs "
+                             "(channel_prune.fractions_for_macs), e.g. block_1_expand=0.67.")
     parser.add_argument("--scratch-macs", nargs="+", type=float, default=[0.5, 0.25])
     parser.add_argument("--scratch-epochs", nargs="+", type=int, default=None,
                         help="Epochs of the from-scratch baselines (default: the dense model's).")
