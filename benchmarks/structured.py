@@ -27,8 +27,14 @@ from the dense model (``teacher="self"``) and 8 epochs of fine-tuning the
 rebuilt narrow model, distilled too, with a cosine-decayed learning rate
 (1/4 of the dense one), against scratch baselines at 12 epochs and at the
 same 24-epoch budget, plain and distilled from the same teacher
-(``structured_recovered.json``). ``--detector`` runs the recipe's detector
-(``structured_detector.json``).
+(``structured_recovered.json``). ``--channel-fixed PRODUCER=FRACTION ...``
+adds, per ``--channel-macs``, a channel variant whose named groups keep their
+own fraction and the others are solved for the MACs
+(``channel_prune.fractions_for_macs``): pruning MobileNetV2's high-resolution
+expansions harder costs fewer device instructions at the same MACs
+(``structured_instructions.py`` measures why). ``--detector`` runs the
+recipe's detector (``structured_detector.json``); ``--detector-box-mask``
+distils its boxes only on the anchors the teacher detects.
 
     python benchmarks/structured.py [--families digits_cnn mobilenet_v2] [--out ...]
     python benchmarks/structured.py --recover
