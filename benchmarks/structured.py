@@ -27,8 +27,14 @@ from the dense model (``teacher="self"``) and 8 epochs of fine-tuning the
 rebuilt narrow model, distilled too, with a cosine-decayed learning rate
 (1/4 of the dense one), against scratch baselines at 12 epochs and at the
 same 24-epoch budget, plain and distilled from the same teacher
-(``structured_recovered.json``). ``--detector`` runs the recipe's detector
-(``structured_detector.json``).
+(``structured_recovered.json``). ``--channel-fixed PRODUCER=FRACTION ...``
+adds, per ``--channel-macs``, a channel variant whose named groups keep their
+own fraction and the others are solved for the MACs
+(``channel_prune.fractions_for_macs``): pruning MobileNetV2's high-resolution
+expansions harder costs fewer device instructions at the same MACs
+(``structured_instructions.py`` measures why). ``--detector`` runs the
+recipe's detector (``structured_detector.json``); ``--detector-box-mask``
+distils its boxes only on the anchors the teacher detects.
 
     python benchmarks/structured.py [--families digits_cnn mobilenet_v2] [--out ...]
     python benchmarks/structured.py --recover
@@ -212,34 +218,47 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
     multiple = args.channel_multiple or spec["multiple"]
     searches = []
     if "channel" in args.variants:
-        searches = [(f"channel {r}x MACs", *fraction_for_macs(dense, r, multiple))
+        searches = [(f"channel {r}x MACs", *fraction_for_macs(dense, r, multiple), None)
                     for r in args.channel_macs]
+    if "channel" in args.variants and args.channel_fixed:
+        # the high-resolution expansions held at their own (larger) fraction, the others
+        # solved for the same MACs: fewer instructions per MAC kept (structured_instructions)
+        fixed = dict(args.channel_fixed)
+        for r in args.channel_macs:
+            plan, reached = channel_prune.fractions_for_macs(dense, r, fixed=fixed,
+                                                             multiple=multiple)
+            searches.append((f"channel {r}x MACs, early layers pruned harder",
+                             (max(plan.values()), reached), multiple, plan))
     if "channel" in args.variants and args.instructions:
         searches.append((f"channel {args.instructions}x {args.instructions_target} instr",
                          fraction_for_instructions(dense, args.instructions,
                                                    args.instructions_target, multiple,
-                                                   calibration), multiple))
+                                                   calibration), multiple, None))
     prune_epochs = args.prune_epochs or prune_epochs
     masked = tune_epochs if args.masked_epochs is None else args.masked_epochs
     rebuilt = args.rebuilt_epochs
     recipe = (f"+{prune_epochs} prune + {masked} masked + {rebuilt} rebuilt fine-tune epochs"
               + (" (distilled from the dense model)" if args.distill else ""))
     extra_epochs = prune_epochs + masked + rebuilt
-    for name, (fraction, reached), multiple in searches:
+    for name, (fraction, reached), multiple, plan in searches:
         keras.utils.set_random_seed(0)
         edge = compile_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
             fraction, structure="channel", end_epoch=prune_epochs,
-            importance=args.importance, channel_multiple=multiple),
+            importance=args.importance, channel_multiple=multiple, fractions=plan),
             teacher="self" if args.distill else None), tune_lr)
         edge.fit(x, y, epochs=prune_epochs + masked, **fit)
         model = edge.finish()
         extra[name] = edge.channel_report().to_dict()
         if rebuilt:  # the narrow model trains faster than the masked full-width one
             model = fine_tune(model, x, y, rebuilt, tune_lr, dense if args.distill else None)
+        fixed = dict(args.channel_fixed)
+        others = next((v for k, v in (plan or {}).items() if k not in fixed), 0.0)
+        held = (f"; held: {', '.join(f'{k} {v:g}' for k, v in fixed.items())}, the others "
+                f"{others:.3f}" if plan else "")
         variants[name] = (
             model, tfedge.convert(model, calibration),
             f"fraction {fraction:.3f} ({args.importance}, channels kept in multiples of "
-            f"{multiple}); {recipe}; {epochs + extra_epochs} epochs in all")
+            f"{multiple}{held}); {recipe}; {epochs + extra_epochs} epochs in all")
         log(f"{name} done (fraction {fraction:.3f}, reached {reached:.3f}x)")
 
     if "lowrank" in args.variants and not args.skip_lowrank:
@@ -311,7 +330,7 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
     from recipes import detector
 
     size, epochs, lr = 96, args.detector_epochs, 4e-3
-    prune_epochs, rebuilt = 3, 8
+    prune_epochs, rebuilt = args.detector_prune_epochs, args.detector_rebuilt_epochs
     data = data_lib.load_detection("shapes", input_size=size, num_train=args.detector_train,
                                    num_test=300, seed=0)
     anchors = detector.make_anchors(size, anchor_scale=3.0)
@@ -336,12 +355,23 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
     log("dense trained")
     # boxes: box numbers (regression) -> mse; scores: class logits trained with a sigmoid
     # focal loss -> bce (binary KL of the sigmoids at T)
-    distill = tfedge.DistillConfig(temperature=args.detector_temperature, alpha=0.5,
-                                   outputs={"boxes": "mse", "scores": "bce"},
-                                   output_weights={"scores": args.detector_score_weight})
+    # --detector-box-mask t: the boxes' mse only on the anchors the teacher scores above t
+    # (the background anchors' box numbers are never trained by the recipe's GIoU loss)
+    def distill_config(box_mask):
+        masks = {"output_masks": {"boxes": "scores"}, "mask_threshold": box_mask}
+        return tfedge.DistillConfig(temperature=args.detector_temperature,
+                                    alpha=args.detector_alpha,
+                                    outputs={"boxes": "mse", "scores": "bce"},
+                                    output_weights={"scores": args.detector_score_weight},
+                                    **(masks if box_mask else {}))
+
     total = epochs + prune_epochs + rebuilt
     channel_reports, reached_ratios = {}, []
-    for multiple in args.detector_multiples:
+    runs = [(m, b) for m in args.detector_multiples for b in args.detector_box_mask]
+    for multiple, box_mask in runs:
+        distill = distill_config(box_mask)
+        box_note = (f"boxes mse on the anchors the teacher scores > {box_mask:g}"
+                    if box_mask else "boxes mse")
         # the reachable MAC ratio nearest 0.5 (multiples of 8 jump from 0.31x to 0.54x)
         options = []
         for target in (0.5, 0.55):
@@ -354,12 +384,14 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
             channel_multiple=multiple), teacher="self", distill=distill), prune_epochs, lr / 10)
         tuned = tfedge.wrap(edge.finish(), teacher=dense, distill=distill)
         pruned = train_(tuned, rebuilt, lr / 4).finish()
-        name = f"channel {reached:.2f}x MACs, multiples of {multiple}, distilled"
+        name = (f"channel {reached:.2f}x MACs, multiples of {multiple}, distilled"
+                + (f", boxes masked > {box_mask:g}" if box_mask else ""))
         variants[name] = (
             pruned, f"fraction {fraction:.3f} ({args.importance}, multiples of {multiple}); "
             f"+{prune_epochs} prune + {rebuilt} rebuilt fine-tune epochs, both distilled from "
-            f"the dense model (boxes mse, scores bce at T={args.detector_temperature:g}, score "
-            f"weight {args.detector_score_weight:g}, alpha 0.5); {total} epochs in all")
+            f"the dense model ({box_note}, scores bce at T={args.detector_temperature:g}, score "
+            f"weight {args.detector_score_weight:g}, alpha {args.detector_alpha:g}); {total} "
+            "epochs in all")
         channel_reports[name] = edge.channel_report().to_dict()
         reached_ratios.append(reached)
         log(f"channel pruned (multiple {multiple}, fraction {fraction:.3f}, reached "
@@ -461,6 +493,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                         help="Which kinds of variant to run besides dense int8.")
     parser.add_argument("--channel-macs", nargs="+", type=float, default=[0.5, 0.25])
+    parser.add_argument("--channel-fixed", nargs="+", default=[], metavar="PRODUCER=FRACTION",
+                        type=lambda v: (v.split("=")[0], float(v.split("=")[1])),
+                        help="Also a channel variant per --channel-macs whose groups named "
+                             "here keep their own fraction, the others solved for the MACs "
+                             "(channel_prune.fractions_for_macs), e.g. block_1_expand=0.67.")
     parser.add_argument("--scratch-macs", nargs="+", type=float, default=[0.5, 0.25])
     parser.add_argument("--scratch-epochs", nargs="+", type=int, default=None,
                         help="Epochs of the from-scratch baselines (default: the dense model's).")
@@ -489,6 +526,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detector-multiples", nargs="+", type=int, default=[8, 4],
                         help="Channel multiples of the detector's pruned variants.")
     parser.add_argument("--detector-temperature", type=float, default=2.0)
+    parser.add_argument("--detector-alpha", type=float, default=0.5,
+                        help="Weight of the detector's hard loss against the soft terms.")
+    parser.add_argument("--detector-box-mask", nargs="+", type=float, default=[0.0],
+                        help="Distil the boxes only on the anchors whose teacher score is "
+                             "above this (DistillConfig(output_masks={'boxes': 'scores'}, "
+                             "mask_threshold=...)); 0: every anchor. Several values: one "
+                             "pruned variant each (per channel multiple), side by side.")
+    parser.add_argument("--detector-prune-epochs", type=int, default=3,
+                        help="Epochs of gradual channel masking of the detector.")
+    parser.add_argument("--detector-rebuilt-epochs", type=int, default=8,
+                        help="Fine-tune epochs of the rebuilt narrow detector (cosine-decayed "
+                             "from 1/4 of the dense learning rate).")
     parser.add_argument("--detector-score-weight", type=float, default=10.0,
                         help="Weight of the scores' soft term (a per-anchor mean) against "
                              "the boxes' mse.")

@@ -274,46 +274,120 @@ def macs_after(graph: channels_lib.ChannelGraph, removed: set[int]) -> int:
 
 
 def fraction_for_macs(model: Any, ratio: float, *, multiple: int = 1,
-                      grid: int = 400) -> tuple[float, float]:
+                      grid: int = 400, fixed: dict[str, float] | None = None
+                      ) -> tuple[float, float]:
     """The uniform channel fraction whose rebuilt model has at most ``ratio`` x the MACs.
 
     Channel counts alone set the MACs, so this needs no training; with
     ``multiple`` the MACs are not monotone in the fraction, so a fine grid of
     fractions is scanned and the one closest to the target from below kept.
 
+    ``fixed`` holds some groups at a fraction of their own and solves the
+    uniform fraction of the others (:func:`fractions_for_macs` returns the
+    whole plan for ``PruneConfig(fractions=...)``). On LiteRT's aarch64 int8
+    kernels the high-resolution layers of a MobileNet cost far more
+    instructions per MAC than the late ones (per-pixel work and channel tiles
+    of 8 / 16 that a few channels do not fill), and uniform fractions take
+    most MACs from the late layers, so the instructions fall slower than the
+    MACs; pruning the early expansions harder buys more device speed at the
+    same MACs (``benchmarks/structured.py``, ``structured_instructions.json``).
+
     Args:
         model: a tf_keras functional model.
         ratio: target MACs over the model's, in (0, 1).
         multiple: kept channels rounded up to a multiple (see :func:`select_removed`).
         grid: fractions scanned in (0, 1).
+        fixed: optional ``{first producer of a group: fraction}`` of groups
+            that keep their own fraction, in [0, 1).
 
     Returns:
-        ``(fraction, reached_ratio)``.
+        ``(fraction, reached_ratio)``: the fraction of the groups not in ``fixed``.
 
     Raises:
-        ValueError: a ratio outside (0, 1), or one below what channel pruning
-            can reach (the best is named).
+        ValueError: a ratio outside (0, 1), one below what channel pruning
+            can reach (the best is named), or ``fixed`` naming no prunable
+            group's first producer or a fraction outside [0, 1).
+
+    Example:
+
+    >>> f, reached = fraction_for_macs(model, 0.5, multiple=16,  # doctest: +SKIP
+    ...                                fixed={"block_1_expand": 0.67})
     """
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"ratio={ratio} is outside (0, 1): it is the MACs kept, e.g. 0.5.")
     graph = channels_lib.analyze(model)
+    held = _fixed_groups(graph, fixed)
     scores = channel_scores(graph)
     base = channels_lib.keras_macs(model)
+
+    def removed_at(fraction):
+        fractions = {i: held.get(i, fraction) for i in range(len(graph.groups))}
+        return select_removed(graph, scores, fractions, set(), multiple)
+
     best = None
-    for step in range(1, grid):
+    for step in range(0 if held else 1, grid):
         fraction = step / grid
-        removed = select_removed(graph, scores, {i: fraction for i in range(len(graph.groups))},
-                                 set(), multiple)
-        reached = macs_after(graph, removed) / base
+        reached = macs_after(graph, removed_at(fraction)) / base
         if reached <= ratio and (best is None or reached > best[1] + 1e-12):
             best = (fraction, reached)
     if best is None:
-        removed = select_removed(graph, scores, {i: 0.999 for i in range(len(graph.groups))},
-                                 set(), multiple)
         raise ValueError(f"A MAC ratio of {ratio:.3f} cannot be reached by channel pruning: "
-                         f"the best is {macs_after(graph, removed) / base:.3f} (the layers left "
-                         f"whole: {', '.join(graph.unprunable) or 'none'}).")
+                         f"the best is {macs_after(graph, removed_at(0.999)) / base:.3f} (the "
+                         f"layers left whole: {', '.join(graph.unprunable) or 'none'}"
+                         + (f"; held by fixed=: {', '.join(fixed)}" if fixed else "") + ").")
     return best
+
+
+def fractions_for_macs(model: Any, ratio: float, *, fixed: dict[str, float],
+                       multiple: int = 1, grid: int = 400) -> tuple[dict[str, float], float]:
+    """A per-group plan for ``ratio`` x the MACs: ``fixed`` groups at their own fraction.
+
+    :func:`fraction_for_macs` with ``fixed``, spelled out for every prunable
+    group, ready for ``PruneConfig(..., structure="channel", fractions=plan,
+    channel_multiple=multiple)``.
+
+    Args:
+        model: a tf_keras functional model.
+        ratio: target MACs over the model's, in (0, 1).
+        fixed: ``{first producer of a group: fraction}`` held as given.
+        multiple: kept channels rounded up to a multiple.
+        grid: fractions scanned in (0, 1).
+
+    Returns:
+        ``({first producer: fraction} of every prunable group, reached_ratio)``.
+
+    Raises:
+        ValueError: as :func:`fraction_for_macs`.
+
+    Example:
+
+    >>> plan, reached = fractions_for_macs(model, 0.5, multiple=16,  # doctest: +SKIP
+    ...                                    fixed={"block_1_expand": 0.67})
+    >>> tfedge.PruneConfig(0.5, structure="channel", fractions=plan,  # doctest: +SKIP
+    ...                    channel_multiple=16, end_epoch=4)
+    """
+    fraction, reached = fraction_for_macs(model, ratio, multiple=multiple, grid=grid,
+                                          fixed=fixed)
+    graph = channels_lib.analyze(model)
+    return ({g.producers[0]: float(fixed.get(g.producers[0], fraction))
+             for g in graph.groups if g.prunable}, reached)
+
+
+def _fixed_groups(graph: channels_lib.ChannelGraph, fixed: dict[str, float] | None
+                  ) -> dict[int, float]:
+    """``fixed`` by group index; a clear error for a name that starts no prunable group."""
+    if not fixed:
+        return {}
+    first = {g.producers[0]: i for i, g in enumerate(graph.groups) if g.prunable}
+    unknown = sorted(set(fixed) - set(first))
+    if unknown:
+        raise ValueError(f"fixed= names {', '.join(map(repr, unknown))}, not the first producer "
+                         f"of a prunable group; those are: {', '.join(first)}.")
+    bad = {k: v for k, v in fixed.items() if not 0.0 <= float(v) < 1.0}
+    if bad:
+        raise ValueError(f"fixed= fractions must be in [0, 1) (the share of a group's channels "
+                         f"removed): {bad}.")
+    return {first[k]: float(v) for k, v in fixed.items()}
 
 
 # ----------------------------------------------------------------------------

@@ -13,6 +13,9 @@ The loss is Hinton et al.'s, as in the Keras distillation example::
   over the last axis, times T**2), ``"mse"`` (regression outputs such as box
   offsets: mean squared error, no temperature) or ``None`` (no soft loss for
   that output); ``soft`` is then the weighted sum of the per-output terms;
+  ``output_masks`` restricts an output's term to the positions the teacher
+  scores as positive in another output (a detector's box regression only
+  on the anchors the teacher detects: the background boxes are noise);
 * ``feature`` (optional): the mean squared error between named intermediate
   layers of the student and the teacher, summed over the pairs; a learned
   1x1 projection (a bias-free Dense on the channel axis) maps the student's
@@ -33,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import tensorflow as tf
@@ -66,12 +70,22 @@ class DistillConfig(PhaseConfig):
             several outputs must name them (there is no safe guess).
         output_weights: optional ``{output name or index: weight}`` of the
             per-output soft terms (default 1 each).
+        output_masks: optional ``{output: mask output}`` (names or indices):
+            that output's soft term is the mean over only the positions
+            (every axis but the last) where the teacher's mask output, read
+            as sigmoid scores (``from_logits=True``) or probabilities, is
+            above ``mask_threshold`` in some channel; 0 for a batch with no
+            such position. The two outputs must agree on every axis but the
+            last. E.g. ``{"boxes": "scores"}``: box targets from the anchors
+            the teacher detects, not from the background.
+        mask_threshold: the score above which a position counts, in (0, 1).
 
     Raises:
         ValueError: for a temperature that is not positive, alpha outside
             [0, 1], a negative feature weight, malformed ``features``, a loss
             in ``outputs`` that is not one of the choices or a negative
-            output weight.
+            output weight, a malformed ``output_masks`` or a
+            ``mask_threshold`` outside (0, 1).
 
     Example:
 
@@ -79,6 +93,9 @@ class DistillConfig(PhaseConfig):
     [('conv', 't_conv')]
     >>> DistillConfig(outputs={"boxes": "mse", "scores": "bce"}).outputs
     {'boxes': 'mse', 'scores': 'bce'}
+    >>> DistillConfig(outputs={"boxes": "mse", "scores": "bce"},
+    ...               output_masks={"boxes": "scores"}).output_masks
+    {'boxes': 'scores'}
     """
 
     ARGUMENT = "distill"
@@ -92,6 +109,8 @@ class DistillConfig(PhaseConfig):
     from_logits: bool = True
     outputs: dict[str | int, str | None] | None = None
     output_weights: dict[str | int, float] | None = None
+    output_masks: dict[str | int, str | int] | None = None
+    mask_threshold: float = 0.5
 
     def _normalize(self) -> None:
         self._set("temperature", float(self.temperature))
@@ -106,7 +125,8 @@ class DistillConfig(PhaseConfig):
                              "(student layer, teacher layer) pairs.") from err
         self._set("feature_weight", float(self.feature_weight))
         self._set("from_logits", bool(self.from_logits))
-        for field in ("outputs", "output_weights"):
+        self._set("mask_threshold", float(self.mask_threshold))
+        for field in ("outputs", "output_weights", "output_masks"):
             value = getattr(self, field)
             if value is None:
                 continue
@@ -119,6 +139,8 @@ class DistillConfig(PhaseConfig):
                                   for k, v in self.outputs.items()})
         if self.output_weights is not None:
             self._set("output_weights", {k: float(v) for k, v in self.output_weights.items()})
+        if self.output_masks is not None:
+            self._set("output_masks", {k: _output_key(v) for k, v in self.output_masks.items()})
 
     def _validate(self) -> None:
         if not self.temperature > 0:
@@ -138,11 +160,18 @@ class DistillConfig(PhaseConfig):
         for key, weight in (self.output_weights or {}).items():
             if weight < 0:
                 raise ValueError(f"output_weights[{key!r}]={weight:g} must be >= 0.")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold={self.mask_threshold:g} must be in (0, 1): it "
+                             "is a sigmoid score, e.g. 0.5.")
+        for key, mask in (self.output_masks or {}).items():
+            if key == mask:
+                raise ValueError(f"output_masks[{key!r}] masks an output by itself: name "
+                                 "the score output, e.g. output_masks={'boxes': 'scores'}.")
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config["features"] = [list(p) for p in self.features]
-        for field in ("outputs", "output_weights"):
+        for field in ("outputs", "output_weights", "output_masks"):
             if config[field] is not None:
                 config[field] = dict(config[field])
         return config
@@ -150,6 +179,10 @@ class DistillConfig(PhaseConfig):
 
 # The soft losses an output can use (DistillConfig(outputs=...)).
 OUTPUT_LOSSES = ("kl", "bce", "mse", None)
+
+
+def _logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
 
 
 def _output_key(key: Any) -> str | int:
@@ -176,12 +209,17 @@ def sigmoid_target_loss(teacher_logits: Any, student_logits: Any, temperature: f
     Returns:
         A scalar tensor.
     """
+    return tf.reduce_mean(_sigmoid_kl(teacher_logits, student_logits, temperature))
+
+
+def _sigmoid_kl(teacher_logits: Any, student_logits: Any, temperature: float) -> tf.Tensor:
+    """:func:`sigmoid_target_loss` per position (every axis but the last)."""
     t = tf.cast(teacher_logits, tf.float32) / temperature
     s = tf.cast(student_logits, tf.float32) / temperature
     p = tf.sigmoid(t)
     kl = (tf.nn.sigmoid_cross_entropy_with_logits(labels=p, logits=s)
           - tf.nn.sigmoid_cross_entropy_with_logits(labels=p, logits=t))
-    return tf.reduce_mean(tf.reduce_sum(kl, axis=-1)) * (temperature ** 2)
+    return tf.reduce_sum(kl, axis=-1) * (temperature ** 2)
 
 
 def soft_target_loss(teacher_logits: Any, student_logits: Any, temperature: float) -> tf.Tensor:
@@ -195,12 +233,17 @@ def soft_target_loss(teacher_logits: Any, student_logits: Any, temperature: floa
     Returns:
         A scalar tensor.
     """
+    return tf.reduce_mean(_softmax_kl(teacher_logits, student_logits, temperature))
+
+
+def _softmax_kl(teacher_logits: Any, student_logits: Any, temperature: float) -> tf.Tensor:
+    """:func:`soft_target_loss` per position (every axis but the last)."""
     t = tf.cast(teacher_logits, tf.float32) / temperature
     s = tf.cast(student_logits, tf.float32) / temperature
     log_p_teacher = tf.nn.log_softmax(t, axis=-1)
     kl = tf.reduce_sum(tf.exp(log_p_teacher) * (log_p_teacher - tf.nn.log_softmax(s, axis=-1)),
                        axis=-1)
-    return tf.reduce_mean(kl) * (temperature ** 2)
+    return kl * (temperature ** 2)
 
 
 def _find_layer(model: Any, name: str) -> Any:
@@ -247,15 +290,7 @@ def resolve_outputs(config: DistillConfig, output_names: list[str]
     n = len(output_names)
 
     def index(key: str | int, field: str) -> int:
-        if isinstance(key, int):
-            if not -n <= key < n:
-                raise ValueError(f"{field}[{key}]: the teacher has {n} output(s), indices "
-                                 f"0..{n - 1}.")
-            return key % n
-        if key not in output_names:
-            raise ValueError(f"{field}[{key!r}] names no output: the teacher's outputs are "
-                             f"{output_names} (or use their indices 0..{n - 1}).")
-        return output_names.index(key)
+        return _output_index(key, output_names, field)
 
     if config.outputs is None:
         if n != 1:
@@ -277,6 +312,41 @@ def resolve_outputs(config: DistillConfig, output_names: list[str]
     weights = {index(k, "output_weights"): w for k, w in (config.output_weights or {}).items()}
     return [(i, output_names[i], losses[i], weights.get(i, 1.0))
             for i in range(n) if losses.get(i) is not None]
+
+
+def _output_index(key: str | int, output_names: list[str], field: str) -> int:
+    """The index of the output ``key`` (a name or an index) names."""
+    n = len(output_names)
+    if isinstance(key, int):
+        if not -n <= key < n:
+            raise ValueError(f"{field}[{key}]: the teacher has {n} output(s), indices "
+                             f"0..{n - 1}.")
+        return key % n
+    if key not in output_names:
+        raise ValueError(f"{field}[{key!r}] names no output: the teacher's outputs are "
+                         f"{output_names} (or use their indices 0..{n - 1}).")
+    return output_names.index(key)
+
+
+def resolve_masks(config: DistillConfig, teacher: Any) -> dict[int, int]:
+    """``{output index: mask output index}`` of ``config.output_masks``.
+
+    Raises:
+        ValueError: a key that names no output, or two outputs whose shapes
+            differ in more than the last axis.
+    """
+    names = list(teacher.output_names)
+    masks = {}
+    for key, mask in (config.output_masks or {}).items():
+        i = _output_index(key, names, "output_masks")
+        j = _output_index(mask, names, f"output_masks[{key!r}]: its value, so")
+        a, b = tuple(teacher.outputs[i].shape[1:-1]), tuple(teacher.outputs[j].shape[1:-1])
+        if a != b:
+            raise ValueError(f"output_masks[{key!r}]={mask!r}: the outputs' positions differ "
+                             f"({names[i]!r} {a}, {names[j]!r} {b}); the mask output must "
+                             "score the same positions (all axes but the last agree).")
+        masks[i] = j
+    return masks
 
 
 class Distillation:
@@ -320,6 +390,7 @@ class Distillation:
                     f"{s_shape} differ: distillation needs the same classes (boxes, ...) "
                     "in the same order.")
         self.soft_outputs = resolve_outputs(config, names)
+        self.masks = resolve_masks(config, teacher)
         if config.from_logits:
             for i, _, loss, _ in self.soft_outputs:
                 if loss == "mse":
@@ -396,13 +467,21 @@ class Distillation:
             return tf.math.log(values) - tf.math.log1p(-values)
         return tf.math.log(tf.clip_by_value(values, 1e-7, 1.0))
 
-    def _soft(self, loss: str, teacher_output: Any, student_output: Any) -> tf.Tensor:
+    def _soft(self, loss: str, teacher_output: Any, student_output: Any,
+              mask_output: Any = None) -> tf.Tensor:
         t, s = self._logits(teacher_output, loss), self._logits(student_output, loss)
         if loss == "kl":
-            return soft_target_loss(t, s, self.config.temperature)
-        if loss == "bce":
-            return sigmoid_target_loss(t, s, self.config.temperature)
-        return tf.reduce_mean(tf.square(s - t))
+            per_position = _softmax_kl(t, s, self.config.temperature)
+        elif loss == "bce":
+            per_position = _sigmoid_kl(t, s, self.config.temperature)
+        else:
+            per_position = tf.reduce_mean(tf.square(s - t), axis=-1)
+        if mask_output is None:
+            return tf.reduce_mean(per_position)
+        scores = self._logits(mask_output, "bce")
+        mask = tf.cast(tf.reduce_max(scores, axis=-1) > _logit(self.config.mask_threshold),
+                       tf.float32)
+        return tf.reduce_sum(per_position * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
     def loss_terms(self, x: Any, student_output: Any, student_features: list[Any]
                    ) -> dict[str, tf.Tensor]:
@@ -430,7 +509,10 @@ class Distillation:
         soft = tf.constant(0.0)
         terms = {}
         for i, name, loss, weight in self.soft_outputs:
-            term = self._soft(loss, tf.stop_gradient(teacher_outputs[i]), student_outputs[i])
+            mask = (tf.stop_gradient(teacher_outputs[self.masks[i]]) if i in self.masks
+                    else None)
+            term = self._soft(loss, tf.stop_gradient(teacher_outputs[i]), student_outputs[i],
+                              mask)
             if n > 1:
                 terms[f"soft_loss_{name}"] = term
             soft += weight * term

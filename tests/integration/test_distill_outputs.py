@@ -75,6 +75,33 @@ def test_terms_per_output_equal_a_hand_computation(teacher, digits):
         0.0, abs=1e-5)
 
 
+def test_output_masks_restrict_the_box_term_to_what_the_teacher_detects(teacher, digits):
+    (x, y), _ = digits
+    x, y = x[:64], y[:64]
+    keras.utils.set_random_seed(3)
+    student = _two_heads(4, "student")
+    t_boxes, t_scores = [o.astype(np.float64) for o in teacher.predict(x, verbose=0)]
+    confidence = _sigmoid(t_scores).max(-1)
+    threshold = float(np.median(confidence))  # half the samples count
+    config = DistillConfig(2.0, 0.3, outputs=OUTPUTS, output_masks={"boxes": "scores"},
+                           mask_threshold=threshold)
+    edge = _compile(tfedge.wrap(student, teacher=teacher, distill=config))
+    got = edge.test_on_batch(x, _targets(x, y), return_dict=True)
+
+    s_boxes = student.predict(x, verbose=0)[0].astype(np.float64)
+    positive = confidence > threshold
+    assert 0 < positive.sum() < len(x)
+    per_sample = np.mean((s_boxes - t_boxes) ** 2, -1)
+    assert got["soft_loss_boxes"] == pytest.approx(per_sample[positive].mean(), rel=1e-4)
+    assert got["soft_loss_boxes"] != pytest.approx(per_sample.mean(), rel=1e-3)
+    # a batch with no position above the threshold: the term is 0, not a division by zero
+    none = _compile(tfedge.wrap(student, teacher=teacher, distill=DistillConfig(
+        outputs=OUTPUTS, output_masks={0: 1}, mask_threshold=threshold)))
+    low = ~positive
+    got = none.test_on_batch(x[low], _targets(x[low], y[low]), return_dict=True)
+    assert got["soft_loss_boxes"] == 0.0 and got["soft_loss_scores"] > 0
+
+
 def test_student_moves_toward_the_teacher_on_both_outputs(teacher, digits):
     (x, y), (x_test, y_test) = digits
     keras.utils.set_random_seed(1)
@@ -118,6 +145,10 @@ def test_config_round_trip():
     again = DistillConfig.from_config(config.get_config())
     assert again == config
     assert DistillConfig().get_config()["outputs"] is None
+    masked = DistillConfig(outputs={"boxes": "mse"}, output_masks={"boxes": 1},
+                           mask_threshold=0.3)
+    assert DistillConfig.from_config(masked.get_config()) == masked
+    assert masked.get_config()["output_masks"] == {"boxes": 1}
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -125,6 +156,10 @@ def test_config_round_trip():
     ({"outputs": ["mse", "bce"]}, "must be a dict"),
     ({"outputs": {1.5: "mse"}}, "name .* or index"),
     ({"outputs": OUTPUTS, "output_weights": {"boxes": -1}}, "must be >= 0"),
+    ({"outputs": OUTPUTS, "output_masks": {"boxes": "boxes"}}, "by itself"),
+    ({"outputs": OUTPUTS, "output_masks": {"boxes": "scores"}, "mask_threshold": 1.0},
+     r"in \(0, 1\)"),
+    ({"outputs": OUTPUTS, "output_masks": ["scores"]}, "must be a dict"),
 ])
 def test_bad_configs_name_the_fix(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -139,6 +174,9 @@ def test_bad_pairings_name_the_fix(teacher):
         tfedge.wrap(student, teacher=teacher, distill={"outputs": {"box": "mse"}})
     with pytest.raises(ValueError, match="indices 0..1"):
         tfedge.wrap(student, teacher=teacher, distill={"outputs": {2: "mse"}})
+    with pytest.raises(ValueError, match="names no output"):
+        tfedge.wrap(student, teacher=teacher, distill={"outputs": OUTPUTS,
+                                                       "output_masks": {"boxes": "score"}})
     inputs = keras.Input((8, 8, 1))
     h = keras.layers.Flatten()(inputs)
     wrong = keras.Model(inputs, [keras.layers.Dense(4, name="boxes")(h),

@@ -139,3 +139,26 @@ def test_macs_after_matches_the_rebuilt_model_and_multiples_round_up():
         channel_prune.fraction_for_macs(model, 0.001)
     with pytest.raises(ValueError, match="channel_multiple"):
         tfedge.PruneConfig(0.5, structure="channel", channel_multiple=0)
+
+
+def test_fixed_groups_keep_their_fraction_and_the_rest_meets_the_macs():
+    from tfedge import channel_prune
+
+    model = residual_concat_model()
+    uniform, _ = channel_prune.fraction_for_macs(model, 0.5)
+    plan, reached = channel_prune.fractions_for_macs(model, 0.5, fixed={"stem": 0.75})
+    assert plan["stem"] == 0.75 and reached <= 0.5
+    assert set(plan) == {g.producers[0] for g in channels.analyze(model).groups if g.prunable}
+    others = {f for name, f in plan.items() if name != "stem"}
+    assert len(others) == 1 and others.pop() < uniform  # the stem took more, the rest less
+    graph = channels.analyze(model)
+    removed = channel_prune.select_removed(
+        graph, channel_prune.channel_scores(graph),
+        {i: plan.get(g.producers[0], 0.0) for i, g in enumerate(graph.groups)}, set())
+    narrow = channel_prune.rebuild(graph, removed)
+    assert narrow.get_layer("stem").filters == 4  # 16 - 0.75 * 16
+    assert channels.keras_macs(narrow) / channels.keras_macs(model) == pytest.approx(reached)
+    with pytest.raises(ValueError, match="'proj', not the first producer.*stem"):
+        channel_prune.fraction_for_macs(model, 0.5, fixed={"proj": 0.5})
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        channel_prune.fraction_for_macs(model, 0.5, fixed={"stem": 1.0})
