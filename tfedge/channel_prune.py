@@ -290,7 +290,7 @@ def fraction_for_macs(model: Any, ratio: float, *, multiple: int = 1,
     of 8 / 16 that a few channels do not fill), and uniform fractions take
     most MACs from the late layers, so the instructions fall slower than the
     MACs; pruning the early expansions harder buys more device speed at the
-    same MACs (``benchmarks/structured.py``, ``structured_instructions.json``).
+    same MACs (``benchmarks/structured.py``, ``structured_recovered_early.json``).
 
     Args:
         model: a tf_keras functional model.

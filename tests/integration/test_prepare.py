@@ -108,7 +108,8 @@ def test_average_pooling_goes_through_prune_and_qat_to_full_int8():
     # untrained 4-class model on noise is decided by near-ties, so not compared).
     step = art.outputs[0].scale[0]
     report = tfedge.validate(art, final, x)
-    assert report.max_abs_error <= 3 * step, (report.max_abs_error, step)
+    # (in steps, with float slack: an error of exactly 3 steps reads 3.000001)
+    assert report.max_abs_error / step <= 3 + 1e-3, (report.max_abs_error, step)
 
 
 def test_conv_with_swish_is_split_so_its_output_gets_a_range():
