@@ -32,7 +32,8 @@ adds, per ``--channel-macs``, a channel variant whose named groups keep their
 own fraction and the others are solved for the MACs
 (``channel_prune.fractions_for_macs``): pruning MobileNetV2's high-resolution
 expansions harder costs fewer device instructions at the same MACs
-(``structured_instructions.py`` measures why). ``--detector`` runs the
+(the stem and the 48x48 blocks cost the most instructions per MAC; see
+``channel_prune.fraction_for_macs``). ``--detector`` runs the
 recipe's detector (``structured_detector.json``); ``--detector-box-mask``
 distils its boxes only on the anchors the teacher detects.
 
@@ -222,7 +223,7 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
                     for r in args.channel_macs]
     if "channel" in args.variants and args.channel_fixed:
         # the high-resolution expansions held at their own (larger) fraction, the others
-        # solved for the same MACs: fewer instructions per MAC kept (structured_instructions)
+        # solved for the same MACs: fewer instructions per MAC kept (fraction_for_macs)
         fixed = dict(args.channel_fixed)
         for r in args.channel_macs:
             plan, reached = channel_prune.fractions_for_macs(dense, r, fixed=fixed,

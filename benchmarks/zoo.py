@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import tfedge  # noqa: E402  (first: tf.keras is tf_keras)
 from tfedge import keras3 as bridge_lib  # noqa: E402
-from tfedge._keras import keras  # noqa: E402
+from tfedge._keras import is_keras3_model, keras  # noqa: E402
 from tfedge.data import load_digits  # noqa: E402
 from tfedge.report import format_table, write_json  # noqa: E402
 from recipes.data import digits_rgb  # noqa: E402
@@ -126,11 +126,6 @@ def _commit() -> str | None:
         return None
 
 
-def keras_flavour(model) -> str:
-    """``"keras 3"`` or ``"tf_keras"``: which Keras a model object belongs to."""
-    return "keras 3" if type(model).__module__.split(".")[0] == "keras" else "tf_keras"
-
-
 def keras3_bridge_facts(model, edge) -> dict:
     """For a Keras 3 source: how exactly ``wrap``'s bridge carried it to tf_keras.
 
@@ -148,19 +143,6 @@ def keras3_bridge_facts(model, edge) -> dict:
     except Exception as err:  # noqa: BLE001 - recorded, the row goes on
         facts["check_error"] = f"{type(err).__name__}: {str(err)[:300]}"
     return facts
-
-
-def step_without_xla(model, keras_mod, x, y) -> float:
-    """Median training step of a copy of the Keras 3 ``model`` compiled with
-    ``jit_compile=False``, the kernels tf_keras (and so the wrapped model) runs:
-    one epoch, the model itself untouched."""
-    twin = keras_mod.models.clone_model(model)
-    twin.set_weights(model.get_weights())
-    twin.compile(keras_mod.optimizers.Adam(3e-3), loss_for(model, keras_mod),
-                 metrics=["accuracy"], jit_compile=False)
-    times = batch_times(keras_mod)
-    twin.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[times])
-    return float(np.median(times.epochs[-1][1:]))
 
 
 def run_model(name: str, keras_mod, label: str) -> dict:
@@ -187,9 +169,8 @@ def run_model(name: str, keras_mod, label: str) -> dict:
         row["seconds"]["train"] = time.perf_counter() - t
         row["plain_step_s"] = float(np.median(times.epochs[-1]))
         row["plain_batches"] = times.summary()
-        if label == "3":  # Keras 3 compiles with jit_compile="auto": XLA on TensorFlow
+        if label == "3":  # jit_compile="auto" could pick XLA for the plain step: recorded
             row["plain_jit_compile"] = bool(model.jit_compile)
-            row["plain_step_no_xla_s"] = step_without_xla(model, keras_mod, x, y)
         row["float_accuracy"] = float(model.evaluate(x_test, y_test, verbose=0)[1])
         stage = "wrap"
         t = time.perf_counter()
@@ -209,8 +190,6 @@ def run_model(name: str, keras_mod, label: str) -> dict:
         row["wrapped_step_s"] = float(np.median(times.epochs[-1]))
         row["wrapped_batches"] = times.summary()  # epoch 0 prune, epoch 1 QAT
         row["step_ratio"] = row["wrapped_step_s"] / row["plain_step_s"]
-        if "plain_step_no_xla_s" in row:
-            row["step_ratio_no_xla"] = row["wrapped_step_s"] / row["plain_step_no_xla_s"]
         row["stages"]["fit"] = "pass"
         row["float_layers"] = sorted(edge.qat_plan.skipped) if edge.qat_plan else []
         stage = "finish"
@@ -218,7 +197,7 @@ def run_model(name: str, keras_mod, label: str) -> dict:
         final = edge.finish()
         row["seconds"]["finish"] = time.perf_counter() - t
         row["stages"]["finish"] = "pass"
-        row["finish_returns"] = keras_flavour(final)
+        row["finish_returns"] = "keras 3" if is_keras3_model(final) else "tf_keras"
         stage = "convert"
         t = time.perf_counter()
         art = tfedge.convert(final, x[:100])

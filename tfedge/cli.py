@@ -27,7 +27,7 @@ import os
 import sys
 
 from tfedge import _quiet
-from tfedge.artifact import LOWBIT_MODES, MODES, load
+from tfedge.artifact import IO_TYPES, LOWBIT_MODES, MODES, load
 from tfedge.card import card_path
 from tfedge.cli_inputs import (input_file, load_arrays, load_builder, load_training_data,
                                non_negative_int, output_file, positive_int, read_keras_model,
@@ -229,7 +229,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                         "feeds (x - mean) / std (Android bundle).")
     p.add_argument("--norm-std", type=float, nargs="+", metavar="STD",
                    help="Input normalization std, as --norm-mean.")
-    p.add_argument("--io-type", choices=("int8", "uint8", "float32"),
+    p.add_argument("--io-type", choices=IO_TYPES,
                    help="Input/output type the Android app expects; must be the model's "
                         "(convert with input_type/output_type to change it). Default: the "
                         "model's.")
@@ -384,10 +384,10 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                         "a .npy array of samples, or " + _NPZ_HELP + ".")
     p.add_argument("--num-samples", type=positive_int, default=300,
                    help="Use at most this many representative samples (default 300).")
-    p.add_argument("--input-type", choices=("int8", "uint8", "float32"),
+    p.add_argument("--input-type", choices=IO_TYPES,
                    help="Model input type in int8 mode (default int8; float32 keeps float I/O "
                         "around the int8 body).")
-    p.add_argument("--output-type", choices=("int8", "uint8", "float32"),
+    p.add_argument("--output-type", choices=IO_TYPES,
                    help="Model output type in int8 mode (default int8).")
     batch = p.add_mutually_exclusive_group()
     batch.add_argument("--batch-size", type=positive_int, default=1,

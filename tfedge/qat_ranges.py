@@ -34,6 +34,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfedge.calibration import dataset_arrays, take_x
+from tfedge.quantize import flat_layers
 from tfedge._keras import keras
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
@@ -46,13 +47,6 @@ _EMA_DECAY = 0.999
 _MIN_WIDTH = 1e-3  # a range never collapses to one point (a zero int8 scale)
 
 
-def _layers(model: Any) -> list[Any]:
-    layers = []
-    for layer in model.layers:
-        layers.extend(_layers(layer) if isinstance(layer, keras.Model) else [layer])
-    return layers
-
-
 def range_variables(model: Any) -> tuple[list[dict], list[dict]]:
     """The ``{"min_var", "max_var"}`` of a QAT model's activation quantizers.
 
@@ -62,7 +56,7 @@ def range_variables(model: Any) -> tuple[list[dict], list[dict]]:
         ``AllValuesQuantizer`` (the ``QuantizeLayer`` at the model's inputs).
     """
     moving, all_values = [], []
-    for layer in _layers(model):
+    for layer in flat_layers(model):
         if isinstance(layer, quantize_layer.QuantizeLayer):
             if isinstance(layer.quantizer, _quantizers.AllValuesQuantizer):
                 all_values.append(layer.quantizer_vars)

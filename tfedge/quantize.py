@@ -244,7 +244,7 @@ def inline_nested_models(model: Any) -> tuple[Any, list[str]]:
     nested = [layer for layer in model.layers if _is_graph_model(layer)]
     if not nested or not _is_graph_model(model):
         return model, []
-    names = [layer.name for layer in _flat_layers(model)]
+    names = [layer.name for layer in flat_layers(model)]
     if len(names) != len(set(names)):
         logging.warning("tfedge: nested models of %r share layer names; they are not "
                         "inlined for QAT and stay in float.", model.name)
@@ -285,10 +285,11 @@ def _flatten(value: Any) -> list[Any]:
     return [value]
 
 
-def _flat_layers(model: Any) -> Iterable[Any]:
+def flat_layers(model: Any) -> Iterable[Any]:
+    """The layers of ``model`` with nested functional models opened, in order."""
     for layer in model.layers:
         if _is_graph_model(layer):
-            yield from _flat_layers(layer)
+            yield from flat_layers(layer)
         else:
             yield layer
 
@@ -299,7 +300,7 @@ def _flat_layers(model: Any) -> Iterable[Any]:
 def _custom_objects(model: Any, config: QATConfig) -> dict[str, type]:
     """Classes tfmot's config round trip needs: custom layers and configs."""
     objects = {}
-    for layer in _flat_layers(model):
+    for layer in flat_layers(model):
         cls = type(layer)
         if not cls.__module__.startswith(_KERAS_MODULES):
             objects[cls.__name__] = cls
@@ -348,7 +349,7 @@ def own_lambdas() -> Iterator[None]:
 def is_quantization_aware(model: Any) -> bool:
     """True if ``model`` holds tfmot's QAT layers (fake-quant wrappers)."""
     return any(isinstance(layer, (quantize_wrapper.QuantizeWrapper, quantize_layer.QuantizeLayer))
-               for layer in _flat_layers(model))
+               for layer in flat_layers(model))
 
 
 def _report_skipped(model: Any, config: QATConfig, layers: dict[str, Any],
@@ -481,7 +482,7 @@ def apply_qat(model: Any, config: QATConfig, preserve: str = "none",
 def copy_qat_model(model: Any, custom_objects: dict[str, type] | None = None) -> Any:
     """An independent copy of a QAT model (same weights and ranges)."""
     objects = dict(custom_objects or {})
-    for layer in _flat_layers(model):
+    for layer in flat_layers(model):
         inner = getattr(layer, "layer", None)
         for obj in (layer, inner, getattr(layer, "quantize_config", None)):
             if obj is not None and not type(obj).__module__.startswith(_KERAS_MODULES):
