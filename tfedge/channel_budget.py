@@ -62,6 +62,8 @@ class ChannelPlan:
         rows: per group: ``producers``, ``fraction``, ``sensitivity``
             (accuracy at each candidate fraction).
         target: the device of an ``instructions`` budget.
+        multiple: the channel multiple the plan was made with (an int or
+            ``{producer: int}``); ``PruneConfig(fractions=plan)`` trains with it.
     """
 
     fractions: dict[str, float]
@@ -72,6 +74,7 @@ class ChannelPlan:
     base_accuracy: float
     rows: list[dict[str, Any]]
     target: str | None = None
+    multiple: Any = 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,7 +97,7 @@ def _accuracy(model: Any, x: Any, y: Any) -> float:
 def plan_channels(model: Any, x: Any, y: Any, *, macs: float | None = None,
                   params: float | None = None, instructions: float | None = None,
                   target: str = "rpi4", representative_data: Any = None,
-                  candidates: Sequence[float] = CANDIDATES) -> ChannelPlan:
+                  candidates: Sequence[float] = CANDIDATES, multiple: Any = 1) -> ChannelPlan:
     """Chooses per-group channel fractions for a budget by measured sensitivity.
 
     Args:
@@ -105,6 +108,11 @@ def plan_channels(model: Any, x: Any, y: Any, *, macs: float | None = None,
         representative_data: calibration samples for the int8 conversions of an
             ``instructions`` budget (default: ``x[:200]``).
         candidates: fractions measured per group.
+        multiple: channels kept per group rounded up to a multiple, as
+            ``PruneConfig(channel_multiple=)`` will round them (an int or
+            ``{producer: int}``, :func:`tfedge.channels.group_multiples`): the
+            sensitivities and the budget are measured with that rounding, and
+            the plan carries it to ``PruneConfig(fractions=plan)``.
 
     Returns:
         A :class:`ChannelPlan`.
@@ -129,6 +137,7 @@ def plan_channels(model: Any, x: Any, y: Any, *, macs: float | None = None,
         raise UnsupportedModelError(
             f"Nothing in {model.name!r} can be channel-pruned: "
             + "; ".join(f"{n}: {r}" for n, r in graph.unprunable.items()))
+    tiles = channels.group_multiples(graph, multiple)
     masks = channel_prune.ChannelMasks(graph)
     scores = channel_prune.channel_scores(graph)
     original = work.get_weights()
@@ -138,7 +147,8 @@ def plan_channels(model: Any, x: Any, y: Any, *, macs: float | None = None,
     for index in groups:
         curve = []
         for fraction in candidates:
-            removed = channel_prune.select_removed(graph, scores, {index: fraction}, set())
+            removed = channel_prune.select_removed(graph, scores, {index: fraction}, set(),
+                                                   tiles)
             masks.set_removed(removed)
             masks.apply()
             curve.append(_accuracy(work, x, y))
@@ -148,7 +158,7 @@ def plan_channels(model: Any, x: Any, y: Any, *, macs: float | None = None,
                      curve)
 
     measure = _metric(metric, model, graph, target, representative_data
-                      if representative_data is not None else x[:200])
+                      if representative_data is not None else x[:200], tiles)
 
     def fractions_at(threshold: float) -> dict[int, float]:
         chosen = {}
@@ -190,16 +200,18 @@ def plan_channels(model: Any, x: Any, y: Any, *, macs: float | None = None,
     return ChannelPlan(fractions={graph.groups[i].producers[0]: chosen[i] for i in groups},
                        metric=metric, budget=budget, reached=reached, threshold=threshold,
                        base_accuracy=base_accuracy, rows=rows,
-                       target=target if metric == "instructions" else None)
+                       target=target if metric == "instructions" else None,
+                       multiple=multiple)
 
 
-def _metric(metric: str, model: Any, graph: Any, target: str, calibration: Any):
+def _metric(metric: str, model: Any, graph: Any, target: str, calibration: Any,
+            tiles: dict[int, int]):
     """``fractions -> ratio`` of the rebuilt model's cost to the model's."""
     scores = channel_prune.channel_scores(graph)
 
     def rebuilt(fractions):
-        return channel_prune.rebuild(graph, channel_prune.select_removed(graph, scores,
-                                                                         fractions, set()))
+        return channel_prune.rebuild(graph, channel_prune.select_removed(
+            graph, scores, fractions, set(), tiles))
 
     if metric == "macs":
         base = channels.keras_macs(model)

@@ -95,9 +95,10 @@ def channel_scores(graph: channels_lib.ChannelGraph, method: str = "bn_gamma") -
     return scores
 
 
+
 def select_removed(graph: channels_lib.ChannelGraph, scores: dict[int, float],
                    fractions: dict[int, float], removed: set[int],
-                   multiple: int = 1) -> set[int]:
+                   multiple: int | dict[int, int] = 1) -> set[int]:
     """Components to remove: in each group, its fraction of the prunable ones.
 
     Args:
@@ -106,7 +107,8 @@ def select_removed(graph: channels_lib.ChannelGraph, scores: dict[int, float],
         fractions: group index -> fraction of its prunable channels to remove.
         removed: components already removed (they stay removed).
         multiple: round each group's kept channels up to a multiple of this
-            (int8 kernels work on channel tiles: 8 or 16 on aarch64 NEON).
+            (int8 kernels work on channel tiles: 8 or 16 on aarch64 NEON), or
+            ``{group index: multiple}`` (:func:`tfedge.channels.group_multiples`; 1 if absent).
 
     Returns:
         The new set of removed components (a superset of ``removed``).
@@ -119,8 +121,9 @@ def select_removed(graph: channels_lib.ChannelGraph, scores: dict[int, float],
         count = int(math.floor(fractions.get(index, 0.0) * len(free) + 1e-9))
         if len(free) == group.size:
             count = min(count, group.size - 1)  # a group keeps at least one channel
-        if multiple > 1 and count:
-            kept = min(-(-(group.size - count) // multiple) * multiple, group.size)
+        tile = multiple.get(index, 1) if isinstance(multiple, dict) else multiple
+        if tile > 1 and count:
+            kept = min(-(-(group.size - count) // tile) * tile, group.size)
             count = max(min(group.size - kept, len(free)), 0)
         count = max(count, sum(r in removed for r in free))  # masked channels stay masked
         order = sorted(free, key=lambda r: (r not in removed, scores.get(r, 0.0)))
@@ -273,7 +276,7 @@ def macs_after(graph: channels_lib.ChannelGraph, removed: set[int]) -> int:
     return int(total)
 
 
-def fraction_for_macs(model: Any, ratio: float, *, multiple: int = 1,
+def fraction_for_macs(model: Any, ratio: float, *, multiple: Any = 1,
                       grid: int = 400, fixed: dict[str, float] | None = None
                       ) -> tuple[float, float]:
     """The uniform channel fraction whose rebuilt model has at most ``ratio`` x the MACs.
@@ -295,7 +298,8 @@ def fraction_for_macs(model: Any, ratio: float, *, multiple: int = 1,
     Args:
         model: a tf_keras functional model.
         ratio: target MACs over the model's, in (0, 1).
-        multiple: kept channels rounded up to a multiple (see :func:`select_removed`).
+        multiple: kept channels rounded up to a multiple, one or per group
+            (see :func:`tfedge.channels.group_multiples`).
         grid: fractions scanned in (0, 1).
         fixed: optional ``{first producer of a group: fraction}`` of groups
             that keep their own fraction, in [0, 1).
@@ -319,10 +323,11 @@ def fraction_for_macs(model: Any, ratio: float, *, multiple: int = 1,
     held = _fixed_groups(graph, fixed)
     scores = channel_scores(graph)
     base = channels_lib.keras_macs(model)
+    tiles = channels_lib.group_multiples(graph, multiple)
 
     def removed_at(fraction):
         fractions = {i: held.get(i, fraction) for i in range(len(graph.groups))}
-        return select_removed(graph, scores, fractions, set(), multiple)
+        return select_removed(graph, scores, fractions, set(), tiles)
 
     best = None
     for step in range(0 if held else 1, grid):
@@ -339,7 +344,7 @@ def fraction_for_macs(model: Any, ratio: float, *, multiple: int = 1,
 
 
 def fractions_for_macs(model: Any, ratio: float, *, fixed: dict[str, float],
-                       multiple: int = 1, grid: int = 400) -> tuple[dict[str, float], float]:
+                       multiple: Any = 1, grid: int = 400) -> tuple[dict[str, float], float]:
     """A per-group plan for ``ratio`` x the MACs: ``fixed`` groups at their own fraction.
 
     :func:`fraction_for_macs` with ``fixed``, spelled out for every prunable
@@ -350,7 +355,8 @@ def fractions_for_macs(model: Any, ratio: float, *, fixed: dict[str, float],
         model: a tf_keras functional model.
         ratio: target MACs over the model's, in (0, 1).
         fixed: ``{first producer of a group: fraction}`` held as given.
-        multiple: kept channels rounded up to a multiple.
+        multiple: kept channels rounded up to a multiple, one or per group
+            (see :func:`tfedge.channels.group_multiples`).
         grid: fractions scanned in (0, 1).
 
     Returns:
@@ -445,6 +451,7 @@ class ChannelPruning:
     def __init__(self, config: Any):
         self.config = config
         self.graph: channels_lib.ChannelGraph | None = None
+        self.multiples: dict[int, int] = {}
         self.masks: ChannelMasks | None = None
         self.removed: set[int] = set()
         self.step = 0
@@ -476,6 +483,7 @@ class ChannelPruning:
             raise ValueError(f"fractions= names {', '.join(map(repr, unknown))}, not the "
                              "producer of a prunable group; prunable: "
                              f"{', '.join(sorted(producers))}.")
+        self.multiples = channels_lib.group_multiples(graph, self.config.channel_multiple or 1)
         self.graph = graph
         self.masks = ChannelMasks(graph)
         logging.info("tfedge: channel pruning %d group(s) (%s); left whole: %s", len(prunable),
@@ -499,7 +507,7 @@ class ChannelPruning:
         """Masks ``fraction`` of each group's prunable channels (by importance)."""
         scores = channel_scores(self.graph, self.config.importance or "bn_gamma")
         self.removed = select_removed(self.graph, scores, self.group_fractions(fraction),
-                                      self.removed, self.config.channel_multiple or 1)
+                                      self.removed, self.multiples)
         self.masks.set_removed(self.removed)
         self.masks.apply()
 

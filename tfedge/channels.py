@@ -348,3 +348,59 @@ def keras_macs(model: Any) -> int:
         elif isinstance(layer, (_L.Dense, _L.Conv1D, _L.Conv2D, _L.Conv3D)):
             total += spatial * int(np.prod(shape))
     return int(total)
+
+
+def group_multiples(graph: ChannelGraph, multiple: Any) -> dict[int, int]:
+    """The channel multiple of each group, by group index.
+
+    Args:
+        graph: the channel analysis.
+        multiple: an int (every group), or ``{producer: int}``: a group takes
+            the multiple of any of its producers named, the key ``"*"`` sets
+            the others (default 1: no rounding). XNNPACK's int8 kernels tile
+            channels differently per core (measured: multiples of 8 suit the
+            Cortex-A72 of rpi4, 16 the A76 of rpi5; ``benchmarks/structured.py``),
+            so a plan may round its small early groups and its wide late ones
+            differently.
+
+    Returns:
+        ``{group index: multiple}`` for every group.
+
+    Raises:
+        ValueError: a multiple that is not a positive whole number, or a name
+            that is no prunable group's producer (the message lists them).
+
+    Example:
+
+    >>> group_multiples(graph, {"block_1_expand": 8, "*": 16})  # doctest: +SKIP
+    """
+    check_multiple(multiple)
+    if not isinstance(multiple, dict):
+        return {i: int(multiple) for i in range(len(graph.groups))}
+    producers = {p: i for i, g in enumerate(graph.groups) if g.prunable for p in g.producers}
+    unknown = sorted(set(multiple) - set(producers) - {"*"})
+    if unknown:
+        raise ValueError(f"channel_multiple= names {', '.join(map(repr, unknown))}, not the "
+                         f"producer of a prunable group; prunable: {', '.join(producers)} "
+                         "(or '*' for the groups not named).")
+    out = {i: int(multiple.get("*", 1)) for i in range(len(graph.groups))}
+    for i, group in enumerate(graph.groups):
+        named = [multiple[p] for p in group.producers if p in multiple]
+        if len(set(named)) > 1:
+            raise ValueError(f"channel_multiple= gives {sorted(set(named))} to producers of "
+                             f"one group ({', '.join(group.producers)}): they share their "
+                             "channels, give one value.")
+        if named:
+            out[i] = int(named[0])
+    return out
+
+
+def check_multiple(multiple: Any) -> None:
+    """Raises ValueError unless ``multiple`` is a positive int or ``{name: positive int}``."""
+    values = multiple.values() if isinstance(multiple, dict) else [multiple]
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))
+           or int(v) != v or v < 1]
+    if bad or (isinstance(multiple, dict) and not all(isinstance(k, str) for k in multiple)):
+        raise ValueError(f"channel_multiple={multiple!r} must be a positive whole number "
+                         "(e.g. 8), or a dict of producer name -> positive whole number "
+                         "(e.g. {'block_1_expand': 8, '*': 16}).")

@@ -30,6 +30,7 @@ from absl import logging
 
 from tfedge._config import PhaseConfig
 from tfedge._keras import keras
+from tfedge.channels import check_multiple
 from tfedge.report import format_table
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
@@ -170,8 +171,13 @@ class PruneConfig(PhaseConfig):
             :class:`tfedge.channel_budget.ChannelPlan`; ``final_sparsity`` then
             only shapes the schedule (each group reaches its own fraction).
         channel_multiple: with ``structure="channel"``, round the channels each
-            group keeps up to a multiple of this (8 suits the int8 kernels of
-            aarch64 LiteRT/XNNPACK; see ``benchmarks/structured.py``).
+            group keeps up to a multiple of this (XNNPACK's aarch64 int8
+            kernels tile channels: measured, 8 suits rpi4's Cortex-A72, 16
+            rpi5's A76; see ``benchmarks/structured.py``); or per group,
+            ``{producer: multiple}`` with ``"*"`` for the groups not named
+            (default 1), e.g. ``{"block_1_expand": 8, "*": 16}``
+            (:func:`tfedge.channels.group_multiples`). With
+            ``fractions=`` a ``ChannelPlan``, the plan's multiple by default.
 
     Raises:
         ValueError: for sparsities outside [0, 1), an end not after the begin,
@@ -202,10 +208,20 @@ class PruneConfig(PhaseConfig):
     structure: str | None = None
     importance: str | None = None
     fractions: Any = None
-    channel_multiple: int | None = None
+    channel_multiple: int | dict[str, int] | None = None
 
     def _normalize(self) -> None:
         fractions = getattr(self.fractions, "fractions", self.fractions)  # a ChannelPlan
+        planned = getattr(self.fractions, "multiple", None)
+        if planned is not None and self.channel_multiple is None:
+            self._set("channel_multiple", planned)  # train with the rounding it planned with
+        elif planned is not None and planned != self.channel_multiple:
+            raise ValueError(f"channel_multiple={self.channel_multiple!r} differs from the "
+                             f"multiple the plan was made with ({planned!r}): the groups "
+                             "would not reach the planned budget. Drop channel_multiple=, "
+                             "or plan again with plan_channels(..., multiple=...).")
+        if isinstance(self.channel_multiple, dict):
+            self._set("channel_multiple", dict(self.channel_multiple))
         if fractions is not None:
             self._set("fractions", {str(k): float(v) for k, v in dict(fractions).items()})
         self._set("final_sparsity", float(self.final_sparsity))
@@ -263,11 +279,8 @@ class PruneConfig(PhaseConfig):
             if self.layers is not None:
                 raise ValueError("layers= is not supported with structure='channel': every "
                                  "layer whose channels can be removed is pruned.")
-            if self.channel_multiple is not None and (int(self.channel_multiple)
-                                                      != self.channel_multiple
-                                                      or self.channel_multiple < 1):
-                raise ValueError(f"channel_multiple={self.channel_multiple} must be a "
-                                 "positive whole number, e.g. 8.")
+            if self.channel_multiple is not None:
+                check_multiple(self.channel_multiple)
         elif (self.importance is not None or self.fractions is not None
               or self.channel_multiple is not None):
             raise ValueError("importance=, fractions= and channel_multiple= apply to "

@@ -162,3 +162,59 @@ def test_fixed_groups_keep_their_fraction_and_the_rest_meets_the_macs():
         channel_prune.fraction_for_macs(model, 0.5, fixed={"proj": 0.5})
     with pytest.raises(ValueError, match=r"in \[0, 1\)"):
         channel_prune.fraction_for_macs(model, 0.5, fixed={"stem": 1.0})
+
+
+def test_plan_channels_plans_with_the_rounding_pruning_will_apply():
+    from tfedge import channel_budget, channel_prune
+
+    model = residual_concat_model()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (64, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 10, 64)
+    plan = channel_budget.plan_channels(model, x, y, macs=0.5, multiple=8)
+    graph = channels.analyze(model)
+    fractions = {i: plan.fractions.get(g.producers[0], 0.0) for i, g in enumerate(graph.groups)}
+    removed = channel_prune.select_removed(graph, channel_prune.channel_scores(graph), fractions,
+                                           set(), 8)  # as PruneConfig(channel_multiple=8)
+    narrow = channel_prune.rebuild(graph, removed)
+    # the budget it reports is the one the rounded model reaches, not the unrounded plan's
+    assert channels.keras_macs(narrow) / channels.keras_macs(model) == pytest.approx(plan.reached)
+    assert plan.reached <= 0.5 and plan.multiple == 8
+    assert all(narrow.get_layer(n).filters % 8 == 0 for n in ("stem", "left", "right", "c3"))
+    # PruneConfig takes the plan's multiple, and refuses another one
+    assert tfedge.PruneConfig(0.5, structure="channel", fractions=plan).channel_multiple == 8
+    with pytest.raises(ValueError, match="plan was made with"):
+        tfedge.PruneConfig(0.5, structure="channel", fractions=plan, channel_multiple=4)
+
+
+def test_channel_multiple_per_group():
+    from tfedge import channel_prune
+
+    model = residual_concat_model()
+    graph = channels.analyze(model)
+    index = {p: i for i, g in enumerate(graph.groups) for p in g.producers}
+    tiles = channels.group_multiples(graph, {"c3": 8, "proj": 16, "*": 4})
+    assert tiles[index["c3"]] == 8 and tiles[index["stem"]] == 16  # stem + proj: one group
+    assert tiles[index["left"]] == 4
+    assert channels.group_multiples(graph, {"c3": 8})[index["left"]] == 1  # no '*': 1
+    removed = channel_prune.select_removed(graph, channel_prune.channel_scores(graph),
+                                           {i: 0.4 for i in range(len(graph.groups))}, set(),
+                                           tiles)
+    narrow = channel_prune.rebuild(graph, removed)
+    assert narrow.get_layer("c3").filters == 24  # 32 - floor(0.4 * 32) = 20, up to 8
+    assert narrow.get_layer("stem").filters == 16  # 10 up to 16
+    assert narrow.get_layer("left").filters == 12  # 10 up to 4
+    fraction, reached = channel_prune.fraction_for_macs(model, 0.6, multiple={"c3": 8, "*": 4})
+    assert reached <= 0.6
+
+    cfg = tfedge.PruneConfig(0.4, structure="channel", channel_multiple={"c3": 8, "*": 4})
+    assert tfedge.PruneConfig.from_config(cfg.get_config()).channel_multiple == {"c3": 8, "*": 4}
+    assert tfedge.PruneConfig(0.4, structure="channel", channel_multiple=16).channel_multiple == 16
+    for bad in ({"c3": 0}, {"c3": 2.5}, {3: 8}, "8"):
+        with pytest.raises(ValueError, match="positive whole number"):
+            tfedge.PruneConfig(0.4, structure="channel", channel_multiple=bad)
+    with pytest.raises(ValueError, match="'nope', not the producer of a prunable group"):
+        tfedge.wrap(model, prune=tfedge.PruneConfig(0.4, structure="channel",
+                                                    channel_multiple={"nope": 8}))
+    with pytest.raises(ValueError, match="share their channels"):
+        channels.group_multiples(graph, {"stem": 8, "proj": 16})
