@@ -218,18 +218,30 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
 
     multiple = args.channel_multiple or spec["multiple"]
     searches = []
-    if "channel" in args.variants:
+    if "channel" in args.variants and not args.no_uniform:
         searches = [(f"channel {r}x MACs", *fraction_for_macs(dense, r, multiple), None)
                     for r in args.channel_macs]
     if "channel" in args.variants and args.channel_fixed:
         # the high-resolution expansions held at their own (larger) fraction, the others
         # solved for the same MACs: fewer instructions per MAC kept (fraction_for_macs)
         fixed = dict(args.channel_fixed)
+        # --channel-multiples: per-group multiples ('*' the others, default the family's)
+        tiles = {"*": multiple, **dict(args.channel_multiples)} if args.channel_multiples \
+            else multiple
         for r in args.channel_macs:
             plan, reached = channel_prune.fractions_for_macs(dense, r, fixed=fixed,
-                                                             multiple=multiple)
-            searches.append((f"channel {r}x MACs, early layers pruned harder",
-                             (max(plan.values()), reached), multiple, plan))
+                                                             multiple=tiles)
+            searches.append((f"channel {reached:.3f}x MACs, early layers pruned harder"
+                             + (", per-group multiples" if args.channel_multiples else ""),
+                             (max(plan.values()), reached), tiles, plan))
+    if "channel" in args.variants and args.channel_plans:
+        # plans searched by emulated instructions (benchmarks/structured_plans.py --search)
+        with open(args.channel_plans) as f:
+            found = json.load(f)["plans"][:args.channel_plans_top]
+        for p in found:
+            searches.append((f"channel {p['macs_ratio']:.3f}x MACs, plan: {p['name']}",
+                             (max(p["fractions"].values()), p["macs_ratio"]),
+                             p["channel_multiple"], p["fractions"]))
     if "channel" in args.variants and args.instructions:
         searches.append((f"channel {args.instructions}x {args.instructions_target} instr",
                          fraction_for_instructions(dense, args.instructions,
@@ -255,11 +267,15 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
         fixed = dict(args.channel_fixed)
         others = next((v for k, v in (plan or {}).items() if k not in fixed), 0.0)
         held = (f"; held: {', '.join(f'{k} {v:g}' for k, v in fixed.items())}, the others "
-                f"{others:.3f}" if plan else "")
+                f"{others:.3f}" if plan and fixed else "")
+        if plan and not fixed:
+            held = "; per group: " + ", ".join(f"{k} {v:g}" for k, v in plan.items())
+        tiles = (f"{multiple}" if not isinstance(multiple, dict) else "per group: " + ", ".join(
+            f"{k} {v}" for k, v in multiple.items()))
         variants[name] = (
             model, tfedge.convert(model, calibration),
             f"fraction {fraction:.3f} ({args.importance}, channels kept in multiples of "
-            f"{multiple}{held}); {recipe}; {epochs + extra_epochs} epochs in all")
+            f"{tiles}{held}); {recipe}; {epochs + extra_epochs} epochs in all")
         log(f"{name} done (fraction {fraction:.3f}, reached {reached:.3f}x)")
 
     if "lowrank" in args.variants and not args.skip_lowrank:
@@ -499,6 +515,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="Also a channel variant per --channel-macs whose groups named "
                              "here keep their own fraction, the others solved for the MACs "
                              "(channel_prune.fractions_for_macs), e.g. block_1_expand=0.67.")
+    parser.add_argument("--channel-multiples", nargs="+", default=[], metavar="PRODUCER=M",
+                        type=lambda v: (v.split("=")[0], int(v.split("=")[1])),
+                        help="Per-group channel multiples of the --channel-fixed variant "
+                             "(PruneConfig(channel_multiple={...})), '*=M' for the groups not "
+                             "named (default: --channel-multiple), e.g. Conv1=8 "
+                             "block_1_expand=8 '*=16'.")
+    parser.add_argument("--channel-plans", default=None, metavar="JSON",
+                        help="Also channel variants from the plans of a "
+                             "structured_plans.py --search result (best first).")
+    parser.add_argument("--channel-plans-top", type=int, default=1,
+                        help="How many of --channel-plans' plans to train.")
+    parser.add_argument("--no-uniform", action="store_true",
+                        help="Skip the uniform-fraction channel variants (keep --channel-fixed "
+                             "and --instructions ones).")
     parser.add_argument("--scratch-macs", nargs="+", type=float, default=[0.5, 0.25])
     parser.add_argument("--scratch-epochs", nargs="+", type=int, default=None,
                         help="Epochs of the from-scratch baselines (default: the dense model's).")
