@@ -33,7 +33,12 @@ own fraction and the others are solved for the MACs
 (``channel_prune.fractions_for_macs``): pruning MobileNetV2's high-resolution
 expansions harder costs fewer device instructions at the same MACs
 (the stem and the 48x48 blocks cost the most instructions per MAC; see
-``channel_prune.fraction_for_macs``). ``--detector`` runs the
+``channel_prune.fraction_for_macs``; ``--channel-multiples PRODUCER=M ...``
+rounds that variant's groups per group). ``--channel-plans JSON`` trains
+the best plans of a ``structured_plans.py --search`` (plans chosen by the
+emulated instructions of the untrained rebuilt model;
+``structured_plan50.json``), ``--no-uniform`` skips the uniform variants.
+``--detector`` runs the
 recipe's detector (``structured_detector.json``); ``--detector-box-mask``
 distils its boxes only on the anchors the teacher detects.
 

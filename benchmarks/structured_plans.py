@@ -95,6 +95,7 @@ def candidates(model: Any, args: argparse.Namespace):
         fixed = {"Conv1": stem, "Conv_1": head} if head is not None else {"Conv1": stem}
         held = {"e1": e1, "e2": e2, "e3": e3}
         fixed.update({p: held[k] for k, names in EARLY.items() for p in names})
+        fixed.update(dict(args.hold))
         multiple = {"Conv1": 8, "*": rest, **{p: proj_tile for p in PROJECTIONS},
                     **{p: early_tile for k in ("e1", "e2") for p in EARLY[k]}}
         try:
@@ -104,7 +105,8 @@ def candidates(model: Any, args: argparse.Namespace):
             continue
         if not args.macs_window[0] <= reached <= args.macs_window[1]:
             continue
-        name = (f"stem {stem:g}, e1 {e1:g}, e2 {e2:g}, e3 {e3:g}, Conv_1 "
+        name = (f"stem {stem:g}, e1 {e1:g}, e2 {e2:g}, e3 {e3:g}, "
+                + "".join(f"{k} {v:g}, " for k, v in args.hold) + "Conv_1 "
                 f"{'solved' if head is None else 'whole'}, early x{early_tile}, projections "
                 f"x{proj_tile}, rest x{rest}")
         yield name, plan, multiple, reached
@@ -137,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                       default=["whole", "solved"], help="Conv_1 kept whole or solved.")
     grid.add_argument("--rest", nargs="+", type=int, default=[16],
                       help="Channel multiple of the groups not named.")
+    grid.add_argument("--hold", nargs="+", default=[], metavar="PRODUCER=FRACTION",
+                      type=lambda v: (v.split("=")[0], float(v.split("=")[1])),
+                      help="More groups held at a fraction in every plan, e.g. "
+                           "block_14_expand=0 (late layers cost few instructions per MAC).")
     grid.add_argument("--proj-multiple", nargs="+", type=int, default=[16],
                       help=f"Channel multiple of the residual groups {', '.join(PROJECTIONS)} "
                            "(24..112 channels at 12x12 and below).")
