@@ -54,9 +54,14 @@ EARLY = {"e1": ["block_1_expand", "block_2_expand", "block_3_expand"],
          "e3": ["block_7_expand", "block_8_expand", "block_9_expand", "block_10_expand"]}
 
 
-def instructions(model: Any, calibration: Any) -> dict[str, int]:
-    report = tfedge.bench(tfedge.convert(model, calibration), target=TARGETS, runs=1,
-                          warmup=0, emulation_runs=1)
+def instructions(model: Any, calibration: Any, sizes: dict[int, int] | None = None
+                 ) -> dict[str, int]:
+    """Emulated instructions per target of ``model``'s int8 conversion (its file size
+    into ``sizes[id(model)]`` when given)."""
+    artifact = tfedge.convert(model, calibration)
+    if sizes is not None:
+        sizes[id(model)] = artifact.size_bytes
+    report = tfedge.bench(artifact, target=TARGETS, runs=1, warmup=0, emulation_runs=1)
     return {t.target: t.instructions for t in report.targets}
 
 
@@ -157,9 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     calibration = x[:32]
     keras.utils.set_random_seed(0)
     dense = mobilenet_v2(0.35, "mobilenet_v2_dense")
-    base = instructions(dense, calibration)
+    sizes: dict[int, int] = {}
+    base = instructions(dense, calibration, sizes)
+    base_size = sizes[id(dense)]
     dense_macs = channels.keras_macs(dense)
-    result: dict[str, Any] = {"dense": {"macs": dense_macs, "instructions": base},
+    result: dict[str, Any] = {"dense": {"macs": dense_macs, "instructions": base,
+                                        "size_bytes": base_size},
                               "targets": TARGETS, "settings": {
                                   k: v for k, v in vars(args).items() if k != "out"}}
     if args.stages:
@@ -169,12 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         plans = []
         for name, plan, multiple, reached in itertools.islice(
                 candidates(dense, args), args.limit):
-            counts = instructions(rebuilt(dense, plan, multiple), calibration)
+            narrow = rebuilt(dense, plan, multiple)
+            counts = instructions(narrow, calibration, sizes)
             ratios = {t: counts[t] / base[t] for t in TARGETS}
             plans.append({"name": name, "fractions": plan, "channel_multiple": multiple,
                           "macs_ratio": reached, "instructions": counts, "ratios": ratios,
+                          "size_ratio": sizes[id(narrow)] / base_size,
                           "worst": max(ratios.values())})
             print(f"[plans {time.strftime('%H:%M:%S')}] {name}: MACs {reached:.3f}x, "
+                  f"int8 size {sizes[id(narrow)] / base_size:.3f}x, "
                   + ", ".join(f"{t} {r:.3f}x" for t, r in ratios.items()),
                   file=sys.stderr, flush=True)
         plans.sort(key=lambda p: p["worst"])
@@ -183,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                                  calibration)
             print_stages(p["name"], p["stages"])
         result["plans"] = plans
-        print(format_table(["plan", "MACs x"] + [f"{t} instr x" for t in TARGETS],
-                           [[p["name"], f"{p['macs_ratio']:.3f}"]
+        print(format_table(["plan", "MACs x", "size x"] + [f"{t} instr x" for t in TARGETS],
+                           [[p["name"], f"{p['macs_ratio']:.3f}", f"{p['size_ratio']:.3f}"]
                             + [f"{p['ratios'][t]:.3f}" for t in TARGETS] for p in plans],
                            title="channel plans by emulated int8 instructions (untrained, "
                                  "ratios to dense int8)"))
