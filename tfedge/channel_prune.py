@@ -95,7 +95,6 @@ def channel_scores(graph: channels_lib.ChannelGraph, method: str = "bn_gamma") -
     return scores
 
 
-
 def select_removed(graph: channels_lib.ChannelGraph, scores: dict[int, float],
                    fractions: dict[int, float], removed: set[int],
                    multiple: int | dict[int, int] = 1) -> set[int]:
