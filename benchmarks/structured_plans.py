@@ -29,7 +29,6 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 
 import tfedge  # noqa: E402
 from tfedge import channel_prune, channels, keras  # noqa: E402
