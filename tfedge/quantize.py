@@ -302,7 +302,12 @@ def _custom_objects(model: Any, config: QATConfig) -> dict[str, type]:
     objects = {}
     for layer in flat_layers(model):
         cls = type(layer)
-        if not cls.__module__.startswith(_KERAS_MODULES):
+        # keras.applications defines some layers privately (ConvNeXt's LayerScale in
+        # tf_keras.src.applications.convnext): not custom, but not deserializable by
+        # name either, and tf_keras's from_config then leaves the bare class name in
+        # place of the layer ("'str' object has no attribute 'name'").
+        if (not cls.__module__.startswith(_KERAS_MODULES)
+                or getattr(keras.layers, cls.__name__, None) is not cls):
             objects[cls.__name__] = cls
     for qc in config.layer_configs.values():
         objects[type(qc).__name__] = type(qc)

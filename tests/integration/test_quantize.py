@@ -198,3 +198,26 @@ def test_qat_config_round_trip_and_validation():
         QATConfig(skip=["a"], layer_configs={"a": ScaleQuantizeConfig()})
     with pytest.raises(ValueError, match="must be a tfmot"):
         QATConfig(layer_configs={"a": "int8"})
+
+
+def test_keras_applications_private_layer_survives_tfmot_round_trip(caplog):
+    # ConvNeXt's LayerScale lives in tf_keras.src.applications.convnext and is not
+    # deserializable by name; tfmot's from_config used to leave the string
+    # "LayerScale" in its place ("'str' object has no attribute 'name'").
+    from tf_keras.src.applications.convnext import LayerScale
+
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
+    r = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    r = LayerScale(1e-2, 8, name="layer_scale")(r)
+    h = keras.layers.Add(name="residual")([h, r])
+    h = keras.layers.GlobalAveragePooling2D(name="pool")(h)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="logits")(h))
+    with caplog.at_level(logging.WARNING):
+        qat, plan = apply_qat(model, QATConfig())
+    assert "layer_scale" in plan.skipped and "LayerScale" in caplog.text
+    assert {"conv", "dw", "logits"} <= set(plan.quantized)
+    scale = next(layer for layer in qat.layers if layer.name == "layer_scale")
+    assert isinstance(scale, LayerScale)
+    x = np.random.default_rng(0).random((2, 8, 8, 3), np.float32)
+    assert qat(x).shape == (2, 4)
