@@ -302,12 +302,11 @@ def _custom_objects(model: Any, config: QATConfig) -> dict[str, type]:
     objects = {}
     for layer in flat_layers(model):
         cls = type(layer)
-        # keras.applications defines some layers privately (ConvNeXt's LayerScale in
-        # tf_keras.src.applications.convnext): not custom, but not deserializable by
-        # name either, and tf_keras's from_config then leaves the bare class name in
-        # place of the layer ("'str' object has no attribute 'name'").
-        if (not cls.__module__.startswith(_KERAS_MODULES)
-                or getattr(keras.layers, cls.__name__, None) is not cls):
+        # Every class keras.layers does not export by its name: custom layers, and
+        # the ones keras.applications defines privately (ConvNeXt's LayerScale in
+        # tf_keras.src.applications.convnext), which tf_keras's from_config would
+        # otherwise leave as a bare class name ("'str' object has no attribute 'name'").
+        if getattr(keras.layers, cls.__name__, None) is not cls:
             objects[cls.__name__] = cls
     for qc in config.layer_configs.values():
         objects[type(qc).__name__] = type(qc)
