@@ -11,6 +11,7 @@ from tfedge.errors import UnsupportedModelError
 from tfedge.quantize import QATConfig, apply_qat, is_quantization_aware
 
 import tensorflow_model_optimization as tfmot
+from tf_keras.src.applications.convnext import LayerScale
 
 from tests.helpers import compile_for_digits
 
@@ -204,8 +205,6 @@ def test_keras_applications_private_layer_survives_tfmot_round_trip(caplog):
     # ConvNeXt's LayerScale lives in tf_keras.src.applications.convnext and is not
     # deserializable by name; tfmot's from_config used to leave the string
     # "LayerScale" in its place ("'str' object has no attribute 'name'").
-    from tf_keras.src.applications.convnext import LayerScale
-
     inputs = keras.Input((8, 8, 3))
     h = keras.layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
     r = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(h)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import tfedge
-from tfedge import channels, keras, lowrank
+from tfedge import channel_budget, channel_prune, channels, keras, lowrank
 from tfedge.errors import UnsupportedModelError
 from tests.helpers import dense_heavy_model, residual_concat_model
 
@@ -121,8 +121,6 @@ def test_bad_settings_are_rejected():
 
 
 def test_macs_after_matches_the_rebuilt_model_and_multiples_round_up():
-    from tfedge import channel_prune
-
     model = residual_concat_model()
     graph = channels.analyze(model)
     scores = channel_prune.channel_scores(graph)
@@ -142,8 +140,6 @@ def test_macs_after_matches_the_rebuilt_model_and_multiples_round_up():
 
 
 def test_fixed_groups_keep_their_fraction_and_the_rest_meets_the_macs():
-    from tfedge import channel_prune
-
     model = residual_concat_model()
     uniform, _ = channel_prune.fraction_for_macs(model, 0.5)
     plan, reached = channel_prune.fractions_for_macs(model, 0.5, fixed={"stem": 0.75})
@@ -165,8 +161,6 @@ def test_fixed_groups_keep_their_fraction_and_the_rest_meets_the_macs():
 
 
 def test_plan_channels_plans_with_the_rounding_pruning_will_apply():
-    from tfedge import channel_budget, channel_prune
-
     model = residual_concat_model()
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (64, 8, 8, 1)).astype(np.float32)
@@ -188,8 +182,6 @@ def test_plan_channels_plans_with_the_rounding_pruning_will_apply():
 
 
 def test_channel_multiple_per_group():
-    from tfedge import channel_prune
-
     model = residual_concat_model()
     graph = channels.analyze(model)
     index = {p: i for i, g in enumerate(graph.groups) for p in g.producers}
