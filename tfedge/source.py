@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import keyword
 import os
 import re
 import sys
@@ -75,8 +76,19 @@ def quiet_converter() -> Iterator[None]:
         yield  # (stdout: Keras 3's export prints every endpoint it saves)
 
 
-def _clean_name(name: str, fallback: str) -> str:
+def _clean_name(name: str | None, fallback: str) -> str:
+    """A signature name for a tensor: no None, no Python keyword.
+
+    ``tf.saved_model.save`` makes every input name a keyword argument; a
+    name it cannot be (``"class"``, or ``"None"`` from a rebuilt model whose
+    input tensor has no name) makes the save fail, and the converter then
+    silently falls back to its old path, which writes no signature at all.
+    """
+    if name is None:
+        return fallback
     name = re.sub(r"[^A-Za-z0-9_.\-]", "_", str(name).split(":")[0]).strip("_")
+    if keyword.iskeyword(name):  # "None" and "class" among them
+        name += "_"
     return name or fallback
 
 

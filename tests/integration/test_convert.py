@@ -377,3 +377,20 @@ def test_cli_convert_writes_model_and_card(trained_digits_cnn, digits, tmp_path,
     assert "is a NumPy array (.npy), not a model" in capsys.readouterr().err
     convert_parser = build_parser()._subparsers._group_actions[0].choices["convert"]
     assert all(action.help for action in convert_parser._actions)
+
+
+@pytest.mark.parametrize("input_name", ["class", None])
+def test_input_named_like_a_python_keyword_keeps_its_signature(input_name):
+    # ConvNeXtTiny's finished QAT model has an input tensor without a name: the
+    # signature name became "None", tf.saved_model.save refused it as a keyword
+    # argument, and the converter fell back to a path that writes no signature,
+    # so validate could not run the file.
+    inputs = keras.Input((4,), name=input_name or "x")
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    if input_name is None:
+        model.inputs[0]._name = None  # what the rebuilt ConvNeXt has  # pylint: disable=protected-access
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    art = tfedge.convert(model, x)
+    assert art.signatures, "the int8 file has no signature"
+    report = tfedge.validate(art, model, x)
+    assert report.num_samples == 32
