@@ -32,6 +32,7 @@ from tfedge.artifact import INTEGER_MODES
 from tfedge.calibration import as_numpy
 from tfedge.errors import ConversionError, UnsupportedModelError
 from tfedge.keras3 import as_functional, variable_holder
+from tfedge.metadata import read_signatures
 from tfedge.quantize import is_quantization_aware
 
 
@@ -469,13 +470,23 @@ def make_converter(source: ModelSource, mode: str, samples: list[np.ndarray] | N
 
 
 def run_converter(converter: Any, source: ModelSource, mode: str) -> bytes:
-    """Runs a converter, turning its failures into a ConversionError."""
+    """Runs a converter; its failures, and a file without the source's signatures, raise ConversionError."""
     try:
         with quiet_converter():
-            return converter.convert()
+            content = converter.convert()
     except Exception as err:  # the converter raises many kinds; keep its message
         raise ConversionError(
             f"The TFLite converter failed on {source.name!r} in mode {mode!r}: "
             f"{str(err).strip()[:2000]}\nIf this names an op, that op has no TFLite "
             "builtin kernel: replace the layer, or try mode='float32' to see whether "
             "the model converts at all.") from err
+    if source.signatures and not read_signatures(content):
+        # The converter saves concrete functions as a SavedModel first and, when
+        # that save fails, silently converts a frozen graph without signatures.
+        raise ConversionError(
+            f"The TFLite converter wrote no signature for {source.name!r} (inputs "
+            f"{', '.join(n for n, _, _ in source.signature.inputs)}): it could not save the "
+            "traced model as a SavedModel and fell back to a path that drops signatures, so "
+            "LiteRT's signature runner (and tfedge.validate) cannot run the file. Give the "
+            "model's inputs plain identifier names, or convert a SavedModel directory.")
+    return content

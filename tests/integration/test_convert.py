@@ -17,7 +17,8 @@ from tfedge import keras
 from tfedge.card import card_path, read_model_card
 from tfedge import artifact as artifact_module
 from tfedge.artifact import TFLiteArtifact, load
-from tfedge.errors import InvalidModelFileError, UnsupportedModelError
+from tfedge import source as source_module
+from tfedge.errors import ConversionError, InvalidModelFileError, UnsupportedModelError
 from tfedge.quant_debug import debug_quantization
 from tfedge import TFLiteRunner
 
@@ -394,3 +395,14 @@ def test_input_named_like_a_python_keyword_keeps_its_signature(input_name):
     assert art.signatures, "the int8 file has no signature"
     report = tfedge.validate(art, model, x)
     assert report.num_samples == 32
+
+
+def test_a_file_the_converter_writes_without_signatures_is_refused(monkeypatch):
+    # Any failure of the converter's SavedModel step (here: the keyword name the
+    # cleaning above now prevents) makes it drop signatures without a word.
+    monkeypatch.setattr(source_module, "_clean_name", lambda name, fallback: str(name))
+    inputs = keras.Input((4,), name="class")
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    with pytest.raises(ConversionError, match="wrote no signature .* plain identifier names"):
+        tfedge.convert(model, x)
