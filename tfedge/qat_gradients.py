@@ -90,7 +90,12 @@ def nudged_range(min_: tf.Tensor, max_: tf.Tensor, num_bits: int,
     """
     quant_min = 1.0 if narrow_range else 0.0
     quant_max = float(2 ** num_bits - 1)
-    scale = (max_ - min_) / (quant_max - quant_min)
+    # DivNoNan, not RealDiv: grappler's constant folding turns a division by a
+    # constant into a multiplication by its reciprocal (ReduceDivToReciprocalMul),
+    # which moves the nudged edges by an ulp in traced code; the kernel's value
+    # sitting exactly on the range edge then loses its gradient. The divisor is
+    # never 0, so DivNoNan is the exact IEEE division TF's Nudge does.
+    scale = tf.math.divide_no_nan(max_ - min_, quant_max - quant_min)
     zero = tf.clip_by_value(quant_min - min_ / scale, quant_min, quant_max)
     floor = tf.floor(zero)  # std::round: half away from zero (zero >= 0 here)
     zero = floor + tf.cast(zero - floor >= 0.5, zero.dtype)

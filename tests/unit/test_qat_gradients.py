@@ -59,26 +59,34 @@ def _inputs(rng, shape, low, high, num_bits, narrow_range):
     return x, np.count_nonzero(x < lo)
 
 
-def _tape_gradients(x, low, high, grad, num_bits, narrow_range):
-    x, low, high = (tf.constant(v) for v in (x, low, high))
-    with tf.GradientTape() as tape:
-        tape.watch([x, low, high])
-        y = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-            x, low, high, num_bits=num_bits, narrow_range=narrow_range)
-    return [t.numpy() for t in tape.gradient(y, [x, low, high], output_gradients=grad)]
+def _tape_gradients(x, low, high, grad, num_bits, narrow_range, traced=False):
+    """dx, d_min, d_max by GradientTape, eagerly or in a tf.function (as fit runs it:
+    grappler rewrites the traced graph)."""
+
+    def gradients(x, low, high, grad):
+        with tf.GradientTape() as tape:
+            tape.watch([x, low, high])
+            y = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+                x, low, high, num_bits=num_bits, narrow_range=narrow_range)
+        return tape.gradient(y, [x, low, high], output_gradients=grad)
+
+    if traced:
+        gradients = tf.function(gradients)
+    return [t.numpy() for t in gradients(*(tf.constant(v) for v in (x, low, high, grad)))]
 
 
 @pytest.mark.parametrize("shape", [(3, 3, 8, 16), (1, 1, 32, 24), (40, 12), (27,)],
                          ids=["conv3x3", "conv1x1", "dense", "1d"])
 @pytest.mark.parametrize("num_bits", [8, 4])
 @pytest.mark.parametrize("narrow_range", [False, True])
-def test_gradient_equals_tensorflows(shape, num_bits, narrow_range, monkeypatch):
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
+def test_gradient_equals_tensorflows(shape, num_bits, narrow_range, traced, monkeypatch):
     rng = np.random.default_rng(num_bits + 10 * narrow_range + len(shape))
     low, high = _ranges(rng, shape[-1], num_bits, narrow_range)
     x, below = _inputs(rng, shape, low, high, num_bits, narrow_range)
     assert below > 0  # the case d_min exists for is exercised
     grad = tf.constant(rng.normal(size=shape).astype(np.float32))
-    expected = _tape_gradients(x, low, high, grad, num_bits, narrow_range)  # TF's gradient
+    expected = _tape_gradients(x, low, high, grad, num_bits, narrow_range, traced)  # TF's
     calls = []
 
     def counted(op, g):
@@ -89,12 +97,28 @@ def test_gradient_equals_tensorflows(shape, num_bits, narrow_range, monkeypatch)
 
     monkeypatch.setattr(qat_gradients, "per_channel_gradient", counted)
     with vectorized_per_channel_gradient():
-        got = _tape_gradients(x, low, high, grad, num_bits, narrow_range)
+        got = _tape_gradients(x, low, high, grad, num_bits, narrow_range, traced)
     assert calls == [OP_TYPE]  # the vectorized gradient ran, not TF's
     np.testing.assert_array_equal(got[0], expected[0])  # dx: a mask, exact
     np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got[2], expected[2], rtol=1e-5, atol=1e-5)
     assert np.any(expected[0] == 0) and np.any(expected[1] != 0) and np.any(expected[2] != 0)
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
+def test_kernel_on_its_own_symmetric_range_as_tfmot_quantizes_it(traced):
+    """tfmot's per-channel weight quantizer: range +-max|w| per channel, narrow range, so
+    each channel's largest weight sits on (or by an ulp beside) the nudged edge."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 0.1, (3, 3, 16, 64)).astype(np.float32)
+    bound = np.abs(x).reshape(-1, 64).max(axis=0)
+    grad = rng.normal(size=x.shape).astype(np.float32)
+    expected = _tape_gradients(x, -bound, bound, grad, 8, True, traced)
+    with vectorized_per_channel_gradient():
+        got = _tape_gradients(x, -bound, bound, grad, 8, True, traced)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[2], expected[2], rtol=1e-5, atol=1e-5)
 
 
 def test_traced_gradient_has_no_per_channel_loop_op():
