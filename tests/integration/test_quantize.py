@@ -15,7 +15,7 @@ import tensorflow_model_optimization as tfmot
 from tensorflow.python.framework import ops as tf_ops
 from tf_keras.src.applications.convnext import LayerScale
 
-from tests.helpers import build_digits_cnn, compile_for_digits
+from tests.helpers import build_digits_cnn, compile_for_digits, count_vectorized_gradient
 
 _quantizers = tfmot.quantization.keras.quantizers
 
@@ -246,15 +246,7 @@ def test_wrapped_qat_step_uses_the_vectorized_kernel_gradient_and_trains_alike(
     (x, y), _ = digits
     x, y = x[:320], y[:320]
     tf_gradient = tf_ops._gradient_registry.lookup(qat_gradients.OP_TYPE)
-    calls = []
-
-    def counted(op, grad):
-        calls.append(op.type)
-        return qat_gradients.per_channel_gradient_values(
-            grad, *op.inputs, num_bits=op.get_attr("num_bits"),
-            narrow_range=op.get_attr("narrow_range"))
-
-    monkeypatch.setattr(qat_gradients, "per_channel_gradient", counted)
+    calls = count_vectorized_gradient(monkeypatch)
     fast = _qat_fit(x, y)
     traces = len(fast.train_function._list_all_concrete_functions())
     assert len(calls) == 2 * traces  # the two Conv2D kernels, in each trace of the step

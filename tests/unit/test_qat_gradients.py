@@ -10,7 +10,7 @@ from tensorflow.python.framework import ops as tf_ops
 from tfedge import qat_gradients
 from tfedge.qat_gradients import OP_TYPE, vectorized_per_channel_gradient
 
-from tests.helpers import warning_messages
+from tests.helpers import count_vectorized_gradient, warning_messages
 
 
 def _registered():
@@ -87,15 +87,7 @@ def test_gradient_equals_tensorflows(shape, num_bits, narrow_range, traced, monk
     assert below > 0  # the case d_min exists for is exercised
     grad = tf.constant(rng.normal(size=shape).astype(np.float32))
     expected = _tape_gradients(x, low, high, grad, num_bits, narrow_range, traced)  # TF's
-    calls = []
-
-    def counted(op, g):
-        calls.append(op.type)
-        return qat_gradients.per_channel_gradient_values(
-            g, *op.inputs, num_bits=op.get_attr("num_bits"),
-            narrow_range=op.get_attr("narrow_range"))
-
-    monkeypatch.setattr(qat_gradients, "per_channel_gradient", counted)
+    calls = count_vectorized_gradient(monkeypatch)
     with vectorized_per_channel_gradient():
         got = _tape_gradients(x, low, high, grad, num_bits, narrow_range, traced)
     assert calls == [OP_TYPE]  # the vectorized gradient ran, not TF's
