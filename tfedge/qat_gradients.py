@@ -127,13 +127,15 @@ def per_channel_gradient_values(grad: tf.Tensor, x: tf.Tensor, min_: tf.Tensor,
         return list(tf.quantization.fake_quant_with_min_max_vars_per_channel_gradient(
             grad, x, min_, max_, num_bits=num_bits, narrow_range=narrow_range))
     low, high = nudged_range(min_, max_, num_bits, narrow_range)
-    below = x < low
-    above = x > high
     dtype = grad.dtype
-    inside = tf.cast(tf.logical_not(tf.logical_or(below, above)), dtype)
+    # Three independent expressions, as TF's kernel writes them: tfmot's range
+    # variables are not trainable, so in a traced train step d_min and d_max
+    # feed nothing and grappler prunes their masks and reductions; only dx's
+    # compare-and-multiply is left.
+    inside = tf.cast(tf.logical_and(x >= low, x <= high), dtype)
     axes = list(range(rank - 1))
-    d_min = tf.reduce_sum(grad * tf.cast(below, dtype), axis=axes)
-    d_max = tf.reduce_sum(grad * tf.cast(above, dtype), axis=axes)
+    d_min = tf.reduce_sum(grad * tf.cast(x < low, dtype), axis=axes)
+    d_max = tf.reduce_sum(grad * tf.cast(x > high, dtype), axis=axes)
     return [grad * inside, d_min, d_max]
 
 
