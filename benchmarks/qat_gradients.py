@@ -29,9 +29,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import tfedge  # noqa: E402,F401  (first: tf.keras is tf_keras)
+from tfedge.qat_gradients import per_channel_gradient_values  # noqa: E402  (tfedge first)
 import tensorflow as tf  # noqa: E402
-from tfedge.qat_gradients import per_channel_gradient_values  # noqa: E402
 from tfedge.report import format_table, write_json  # noqa: E402
 
 SHAPES = [(3, 3, 512, 512), (1, 1, 1024, 1024), (3, 3, 32, 64)]
@@ -63,8 +62,9 @@ def measure(shape: tuple, rounds: int) -> dict:
         g, x, lo, hi, num_bits=8, narrow_range=True))
     dx_only = tf.function(lambda g, x, lo, hi: per_channel_gradient_values(
         g, x, lo, hi, num_bits=8, narrow_range=True)[0])  # what a QAT train step keeps
-    forward = tf.function(lambda g, x, lo, hi: tf.quantization.fake_quant_with_min_max_vars_per_channel(
-        x, lo, hi, num_bits=8, narrow_range=True))
+    forward = tf.function(
+        lambda g, x, lo, hi: tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            x, lo, hi, num_bits=8, narrow_range=True))
     variants = {"tf": tf_gradient, "tfedge": ours, "tfedge_dx": dx_only, "forward": forward}
     diffs = [float(np.max(np.abs(a.numpy() - b.numpy())))
              for a, b in zip(tf_gradient(*args), ours(*args))]
@@ -77,7 +77,8 @@ def measure(shape: tuple, rounds: int) -> dict:
     median = {name: float(np.median(t)) for name, t in times.items()}
     return {"shape": list(shape), "elements": int(np.prod(shape)), "rounds": rounds,
             "tf_gradient_ms": 1e3 * median["tf"], "tfedge_gradient_ms": 1e3 * median["tfedge"],
-            "tfedge_dx_only_ms": 1e3 * median["tfedge_dx"], "forward_ms": 1e3 * median["forward"], "speedup": median["tf"] / median["tfedge"],
+            "tfedge_dx_only_ms": 1e3 * median["tfedge_dx"],
+            "forward_ms": 1e3 * median["forward"], "speedup": median["tf"] / median["tfedge"],
             "max_abs_diff": {"dx": diffs[0], "d_min": diffs[1], "d_max": diffs[2]}}
 
 
@@ -95,8 +96,8 @@ def main(argv=None) -> int:
                         "tfedge dx only ms", "forward ms", "max |diff|"], table,
                        title=f"FakeQuantWithMinMaxVarsPerChannel gradient, median of "
                              f"{args.rounds} rounds"))
-    write_json(args.out, {"threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-                                      "cpus": os.cpu_count()},
+    threads = tf.config.threading.get_intra_op_parallelism_threads()
+    write_json(args.out, {"threads": {"intra_op": threads, "cpus": os.cpu_count()},
                           "num_bits": 8, "narrow_range": True, "rows": rows})
     return 0
 

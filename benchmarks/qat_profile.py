@@ -8,7 +8,8 @@ the profiler. From each trace: the op time by op type, split into forward
 and backward (ops under ``gradient_tape/``), per training step. Op time is
 summed over TensorFlow's compute threads, so it can exceed the wall time.
 
-    python benchmarks/qat_profile.py [--model ResNet50] [--train 256] [--out benchmarks/results/qat_profile.json]
+    python benchmarks/qat_profile.py [--model ResNet50] [--train 256]
+                                     [--out benchmarks/results/qat_profile.json]
 """
 
 from __future__ import annotations

@@ -6,13 +6,15 @@ op. Its registered gradient (``tensorflow/python/ops/array_ops.py``) runs the
 C++ kernel ``FakeQuantWithMinMaxVarsPerChannelGradient``, which loops over the
 channels and works on one strided column of the kernel at a time
 (``tensorflow/core/kernels/fake_quant_ops_functor.h``). On this project's
-2-core CPU that gradient was 44-48% of a QAT step's op time, and the main
-reason a wrapped MobileNet or ResNet50 step cost 3-4x the plain Keras step
-(``benchmarks/results/zoo.json``). The same maths written as whole-tensor
-ops (one compare per bound, one masked multiply, one column reduction per
-bound) took a 3x3x512x512 kernel's gradient from 191.8 ms to 17.6 ms;
-``benchmarks/qat_gradients.py`` measures TF's gradient and this one side
-by side (``benchmarks/results/qat_gradients.json``).
+2-core CPU that gradient was the main reason a wrapped MobileNet or
+ResNet50 step cost 3-4x the plain Keras step (``benchmarks/results/zoo.json``
+before this module: 3.7x and 4.2x; after: 2.0x and 1.3x). The same maths
+written as whole-tensor ops (one compare per bound, one masked multiply, one
+column reduction per bound) takes a 3x3x512x512 kernel's three gradients in
+11.7 ms instead of TF's 47.8 ms, and ``dx`` alone (all a QAT step keeps:
+tfmot's ranges are not trainable) in 4.9 ms; ``benchmarks/qat_gradients.py``
+measures TF's gradient and this one side by side
+(``benchmarks/results/qat_gradients.json``).
 
 :func:`vectorized_per_channel_gradient` installs it for the duration of a
 ``with`` block. ``EdgeModel.train_step`` wraps its body in it: TensorFlow
@@ -23,12 +25,12 @@ own training loops, other models) keeps TensorFlow's.
 
 The swap edits a private TensorFlow structure: the gradient registry
 ``tensorflow.python.framework.ops._gradient_registry`` (``tf.RegisterGradient``
-refuses to register an op type twice, and an override map would have to reach
-inside tfmot's quantizers, where the forward op is built). It is guarded: if that registry is not
-the shape this module knows, the block runs with TensorFlow's gradient and one
-warning is logged. The original entry is always put back, also when the
-block raises; nested and concurrent blocks (one per replica thread under a
-``MirroredStrategy``) share one swap.
+refuses to register an op type twice, and an override map would have to
+reach inside tfmot's quantizers, where the forward op is built). It is
+guarded: if that registry is not the shape this module knows, the block runs
+with TensorFlow's gradient and one warning is logged. The original entry is
+always put back, also when the block raises; nested and concurrent blocks
+(one per replica thread under a ``MirroredStrategy``) share one swap.
 
 Exactly TensorFlow's semantics, per channel ``c`` (last axis):
 
