@@ -8,7 +8,7 @@ channels and works on one strided column of the kernel at a time
 (``tensorflow/core/kernels/fake_quant_ops_functor.h``). On this project's
 2-core CPU that gradient was the main reason a wrapped MobileNet or
 ResNet50 step cost 3-4x the plain Keras step (``benchmarks/results/zoo.json``
-before this module: 3.7x and 4.2x; after: 2.0x and 1.3x). The same maths
+before this module: 3.7x and 4.2x; after: 1.45x and 1.27x). The same maths
 written as whole-tensor ops (one compare per bound, one masked multiply, one
 column reduction per bound) takes a 3x3x512x512 kernel's three gradients in
 11.7 ms instead of TF's 47.8 ms, and ``dx`` alone (all a QAT step keeps:
