@@ -6,7 +6,7 @@ use them are in ``tests/conftest.py``).
 
 import logging as std_logging
 
-from tfedge import keras
+from tfedge import keras, qat_gradients
 
 
 def build_digits_cnn(width: int = 16, name: str = "digits_cnn", keras=keras):
@@ -84,3 +84,17 @@ def compile_residual(model):
     model.compile(keras.optimizers.Adam(2e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
     return model
+
+
+def count_vectorized_gradient(monkeypatch) -> list:
+    """Makes tfedge's per-channel fake-quant gradient record each call; returns the
+    list it appends the op types to (the swap installs the patched function)."""
+    calls = []
+    real = qat_gradients.per_channel_gradient
+
+    def counted(op, grad):
+        calls.append(op.type)
+        return real(op, grad)
+
+    monkeypatch.setattr(qat_gradients, "per_channel_gradient", counted)
+    return calls

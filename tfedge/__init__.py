@@ -30,6 +30,7 @@ _EXPORTS = {
     "tfedge.prune": ["PruneConfig", "PolynomialDecay", "ConstantSparsity", "sparsity_report",
                      "SparsityReport"],
     "tfedge.quantize": ["QATConfig", "QuantizationPlan"],
+    "tfedge.qat_gradients": ["vectorized_per_channel_gradient"],
     "tfedge.prepare": ["prepare_model", "PreparationReport"],
     "tfedge.distill": ["DistillConfig"],
     "tfedge.cluster": ["ClusterConfig"],

@@ -48,7 +48,7 @@ from tfedge import keras3 as keras3_lib
 from tfedge import lowrank as lowrank_lib
 from tfedge import prepare as prepare_lib
 from tfedge import prune as prune_lib
-from tfedge import qat_ranges
+from tfedge import qat_gradients, qat_ranges
 from tfedge import quantize as quantize_lib
 from tfedge.phases import fresh_optimizer, merge_histories, plan_phases
 from tfedge._keras import is_keras3_model, keras
@@ -387,12 +387,17 @@ class EdgeModel(keras.Model):
         return results
 
     def train_step(self, data):
-        if self._distillation is None:
-            return super().train_step(data)
-        with tf.GradientTape() as tape:
-            y_pred, terms, y, sample_weight = self._distill_step(data, training=True)
-        variables = self.trainable_variables + self._distillation.trainable_variables
-        grads = tape.gradient(terms["loss"], variables)
+        # tfmot's per-channel kernel fake-quant differentiates with whole-tensor
+        # ops inside this step only (TF's gradient loops over channels; see
+        # tfedge.qat_gradients): fit traces the step, and the gradient is looked
+        # up while tape.gradient traces.
+        with qat_gradients.vectorized_per_channel_gradient():
+            if self._distillation is None:
+                return super().train_step(data)
+            with tf.GradientTape() as tape:
+                y_pred, terms, y, sample_weight = self._distill_step(data, training=True)
+            variables = self.trainable_variables + self._distillation.trainable_variables
+            grads = tape.gradient(terms["loss"], variables)
         self.optimizer.apply_gradients(
             [(g, v) for g, v in zip(grads, variables) if g is not None])
         return self._distill_results(y, y_pred, sample_weight, terms)

@@ -1,19 +1,21 @@
 """QAT: int8 TFLite matches the QAT Keras model, BatchNorm folds, unsupported layers are named."""
 
+import contextlib
 import logging
 
 import numpy as np
 import pytest
 
 import tfedge
-from tfedge import keras
+from tfedge import keras, qat_gradients
 from tfedge.errors import UnsupportedModelError
 from tfedge.quantize import QATConfig, apply_qat, is_quantization_aware
 
 import tensorflow_model_optimization as tfmot
+from tensorflow.python.framework import ops as tf_ops
 from tf_keras.src.applications.convnext import LayerScale
 
-from tests.helpers import compile_for_digits
+from tests.helpers import build_digits_cnn, compile_for_digits, count_vectorized_gradient
 
 _quantizers = tfmot.quantization.keras.quantizers
 
@@ -220,3 +222,45 @@ def test_keras_applications_private_layer_survives_tfmot_round_trip(caplog):
     assert isinstance(scale, LayerScale)
     x = np.random.default_rng(0).random((2, 8, 8, 3), np.float32)
     assert qat(x).shape == (2, 4)
+
+
+def _train_function_op_types(edge) -> set:
+    """Every op type in the traced train step, the function library included."""
+    types = set()
+    for concrete in edge.train_function._list_all_concrete_functions():
+        graph_def = concrete.graph.as_graph_def()
+        types |= {node.op for node in graph_def.node}
+        types |= {node.op for f in graph_def.library.function for node in f.node_def}
+    return types
+
+
+def _qat_fit(x, y, teacher=None):
+    keras.utils.set_random_seed(0)
+    edge = compile_for_digits(tfedge.wrap(build_digits_cnn(), quantize=True, teacher=teacher))
+    edge.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
+    return edge
+
+
+def test_wrapped_qat_step_uses_the_vectorized_kernel_gradient_and_trains_alike(
+        digits, monkeypatch):
+    (x, y), _ = digits
+    x, y = x[:320], y[:320]
+    tf_gradient = tf_ops._gradient_registry.lookup(qat_gradients.OP_TYPE)
+    calls = count_vectorized_gradient(monkeypatch)
+    fast = _qat_fit(x, y)
+    traces = len(fast.train_function._list_all_concrete_functions())
+    assert len(calls) == 2 * traces  # the two Conv2D kernels, in each trace of the step
+    types = _train_function_op_types(fast)
+    assert qat_gradients.OP_TYPE in types
+    assert "FakeQuantWithMinMaxVarsPerChannelGradient" not in types
+    assert tf_ops._gradient_registry.lookup(qat_gradients.OP_TYPE) is tf_gradient
+
+    calls.clear()  # the distillation step (its own tape) uses it too
+    distilled = _qat_fit(x, y, teacher=build_digits_cnn(name="teacher"))
+    assert len(calls) == 2 * len(distilled.train_function._list_all_concrete_functions())
+
+    monkeypatch.setattr(qat_gradients, "vectorized_per_channel_gradient", contextlib.nullcontext)
+    slow = _qat_fit(x, y)  # TF's own gradient
+    assert "FakeQuantWithMinMaxVarsPerChannelGradient" in _train_function_op_types(slow)
+    for a, b in zip(fast.network.get_weights(), slow.network.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)  # dx is exact: equal runs
