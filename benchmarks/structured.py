@@ -62,7 +62,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import tfedge  # noqa: E402
-from tfedge import channel_prune, channels, keras  # noqa: E402
+from tfedge import channel_budget, channel_prune, channels, keras  # noqa: E402
 from tfedge.data import load_digits  # noqa: E402
 from tfedge.report import format_table, write_json  # noqa: E402
 
@@ -169,9 +169,7 @@ def fraction_for_instructions(model: Any, ratio: float, target: str, multiple: i
     scores = channel_prune.channel_scores(graph)
 
     def count(m):
-        report = tfedge.bench(tfedge.convert(m, calibration), target=[target], runs=1,
-                              warmup=0, emulation_runs=1)
-        return report.target(target).instructions
+        return channel_budget.int8_instructions(m, calibration, [target]).instructions[target]
 
     base = count(model)
     lo, hi, reached = 0.0, 0.95, None

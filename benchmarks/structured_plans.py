@@ -29,9 +29,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-import tfedge  # noqa: E402
-from tfedge import channel_prune, channels, keras  # noqa: E402
+from tfedge import channel_budget, channel_prune, channels, keras  # noqa: E402
 from tfedge.report import format_table, write_json  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -53,23 +51,13 @@ EARLY = {"e1": ["block_1_expand", "block_2_expand", "block_3_expand"],
          "e3": ["block_7_expand", "block_8_expand", "block_9_expand", "block_10_expand"]}
 
 
-def instructions(model: Any, calibration: Any, sizes: dict[int, int] | None = None
-                 ) -> dict[str, int]:
-    """Emulated instructions per target of ``model``'s int8 conversion (its file size
-    into ``sizes[id(model)]`` when given)."""
-    artifact = tfedge.convert(model, calibration)
-    if sizes is not None:
-        sizes[id(model)] = artifact.size_bytes
-    report = tfedge.bench(artifact, target=TARGETS, runs=1, warmup=0, emulation_runs=1)
-    return {t.target: t.instructions for t in report.targets}
-
-
 def stages(model: Any, calibration: Any) -> list[dict[str, Any]]:
     """Instructions and MACs per stage (differences of truncated models)."""
     rows, previous, previous_macs = [], {t: 0 for t in TARGETS}, 0
     for stage, last in STAGES:
         part = model if last is None else keras.Model(model.input, model.get_layer(last).output)
-        counts, macs = instructions(part, calibration), channels.keras_macs(part)
+        counts = channel_budget.int8_instructions(part, calibration, TARGETS).instructions
+        macs = channels.keras_macs(part)
         rows.append({"stage": stage, "macs": macs - previous_macs,
                      "instructions": {t: counts[t] - previous[t] for t in TARGETS}})
         previous, previous_macs = counts, macs
@@ -161,9 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     calibration = x[:32]
     keras.utils.set_random_seed(0)
     dense = mobilenet_v2(0.35, "mobilenet_v2_dense")
-    sizes: dict[int, int] = {}
-    base = instructions(dense, calibration, sizes)
-    base_size = sizes[id(dense)]
+    dense_count = channel_budget.int8_instructions(dense, calibration, TARGETS)
+    base, base_size = dense_count.instructions, dense_count.size_bytes
     dense_macs = channels.keras_macs(dense)
     result: dict[str, Any] = {"dense": {"macs": dense_macs, "instructions": base,
                                         "size_bytes": base_size},
@@ -177,14 +164,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, plan, multiple, reached in itertools.islice(
                 candidates(dense, args), args.limit):
             narrow = rebuilt(dense, plan, multiple)
-            counts = instructions(narrow, calibration, sizes)
+            count = channel_budget.int8_instructions(narrow, calibration, TARGETS)
+            counts, size = count.instructions, count.size_bytes
             ratios = {t: counts[t] / base[t] for t in TARGETS}
             plans.append({"name": name, "fractions": plan, "channel_multiple": multiple,
                           "macs_ratio": reached, "instructions": counts, "ratios": ratios,
-                          "size_ratio": sizes[id(narrow)] / base_size,
+                          "size_ratio": size / base_size,
                           "worst": max(ratios.values())})
             print(f"[plans {time.strftime('%H:%M:%S')}] {name}: MACs {reached:.3f}x, "
-                  f"int8 size {sizes[id(narrow)] / base_size:.3f}x, "
+                  f"int8 size {size / base_size:.3f}x, "
                   + ", ".join(f"{t} {r:.3f}x" for t, r in ratios.items()),
                   file=sys.stderr, flush=True)
         plans.sort(key=lambda p: p["worst"])
