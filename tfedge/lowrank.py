@@ -19,8 +19,8 @@ keeping ``energy`` of the squared singular values), from a MAC budget
 at most half its MACs), or is given per layer (``ranks={"Conv_1": 32}``:
 e.g. a channel-pruned MobileNetV2's wide head conv, whose weights are much
 of the int8 file). A layer whose factorization would not lower its MACs is
-left alone (and reported); an explicit rank that would not is an error. The SVD is NumPy's; the rebuilt graph is
-plain Keras layers.
+left alone (and reported); an explicit rank that would not is an error.
+The SVD is NumPy's; the rebuilt graph is plain Keras layers.
 
 Example:
 
