@@ -62,7 +62,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import tfedge  # noqa: E402
-from tfedge import channel_budget, channel_prune, channels, keras  # noqa: E402
+from tfedge import channel_budget, channel_prune, channels, keras, lowrank  # noqa: E402
 from tfedge.data import load_digits  # noqa: E402
 from tfedge.report import format_table, write_json  # noqa: E402
 
@@ -124,16 +124,28 @@ def compile_(model: Any, lr: float, decay_steps: int | None = None) -> Any:
     return model
 
 
-def fine_tune(model: Any, x: Any, y: Any, epochs: int, lr: float, teacher: Any = None) -> Any:
+def fine_tune(model: Any, x: Any, y: Any, epochs: int, lr: float, teacher: Any = None,
+              **phases: Any) -> Any:
     """``epochs`` of training with a cosine-decayed learning rate, distilled
-    from ``teacher`` (``tfedge.wrap(model, teacher=...)``) when one is given."""
+    from ``teacher`` (``tfedge.wrap(model, teacher=...)``) when one is given;
+    ``phases`` are more ``tfedge.wrap`` phases (``factorize=``, ``quantize=``)."""
     steps = -(-len(x) // 32) * epochs
-    if teacher is None:
+    if teacher is None and not phases:
         compile_(model, lr, steps).fit(x, y, epochs=epochs, batch_size=32, verbose=0)
         return model
-    edge = compile_(tfedge.wrap(model, teacher=teacher), lr, steps)
+    edge = compile_(tfedge.wrap(model, teacher=teacher, **phases), lr, steps)
     edge.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
     return edge.finish()
+
+
+def parse_ranks(spec: str) -> dict[str, int]:
+    """``"Conv_1=32,block_16_project=8"`` -> ``{"Conv_1": 32, "block_16_project": 8}``
+    (``LowRankConfig(ranks=)``; the config checks the ranks, ``factorize`` the names)."""
+    try:
+        return {k: int(v) for k, v in (item.split("=") for item in spec.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{spec!r}: give LAYER=RANK[,LAYER=RANK...], e.g. "
+                                         "Conv_1=32") from None
 
 
 def scratch_width(spec: dict[str, Any], target_macs: float) -> tuple[Any, int]:
@@ -263,10 +275,8 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
             importance=args.importance, channel_multiple=multiple, fractions=plan),
             teacher="self" if args.distill else None), tune_lr)
         edge.fit(x, y, epochs=prune_epochs + masked, **fit)
-        model = edge.finish()
+        narrow = edge.finish()
         extra[name] = edge.channel_report().to_dict()
-        if rebuilt:  # the narrow model trains faster than the masked full-width one
-            model = fine_tune(model, x, y, rebuilt, tune_lr, dense if args.distill else None)
         fixed = dict(args.channel_fixed)
         others = next((v for k, v in (plan or {}).items() if k not in fixed), 0.0)
         held = (f"; held: {', '.join(f'{k} {v:g}' for k, v in fixed.items())}, the others "
@@ -275,11 +285,39 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
             held = "; per group: " + ", ".join(f"{k} {v:g}" for k, v in plan.items())
         tiles = (f"{multiple}" if not isinstance(multiple, dict) else "per group: " + ", ".join(
             f"{k} {v}" for k, v in multiple.items()))
-        variants[name] = (
-            model, tfedge.convert(model, calibration),
-            f"fraction {fraction:.3f} ({args.importance}, channels kept in multiples of "
-            f"{tiles}{held}); {recipe}; {epochs + extra_epochs} epochs in all")
-        log(f"{name} done (fraction {fraction:.3f}, reached {reached:.3f}x)")
+        note = (f"fraction {fraction:.3f} ({args.importance}, channels kept in multiples of "
+                f"{tiles}{held}); {recipe}; {epochs + extra_epochs} epochs in all")
+        # the same pruned model fine-tuned as it is and factorized (--factorize), each from
+        # the same seed, then optionally QAT (--qat-epochs)
+        for ranks in [None] + args.factorize:
+            model = keras.models.clone_model(narrow)
+            model.set_weights(narrow.get_weights())
+            label, factorize = name, None
+            if ranks:
+                factorize = tfedge.LowRankConfig(ranks=ranks)
+                label += " + low-rank " + ", ".join(f"{k} r{v}" for k, v in ranks.items())
+                extra[label] = lowrank.factorize(model, factorize)[1].to_dict()
+            keras.utils.set_random_seed(0)
+            if rebuilt:  # the narrow model trains faster than the masked full-width one
+                model = fine_tune(model, x, y, rebuilt, tune_lr,
+                                  dense if args.distill else None, factorize=factorize)
+            elif factorize:
+                raise SystemExit("--factorize needs --rebuilt-epochs: the factors are "
+                                 "fine-tuned with the rebuilt narrow model.")
+            lowrank_note = ("; then factorized (" + ", ".join(
+                f"{k} rank {v}" for k, v in ranks.items()) + ", SVD) before the rebuilt "
+                "fine-tune" if ranks else "")
+            variants[label] = (model, tfedge.convert(model, calibration),
+                               note + lowrank_note)
+            log(f"{label} done (fraction {fraction:.3f}, reached {reached:.3f}x)")
+            if args.qat_epochs:
+                qat = fine_tune(model, x, y, args.qat_epochs, tune_lr * args.qat_lr,
+                                dense if args.distill else None, quantize=True)
+                variants[f"{label} + QAT"] = (
+                    qat, tfedge.convert(qat), note + lowrank_note + f"; then {args.qat_epochs} "
+                    f"QAT epochs (int8, lr {tune_lr * args.qat_lr:g} cosine"
+                    + (", distilled" if args.distill else "") + "), converted from its ranges")
+                log(f"{label} + QAT done")
 
     if "lowrank" in args.variants and not args.skip_lowrank:
         keras.utils.set_random_seed(0)
@@ -529,6 +567,15 @@ def main(argv: list[str] | None = None) -> int:
                              "structured_plans.py --search result (best first).")
     parser.add_argument("--channel-plans-top", type=int, default=1,
                         help="How many of --channel-plans' plans to train.")
+    parser.add_argument("--factorize", nargs="+", type=parse_ranks, default=[],
+                        metavar="LAYER=RANK[,LAYER=RANK]",
+                        help="Also each channel variant factorized at these ranks "
+                             "(LowRankConfig(ranks=)) after pruning and before the rebuilt "
+                             "fine-tune, one variant per value, e.g. Conv_1=32.")
+    parser.add_argument("--qat-epochs", type=int, default=0,
+                        help="Also each channel variant after this many QAT epochs (int8).")
+    parser.add_argument("--qat-lr", type=float, default=0.25,
+                        help="QAT learning rate as a share of the fine-tune one.")
     parser.add_argument("--no-uniform", action="store_true",
                         help="Skip the uniform-fraction channel variants (keep --channel-fixed "
                              "and --instructions ones).")
