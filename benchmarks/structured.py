@@ -148,6 +148,11 @@ def parse_ranks(spec: str) -> dict[str, int]:
                                          "Conv_1=32") from None
 
 
+def ranks_label(ranks: dict[str, int]) -> str:
+    """How a variant factorized at ``ranks`` is named: ``" + low-rank Conv_1 r32"``."""
+    return " + low-rank " + ", ".join(f"{k} r{v}" for k, v in ranks.items())
+
+
 def scratch_width(spec: dict[str, Any], target_macs: float) -> tuple[Any, int]:
     """The width of the family's architecture whose MACs are closest to the target."""
     best = None
@@ -295,7 +300,7 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
             label, factorize = name, None
             if ranks:
                 factorize = tfedge.LowRankConfig(ranks=ranks)
-                label += " + low-rank " + ", ".join(f"{k} r{v}" for k, v in ranks.items())
+                label += ranks_label(ranks)
                 extra[label] = lowrank.factorize(model, factorize)[1].to_dict()
             keras.utils.set_random_seed(0)
             if rebuilt:  # the narrow model trains faster than the masked full-width one

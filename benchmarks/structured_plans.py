@@ -14,14 +14,23 @@ aarch64 build under qemu, exact instructions per inference).
   MAC target by ``channel_prune.fractions_for_macs``), kept when their MACs
   fall in ``--macs-window``, ranked by the worse of their rpi4 / rpi5
   instruction ratios to dense int8.
+* ``--plan JSON [--plan-index N] --factorize LAYER=RANK ...``: one plan of a
+  search result, alone and with layers factorized at explicit ranks
+  (``LowRankConfig(ranks=)``, one variant per value): MACs, int8 file and
+  instructions against dense int8. The plan's Conv_1 (960 channels from 96)
+  holds much of its file; low-rank Conv_1 shrinks it
+  (``structured_plans_lowrank.json``).
 
     python benchmarks/structured_plans.py --stages --search
+    python benchmarks/structured_plans.py --plan benchmarks/results/structured_plans.json \
+        --factorize Conv_1=16 Conv_1=32 Conv_1=48 --out .../structured_plans_lowrank.json
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import sys
 import time
@@ -29,11 +38,12 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfedge import channel_budget, channel_prune, channels, keras  # noqa: E402
+import tfedge  # noqa: E402
+from tfedge import channel_budget, channel_prune, channels, keras, lowrank  # noqa: E402
 from tfedge.report import format_table, write_json  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from structured import digits_at, mobilenet_v2  # noqa: E402
+from structured import digits_at, mobilenet_v2, parse_ranks, ranks_label  # noqa: E402
 
 TARGETS = ["rpi4", "rpi5"]
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "structured_plans.json")
@@ -112,6 +122,37 @@ def rebuilt(model: Any, plan: dict[str, float], multiple: Any) -> Any:
     return channel_prune.rebuild(graph, removed)
 
 
+def measured(model: Any, calibration: Any, dense: dict[str, Any]) -> dict[str, Any]:
+    """MACs, int8 file and instructions of ``model``, and their ratios to ``dense``'s."""
+    count = channel_budget.int8_instructions(model, calibration, TARGETS)
+    ratios = {t: count.instructions[t] / dense["instructions"][t] for t in TARGETS}
+    macs = channels.keras_macs(model)
+    return {"macs": macs, "macs_ratio": macs / dense["macs"], "size_bytes": count.size_bytes,
+            "size_ratio": count.size_bytes / dense["size_bytes"],
+            "instructions": count.instructions, "ratios": ratios, "worst": max(ratios.values())}
+
+
+def evaluate(dense: Any, plan: dict[str, Any], factorize: list[dict[str, int]],
+             calibration: Any, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plan's rebuilt model alone, then with each rank set of ``factorize``."""
+    narrow = rebuilt(dense, plan["fractions"], plan["channel_multiple"])
+    rows = []
+    for ranks in [None] + factorize:
+        model, report = narrow, None
+        if ranks:
+            model, report = lowrank.factorize(narrow, tfedge.LowRankConfig(ranks=ranks))
+        name = plan["name"] + (ranks_label(ranks) if ranks else "")
+        row = {"name": name, "ranks": ranks, **measured(model, calibration, base),
+               "factorization": report.to_dict() if report else None,
+               "layers": {k: list(narrow.get_layer(k).kernel.shape) for k in ranks or {}}}
+        rows.append(row)
+        print(f"[plans {time.strftime('%H:%M:%S')}] {name}: MACs {row['macs_ratio']:.3f}x, "
+              f"int8 size {row['size_ratio']:.3f}x, "
+              + ", ".join(f"{t} {r:.3f}x" for t, r in row["ratios"].items()),
+              file=sys.stderr, flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,6 +181,15 @@ def main(argv: list[str] | None = None) -> int:
                            "(24..112 channels at 12x12 and below).")
     grid.add_argument("--early-multiple", nargs="+", type=int, default=[8, 16],
                       help="Channel multiple of the e1 / e2 expansions.")
+    parser.add_argument("--plan", default=None, metavar="JSON",
+                        help="Evaluate one plan of a --search result (alone and with "
+                             "--factorize).")
+    parser.add_argument("--plan-index", type=int, default=0,
+                        help="Which of --plan's plans (best first).")
+    parser.add_argument("--factorize", nargs="+", type=parse_ranks, default=[],
+                        metavar="LAYER=RANK[,LAYER=RANK]",
+                        help="With --plan: the plan also factorized at these ranks, one "
+                             "variant per value, e.g. Conv_1=32.")
     parser.add_argument("--stage-top", type=int, default=2,
                         help="Per-stage breakdown of the best N plans found.")
     parser.add_argument("--out", default=OUT)
@@ -150,10 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     keras.utils.set_random_seed(0)
     dense = mobilenet_v2(0.35, "mobilenet_v2_dense")
     dense_count = channel_budget.int8_instructions(dense, calibration, TARGETS)
-    base, base_size = dense_count.instructions, dense_count.size_bytes
-    dense_macs = channels.keras_macs(dense)
-    result: dict[str, Any] = {"dense": {"macs": dense_macs, "instructions": base,
-                                        "size_bytes": base_size},
+    result: dict[str, Any] = {"dense": {"macs": channels.keras_macs(dense),
+                                        "instructions": dense_count.instructions,
+                                        "size_bytes": dense_count.size_bytes},
                               "targets": TARGETS, "settings": {
                                   k: v for k, v in vars(args).items() if k != "out"}}
     if args.stages:
@@ -163,17 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         plans = []
         for name, plan, multiple, reached in itertools.islice(
                 candidates(dense, args), args.limit):
-            narrow = rebuilt(dense, plan, multiple)
-            count = channel_budget.int8_instructions(narrow, calibration, TARGETS)
-            counts, size = count.instructions, count.size_bytes
-            ratios = {t: counts[t] / base[t] for t in TARGETS}
+            row = measured(rebuilt(dense, plan, multiple), calibration, result["dense"])
             plans.append({"name": name, "fractions": plan, "channel_multiple": multiple,
-                          "macs_ratio": reached, "instructions": counts, "ratios": ratios,
-                          "size_ratio": size / base_size,
-                          "worst": max(ratios.values())})
+                          **row})
             print(f"[plans {time.strftime('%H:%M:%S')}] {name}: MACs {reached:.3f}x, "
-                  f"int8 size {size / base_size:.3f}x, "
-                  + ", ".join(f"{t} {r:.3f}x" for t, r in ratios.items()),
+                  f"int8 size {row['size_ratio']:.3f}x, "
+                  + ", ".join(f"{t} {r:.3f}x" for t, r in row["ratios"].items()),
                   file=sys.stderr, flush=True)
         plans.sort(key=lambda p: p["worst"])
         for p in plans[:args.stage_top] if args.stages else ():
@@ -186,6 +230,17 @@ def main(argv: list[str] | None = None) -> int:
                             + [f"{p['ratios'][t]:.3f}" for t in TARGETS] for p in plans],
                            title="channel plans by emulated int8 instructions (untrained, "
                                  "ratios to dense int8)"))
+    if args.plan:
+        with open(args.plan) as f:
+            plan = json.load(f)["plans"][args.plan_index]
+        result["evaluated"] = evaluate(dense, plan, args.factorize, calibration,
+                                       result["dense"])
+        print(format_table(["variant", "MACs x", "size x"] + [f"{t} instr x" for t in TARGETS],
+                           [[r["name"], f"{r['macs_ratio']:.3f}", f"{r['size_ratio']:.3f}"]
+                            + [f"{r['ratios'][t]:.3f}" for t in TARGETS]
+                            for r in result["evaluated"]],
+                           title="plan and low-rank factorization (untrained, ratios to "
+                                 "dense int8)"))
     result["seconds"] = time.time() - start
     write_json(args.out, result)
     print(f"wrote {os.path.relpath(args.out)} ({result['seconds']:.0f} s)")
