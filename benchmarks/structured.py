@@ -38,6 +38,11 @@ rounds that variant's groups per group). ``--channel-plans JSON`` trains
 the best plans of a ``structured_plans.py --search`` (plans chosen by the
 emulated instructions of the untrained rebuilt model;
 ``structured_plan50.json``), ``--no-uniform`` skips the uniform variants.
+``--factorize Conv_1=32`` also trains each channel variant with layers
+factorized at explicit ranks (``LowRankConfig(ranks=)``) between the
+pruning and the rebuilt fine-tune, from the same pruned model and seed, and
+``--qat-epochs N`` adds a QAT sibling of each
+(``structured_plan50_lowrank.json``).
 ``--detector`` runs the
 recipe's detector (``structured_detector.json``); ``--detector-box-mask``
 distils its boxes only on the anchors the teacher detects.
