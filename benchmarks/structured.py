@@ -220,7 +220,7 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
     variants: dict[str, tuple[Any, Any, str]] = {}  # name -> (keras model, artifact, note)
     extra: dict[str, Any] = {}
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(args.seed)
     dense = compile_(spec["build"](spec["width"], f"{family}_dense"), lr, steps)
     t = time.time()
     dense.fit(x, y, epochs=epochs, **fit)
@@ -231,7 +231,7 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
 
     tune_lr = lr / 4
     for sparsity in (0.5, 0.75) if "unstructured" in args.variants else ():
-        keras.utils.set_random_seed(0)
+        keras.utils.set_random_seed(args.seed)
         edge = compile_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
             sparsity, end_epoch=prune_epochs)), tune_lr)
         edge.fit(x, y, epochs=prune_epochs + tune_epochs, **fit)
@@ -279,7 +279,7 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
               + (" (distilled from the dense model)" if args.distill else ""))
     extra_epochs = prune_epochs + masked + rebuilt
     for name, (fraction, reached), multiple, plan in searches:
-        keras.utils.set_random_seed(0)
+        keras.utils.set_random_seed(args.seed)
         edge = compile_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
             fraction, structure="channel", end_epoch=prune_epochs,
             importance=args.importance, channel_multiple=multiple, fractions=plan),
@@ -307,7 +307,7 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
                 factorize = tfedge.LowRankConfig(ranks=ranks)
                 label += ranks_label(ranks)
                 extra[label] = lowrank.factorize(model, factorize)[1].to_dict()
-            keras.utils.set_random_seed(0)
+            keras.utils.set_random_seed(args.seed)
             if rebuilt:  # the narrow model trains faster than the masked full-width one
                 model = fine_tune(model, x, y, rebuilt, tune_lr,
                                   dense if args.distill else None, factorize=factorize)
@@ -330,7 +330,7 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
                 log(f"{label} + QAT done")
 
     if "lowrank" in args.variants and not args.skip_lowrank:
-        keras.utils.set_random_seed(0)
+        keras.utils.set_random_seed(args.seed)
         edge = compile_(tfedge.wrap(dense, factorize=tfedge.LowRankConfig(macs=0.5)), tune_lr)
         edge.fit(x, y, epochs=tune_epochs + 1, **fit)
         model = edge.finish()
@@ -349,7 +349,7 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
     for ratio in args.scratch_macs if "scratch" in args.variants else ():
         width, macs = scratch_width(spec, ratio * dense_macs)
         for n_epochs, distilled in scratch_runs:
-            keras.utils.set_random_seed(0)
+            keras.utils.set_random_seed(args.seed)
             model = spec["build"](width, f"{family}_w{width}")
             if distilled:
                 model = fine_tune(model, x, y, n_epochs, lr, dense)
@@ -586,6 +586,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="Also each channel variant after this many QAT epochs (int8).")
     parser.add_argument("--qat-lr", type=float, default=0.25,
                         help="QAT learning rate as a share of the fine-tune one.")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="Seed of every model family variant (dense, pruned, scratch): "
+                             "another seed repeats the comparison on other initial weights "
+                             "and data orders.")
     parser.add_argument("--no-uniform", action="store_true",
                         help="Skip the uniform-fraction channel variants (keep --channel-fixed "
                              "and --instructions ones).")
