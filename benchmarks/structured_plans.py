@@ -43,7 +43,8 @@ from tfedge import channel_budget, channel_prune, channels, keras, lowrank  # no
 from tfedge.report import format_table, write_json  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from structured import digits_at, mobilenet_v2, parse_ranks, ranks_label  # noqa: E402
+from structured_models import (FACTORIZE_ARGUMENT, digits_at, mobilenet_v2,  # noqa: E402
+                               progress, ranks_label)
 
 TARGETS = ["rpi4", "rpi5"]
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "structured_plans.json")
@@ -132,6 +133,12 @@ def measured(model: Any, calibration: Any, dense: dict[str, Any]) -> dict[str, A
             "instructions": count.instructions, "ratios": ratios, "worst": max(ratios.values())}
 
 
+def log_plan(name: str, macs_ratio: float, row: dict[str, Any]) -> None:
+    """One progress line of a plan measured: its MACs, int8 size and instruction ratios."""
+    progress("plans")(f"{name}: MACs {macs_ratio:.3f}x, int8 size {row['size_ratio']:.3f}x, "
+                      + ", ".join(f"{t} {r:.3f}x" for t, r in row["ratios"].items()))
+
+
 def evaluate(dense: Any, plan: dict[str, Any], factorize: list[dict[str, int]],
              calibration: Any, base: dict[str, Any]) -> list[dict[str, Any]]:
     """The plan's rebuilt model alone, then with each rank set of ``factorize``."""
@@ -146,10 +153,7 @@ def evaluate(dense: Any, plan: dict[str, Any], factorize: list[dict[str, int]],
                "factorization": report.to_dict() if report else None,
                "layers": {k: list(narrow.get_layer(k).kernel.shape) for k in ranks or {}}}
         rows.append(row)
-        print(f"[plans {time.strftime('%H:%M:%S')}] {name}: MACs {row['macs_ratio']:.3f}x, "
-              f"int8 size {row['size_ratio']:.3f}x, "
-              + ", ".join(f"{t} {r:.3f}x" for t, r in row["ratios"].items()),
-              file=sys.stderr, flush=True)
+        log_plan(name, row["macs_ratio"], row)
     return rows
 
 
@@ -186,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                              "--factorize).")
     parser.add_argument("--plan-index", type=int, default=0,
                         help="Which of --plan's plans (best first).")
-    parser.add_argument("--factorize", nargs="+", type=parse_ranks, default=[],
-                        metavar="LAYER=RANK[,LAYER=RANK]",
+    parser.add_argument("--factorize", **FACTORIZE_ARGUMENT,
                         help="With --plan: the plan also factorized at these ranks, one "
                              "variant per value, e.g. Conv_1=32.")
     parser.add_argument("--stage-top", type=int, default=2,
@@ -215,10 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             row = measured(rebuilt(dense, plan, multiple), calibration, result["dense"])
             plans.append({"name": name, "fractions": plan, "channel_multiple": multiple,
                           **row})
-            print(f"[plans {time.strftime('%H:%M:%S')}] {name}: MACs {reached:.3f}x, "
-                  f"int8 size {row['size_ratio']:.3f}x, "
-                  + ", ".join(f"{t} {r:.3f}x" for t, r in row["ratios"].items()),
-                  file=sys.stderr, flush=True)
+            log_plan(name, reached, row)
         plans.sort(key=lambda p: p["worst"])
         for p in plans[:args.stage_top] if args.stages else ():
             p["stages"] = stages(rebuilt(dense, p["fractions"], p["channel_multiple"]),
