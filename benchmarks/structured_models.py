@@ -84,7 +84,9 @@ def fine_tune(model: Any, x: Any, y: Any, epochs: int, lr: float, teacher: Any =
               **phases: Any) -> Any:
     """``epochs`` of training with a cosine-decayed learning rate, distilled
     from ``teacher`` (``tfedge.wrap(model, teacher=...)``) when one is given;
-    ``phases`` are more ``tfedge.wrap`` phases (``factorize=``, ``quantize=``)."""
+    ``phases`` are more ``tfedge.wrap`` phases (``factorize=``, ``quantize=``);
+    one given as None is left out (a plain fine-tune when none is left)."""
+    phases = {k: v for k, v in phases.items() if v is not None}
     steps = -(-len(x) // 32) * epochs
     if teacher is None and not phases:
         compile_(model, lr, steps).fit(x, y, epochs=epochs, batch_size=32, verbose=0)
