@@ -38,6 +38,11 @@ rounds that variant's groups per group). ``--channel-plans JSON`` trains
 the best plans of a ``structured_plans.py --search`` (plans chosen by the
 emulated instructions of the untrained rebuilt model;
 ``structured_plan50.json``), ``--no-uniform`` skips the uniform variants.
+``--factorize Conv_1=32`` also trains each channel variant with layers
+factorized at explicit ranks (``LowRankConfig(ranks=)``) between the
+pruning and the rebuilt fine-tune, from the same pruned model and seed, and
+``--qat-epochs N`` adds a QAT sibling of each
+(``structured_plan50_lowrank.json``).
 ``--detector`` runs the
 recipe's detector (``structured_detector.json``); ``--detector-box-mask``
 distils its boxes only on the anchors the teacher detects.
@@ -50,7 +55,6 @@ distils its boxes only on the anchors the teacher detects.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -59,91 +63,18 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-
 import tfedge  # noqa: E402
-from tfedge import channel_prune, channels, keras  # noqa: E402
-from tfedge.data import load_digits  # noqa: E402
+from tfedge import channel_budget, channel_prune, channels, keras, lowrank  # noqa: E402
 from tfedge.report import format_table, write_json  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compression import digits_cnn  # noqa: E402
+from structured_detector import run_detector  # noqa: E402
+from structured_models import (FACTORIZE_ARGUMENT, FAMILIES, TARGETS, bench_fields,  # noqa: E402
+                               compile_, fast_batchnorm, fine_tune, progress, ranks_label,
+                               scratch_width)
 
-TARGETS = ["rpi3", "rpi4", "rpi5"]
 VARIANTS = ("unstructured", "channel", "lowrank", "scratch")
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "structured.json")
-
-
-def fast_batchnorm(model: keras.Model, momentum: float = 0.9) -> keras.Model:
-    """BatchNorm moving statistics that follow a few hundred steps.
-
-    keras.applications builds MobileNetV2 with momentum 0.999: after the ~500
-    steps of a digits run its moving statistics are still near their initial
-    values and the model scores chance (10%) in inference mode.
-    """
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = momentum
-    return model
-
-
-def mobilenet_v2(alpha: float, name: str, size: int = 96) -> keras.Model:
-    model = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha,
-                                           weights=None, classes=10,
-                                           classifier_activation=None)
-    model._name = name
-    return fast_batchnorm(model)
-
-
-def digits_at(size: int):
-    import tensorflow as tf
-
-    (x, y), (x_test, y_test) = load_digits()
-
-    def up(a):
-        return np.repeat(tf.image.resize(a, (size, size), "bilinear").numpy(), 3, axis=-1)
-    return (up(x), y), (up(x_test), y_test)
-
-
-FAMILIES: dict[str, dict[str, Any]] = {
-    "digits_cnn": {"build": digits_cnn, "width": 16, "widths": list(range(4, 17)),
-                   "data": load_digits, "epochs": 15, "lr": 1e-3, "prune_epochs": 4,
-                   "tune_epochs": 4, "multiple": 4},
-    "mobilenet_v2": {"build": mobilenet_v2, "width": 0.35,
-                     "widths": [0.1, 0.15, 0.2, 0.25, 0.3, 0.35],
-                     "data": lambda: digits_at(96), "epochs": 12, "lr": 2e-3,
-                     "prune_epochs": 2, "tune_epochs": 2, "multiple": 16},
-}
-
-
-def compile_(model: Any, lr: float, decay_steps: int | None = None) -> Any:
-    if decay_steps:
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps)
-    model.compile(keras.optimizers.Adam(lr),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
-    return model
-
-
-def fine_tune(model: Any, x: Any, y: Any, epochs: int, lr: float, teacher: Any = None) -> Any:
-    """``epochs`` of training with a cosine-decayed learning rate, distilled
-    from ``teacher`` (``tfedge.wrap(model, teacher=...)``) when one is given."""
-    steps = -(-len(x) // 32) * epochs
-    if teacher is None:
-        compile_(model, lr, steps).fit(x, y, epochs=epochs, batch_size=32, verbose=0)
-        return model
-    edge = compile_(tfedge.wrap(model, teacher=teacher), lr, steps)
-    edge.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
-    return edge.finish()
-
-
-def scratch_width(spec: dict[str, Any], target_macs: float) -> tuple[Any, int]:
-    """The width of the family's architecture whose MACs are closest to the target."""
-    best = None
-    for width in spec["widths"]:
-        macs = channels.keras_macs(spec["build"](width, "probe"))
-        if best is None or abs(macs - target_macs) < abs(best[1] - target_macs):
-            best = (width, macs)
-    return best
 
 
 def fraction_for_macs(model: Any, ratio: float, multiple: int) -> tuple[tuple[float, float], int]:
@@ -169,9 +100,7 @@ def fraction_for_instructions(model: Any, ratio: float, target: str, multiple: i
     scores = channel_prune.channel_scores(graph)
 
     def count(m):
-        report = tfedge.bench(tfedge.convert(m, calibration), target=[target], runs=1,
-                              warmup=0, emulation_runs=1)
-        return report.target(target).instructions
+        return channel_budget.int8_instructions(m, calibration, [target]).instructions[target]
 
     base = count(model)
     lo, hi, reached = 0.0, 0.95, None
@@ -195,12 +124,11 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
     prune_epochs, tune_epochs = spec["prune_epochs"], spec["tune_epochs"]
     steps = -(-len(x) // 32) * epochs
     calibration = x[:300]
-    log = lambda msg: print(f"[{family} {time.strftime('%H:%M:%S')}] {msg}",  # noqa: E731
-                            file=sys.stderr, flush=True)
+    log = progress(family)
     variants: dict[str, tuple[Any, Any, str]] = {}  # name -> (keras model, artifact, note)
     extra: dict[str, Any] = {}
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(args.seed)
     dense = compile_(spec["build"](spec["width"], f"{family}_dense"), lr, steps)
     t = time.time()
     dense.fit(x, y, epochs=epochs, **fit)
@@ -211,7 +139,7 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
 
     tune_lr = lr / 4
     for sparsity in (0.5, 0.75) if "unstructured" in args.variants else ():
-        keras.utils.set_random_seed(0)
+        keras.utils.set_random_seed(args.seed)
         edge = compile_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
             sparsity, end_epoch=prune_epochs)), tune_lr)
         edge.fit(x, y, epochs=prune_epochs + tune_epochs, **fit)
@@ -259,16 +187,14 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
               + (" (distilled from the dense model)" if args.distill else ""))
     extra_epochs = prune_epochs + masked + rebuilt
     for name, (fraction, reached), multiple, plan in searches:
-        keras.utils.set_random_seed(0)
+        keras.utils.set_random_seed(args.seed)
         edge = compile_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
             fraction, structure="channel", end_epoch=prune_epochs,
             importance=args.importance, channel_multiple=multiple, fractions=plan),
             teacher="self" if args.distill else None), tune_lr)
         edge.fit(x, y, epochs=prune_epochs + masked, **fit)
-        model = edge.finish()
+        narrow = edge.finish()
         extra[name] = edge.channel_report().to_dict()
-        if rebuilt:  # the narrow model trains faster than the masked full-width one
-            model = fine_tune(model, x, y, rebuilt, tune_lr, dense if args.distill else None)
         fixed = dict(args.channel_fixed)
         others = next((v for k, v in (plan or {}).items() if k not in fixed), 0.0)
         held = (f"; held: {', '.join(f'{k} {v:g}' for k, v in fixed.items())}, the others "
@@ -277,14 +203,42 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
             held = "; per group: " + ", ".join(f"{k} {v:g}" for k, v in plan.items())
         tiles = (f"{multiple}" if not isinstance(multiple, dict) else "per group: " + ", ".join(
             f"{k} {v}" for k, v in multiple.items()))
-        variants[name] = (
-            model, tfedge.convert(model, calibration),
-            f"fraction {fraction:.3f} ({args.importance}, channels kept in multiples of "
-            f"{tiles}{held}); {recipe}; {epochs + extra_epochs} epochs in all")
-        log(f"{name} done (fraction {fraction:.3f}, reached {reached:.3f}x)")
+        note = (f"fraction {fraction:.3f} ({args.importance}, channels kept in multiples of "
+                f"{tiles}{held}); {recipe}; {epochs + extra_epochs} epochs in all")
+        # the same pruned model fine-tuned as it is and factorized (--factorize), each from
+        # the same seed, then optionally QAT (--qat-epochs)
+        for ranks in [None] + args.factorize:
+            model = keras.models.clone_model(narrow)
+            model.set_weights(narrow.get_weights())
+            label, factorize = name, None
+            if ranks:
+                factorize = tfedge.LowRankConfig(ranks=ranks)
+                label += ranks_label(ranks)
+                extra[label] = lowrank.factorize(model, factorize)[1].to_dict()
+            keras.utils.set_random_seed(args.seed)
+            if rebuilt:  # the narrow model trains faster than the masked full-width one
+                model = fine_tune(model, x, y, rebuilt, tune_lr,
+                                  dense if args.distill else None, factorize=factorize)
+            elif factorize:
+                raise SystemExit("--factorize needs --rebuilt-epochs: the factors are "
+                                 "fine-tuned with the rebuilt narrow model.")
+            lowrank_note = ("; then factorized (" + ", ".join(
+                f"{k} rank {v}" for k, v in ranks.items()) + ", SVD) before the rebuilt "
+                "fine-tune" if ranks else "")
+            variants[label] = (model, tfedge.convert(model, calibration),
+                               note + lowrank_note)
+            log(f"{label} done (fraction {fraction:.3f}, reached {reached:.3f}x)")
+            if args.qat_epochs:
+                qat = fine_tune(model, x, y, args.qat_epochs, tune_lr * args.qat_lr,
+                                dense if args.distill else None, quantize=True)
+                variants[f"{label} + QAT"] = (
+                    qat, tfedge.convert(qat), note + lowrank_note + f"; then {args.qat_epochs} "
+                    f"QAT epochs (int8, lr {tune_lr * args.qat_lr:g} cosine"
+                    + (", distilled" if args.distill else "") + "), converted from its ranges")
+                log(f"{label} + QAT done")
 
     if "lowrank" in args.variants and not args.skip_lowrank:
-        keras.utils.set_random_seed(0)
+        keras.utils.set_random_seed(args.seed)
         edge = compile_(tfedge.wrap(dense, factorize=tfedge.LowRankConfig(macs=0.5)), tune_lr)
         edge.fit(x, y, epochs=tune_epochs + 1, **fit)
         model = edge.finish()
@@ -303,7 +257,7 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
     for ratio in args.scratch_macs if "scratch" in args.variants else ():
         width, macs = scratch_width(spec, ratio * dense_macs)
         for n_epochs, distilled in scratch_runs:
-            keras.utils.set_random_seed(0)
+            keras.utils.set_random_seed(args.seed)
             model = spec["build"](width, f"{family}_w{width}")
             if distilled:
                 model = fine_tune(model, x, y, n_epochs, lr, dense)
@@ -328,125 +282,9 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
         check = tfedge.validate(artifact, model, x_test, y_test)
         row = {"family": family, "variant": name, "note": note,
                "tflite_accuracy": check.tflite_accuracy, "keras_accuracy": check.keras_accuracy,
-               "size_bytes": artifact.size_bytes, "macs": bench_report.cost.macs,
-               "host_p50_ms": bench_report.host.latency_ms["p50"],
-               "instructions": {t.target: t.instructions for t in bench_report.targets},
-               "ratios": ratio}
+               **bench_fields(artifact, bench_report, ratio)}
         rows.append(row)
     return rows, {"bench": report.to_dict(), "channel_reports": extra}
-
-
-def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
-    """The recipe's YOLO-style detector (``recipes.detector``) on generated shapes.
-
-    Dense (the recipe's 20 epochs), channel-pruned to ~0.5x MACs (gradual
-    masking, rebuild, fine-tune of the narrow model, both distilled from the
-    dense model: ``DistillConfig(outputs={"boxes": "mse", "scores": "bce"})``,
-    once per ``--detector-multiples`` channel multiple), and the same
-    architecture at the width nearest the first pruned model's MACs trained
-    from scratch for the pruned model's whole epoch budget. Scored by COCO mAP of the int8
-    TFLite body with the recipe's float post-processing.
-    """
-    from recipes import common as recipe_common
-    from recipes import data as data_lib
-    from recipes import detector
-
-    size, epochs, lr = 96, args.detector_epochs, 4e-3
-    prune_epochs, rebuilt = args.detector_prune_epochs, args.detector_rebuilt_epochs
-    data = data_lib.load_detection("shapes", input_size=size, num_train=args.detector_train,
-                                   num_test=300, seed=0)
-    anchors = detector.make_anchors(size, anchor_scale=3.0)
-    train = detector.training_dataset(data, anchors, 32, 0)
-    steps = -(-data.num_train // 32)
-    log = lambda msg: print(f"[detector {time.strftime('%H:%M:%S')}] {msg}",  # noqa: E731
-                            file=sys.stderr, flush=True)
-
-    def build(width, name):
-        return detector.build_detector(data.num_classes, input_size=size, width=width,
-                                       anchor_scale=3.0, name=name)
-
-    def train_(model, n, peak):
-        detector.compile_detector(model, anchors, recipe_common.cosine_schedule(peak, n * steps))
-        model.fit(train, epochs=n, steps_per_epoch=steps, verbose=0)
-        return model
-
-    keras.utils.set_random_seed(0)
-    dense = train_(build(1.0, "detector_dense"), epochs, lr)
-    dense_macs = channels.keras_macs(dense)
-    variants = {"dense int8": (dense, f"width 1.0, {epochs} epochs from scratch")}
-    log("dense trained")
-    # boxes: box numbers (regression) -> mse; scores: class logits trained with a sigmoid
-    # focal loss -> bce (binary KL of the sigmoids at T)
-    # --detector-box-mask t: the boxes' mse only on the anchors the teacher scores above t
-    # (the background anchors' box numbers are never trained by the recipe's GIoU loss)
-    def distill_config(box_mask):
-        masks = {"output_masks": {"boxes": "scores"}, "mask_threshold": box_mask}
-        return tfedge.DistillConfig(temperature=args.detector_temperature,
-                                    alpha=args.detector_alpha,
-                                    outputs={"boxes": "mse", "scores": "bce"},
-                                    output_weights={"scores": args.detector_score_weight},
-                                    **(masks if box_mask else {}))
-
-    total = epochs + prune_epochs + rebuilt
-    channel_reports, reached_ratios = {}, []
-    runs = [(m, b) for m in args.detector_multiples for b in args.detector_box_mask]
-    for multiple, box_mask in runs:
-        distill = distill_config(box_mask)
-        box_note = (f"boxes mse on the anchors the teacher scores > {box_mask:g}"
-                    if box_mask else "boxes mse")
-        # the reachable MAC ratio nearest 0.5 (multiples of 8 jump from 0.31x to 0.54x)
-        options = []
-        for target in (0.5, 0.55):
-            with contextlib.suppress(ValueError):
-                options.append(channel_prune.fraction_for_macs(dense, target, multiple=multiple))
-        fraction, reached = min(options, key=lambda fr: abs(fr[1] - 0.5))
-        keras.utils.set_random_seed(0)
-        edge = train_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
-            fraction, structure="channel", end_epoch=prune_epochs, importance=args.importance,
-            channel_multiple=multiple), teacher="self", distill=distill), prune_epochs, lr / 10)
-        tuned = tfedge.wrap(edge.finish(), teacher=dense, distill=distill)
-        pruned = train_(tuned, rebuilt, lr / 4).finish()
-        name = (f"channel {reached:.2f}x MACs, multiples of {multiple}, distilled"
-                + (f", boxes masked > {box_mask:g}" if box_mask else ""))
-        variants[name] = (
-            pruned, f"fraction {fraction:.3f} ({args.importance}, multiples of {multiple}); "
-            f"+{prune_epochs} prune + {rebuilt} rebuilt fine-tune epochs, both distilled from "
-            f"the dense model ({box_note}, scores bce at T={args.detector_temperature:g}, score "
-            f"weight {args.detector_score_weight:g}, alpha {args.detector_alpha:g}); {total} "
-            "epochs in all")
-        channel_reports[name] = edge.channel_report().to_dict()
-        reached_ratios.append(reached)
-        log(f"channel pruned (multiple {multiple}, fraction {fraction:.3f}, reached "
-            f"{reached:.3f}x)")
-    target = reached_ratios[0] if reached_ratios else 0.5
-    width, macs = min(((w, channels.keras_macs(build(w, "probe")))
-                       for w in (0.5, 0.55, 0.6, 0.65, 0.7, 0.75)),
-                      key=lambda wm: abs(wm[1] - target * dense_macs))
-    keras.utils.set_random_seed(0)
-    variants[f"scratch {macs / dense_macs:.2f}x MACs, {total} epochs"] = (
-        train_(build(width, f"detector_w{width}"), total, lr),
-        f"width {width} ({macs / dense_macs:.3f}x MACs), {total} epochs from scratch")
-    log("scratch trained")
-
-    artifacts = {n: tfedge.convert(m, data.x_calib) for n, (m, _) in variants.items()}
-    report = tfedge.compare(artifacts, target=TARGETS, runs=args.runs, warmup=5,
-                            emulation_runs=1)
-    rows = []
-    for name, bench_report, ratio in zip(artifacts, report.reports, report.ratios()):
-        model, note = variants[name]
-        int8 = detector.evaluate(tfedge.TFLiteRunner(artifacts[name].content).predict(
-            data.test_images, output_names=list(model.output_names)), data, anchors)
-        float_ = detector.evaluate(model.predict(data.test_images, batch_size=64, verbose=0),
-                                   data, anchors)
-        rows.append({"family": "detector", "variant": name, "note": note,
-                     "tflite_accuracy": int8["map50"], "keras_accuracy": float_["map50"],
-                     "int8_map": int8, "float_map": float_,
-                     "size_bytes": artifacts[name].size_bytes, "macs": bench_report.cost.macs,
-                     "host_p50_ms": bench_report.host.latency_ms["p50"],
-                     "instructions": {t.target: t.instructions for t in bench_report.targets},
-                     "ratios": ratio})
-    return rows, {"bench": report.to_dict(), "channel_reports": channel_reports,
-                  "num_train": data.num_train, "test_images": len(data.test_images)}
 
 
 def importance_study(args: argparse.Namespace) -> dict[str, Any]:
@@ -531,6 +369,18 @@ def main(argv: list[str] | None = None) -> int:
                              "structured_plans.py --search result (best first).")
     parser.add_argument("--channel-plans-top", type=int, default=1,
                         help="How many of --channel-plans' plans to train.")
+    parser.add_argument("--factorize", **FACTORIZE_ARGUMENT,
+                        help="Also each channel variant factorized at these ranks "
+                             "(LowRankConfig(ranks=)) after pruning and before the rebuilt "
+                             "fine-tune, one variant per value, e.g. Conv_1=32.")
+    parser.add_argument("--qat-epochs", type=int, default=0,
+                        help="Also each channel variant after this many QAT epochs (int8).")
+    parser.add_argument("--qat-lr", type=float, default=0.25,
+                        help="QAT learning rate as a share of the fine-tune one.")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="Seed of every model family variant (dense, pruned, scratch): "
+                             "another seed repeats the comparison on other initial weights "
+                             "and data orders.")
     parser.add_argument("--no-uniform", action="store_true",
                         help="Skip the uniform-fraction channel variants (keep --channel-fixed "
                              "and --instructions ones).")

@@ -14,14 +14,23 @@ aarch64 build under qemu, exact instructions per inference).
   MAC target by ``channel_prune.fractions_for_macs``), kept when their MACs
   fall in ``--macs-window``, ranked by the worse of their rpi4 / rpi5
   instruction ratios to dense int8.
+* ``--plan JSON [--plan-index N] --factorize LAYER=RANK ...``: one plan of a
+  search result, alone and with layers factorized at explicit ranks
+  (``LowRankConfig(ranks=)``, one variant per value): MACs, int8 file and
+  instructions against dense int8. The plan's Conv_1 (960 channels from 96)
+  holds much of its file; low-rank Conv_1 shrinks it
+  (``structured_plans_lowrank.json``).
 
     python benchmarks/structured_plans.py --stages --search
+    python benchmarks/structured_plans.py --plan benchmarks/results/structured_plans.json \
+        --factorize Conv_1=16 Conv_1=32 Conv_1=48 --out .../structured_plans_lowrank.json
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import sys
 import time
@@ -29,13 +38,13 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
 import tfedge  # noqa: E402
-from tfedge import channel_prune, channels, keras  # noqa: E402
+from tfedge import channel_budget, channel_prune, channels, keras, lowrank  # noqa: E402
 from tfedge.report import format_table, write_json  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from structured import digits_at, mobilenet_v2  # noqa: E402
+from structured_models import (FACTORIZE_ARGUMENT, digits_at, mobilenet_v2,  # noqa: E402
+                               progress, ranks_label)
 
 TARGETS = ["rpi4", "rpi5"]
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "structured_plans.json")
@@ -53,23 +62,13 @@ EARLY = {"e1": ["block_1_expand", "block_2_expand", "block_3_expand"],
          "e3": ["block_7_expand", "block_8_expand", "block_9_expand", "block_10_expand"]}
 
 
-def instructions(model: Any, calibration: Any, sizes: dict[int, int] | None = None
-                 ) -> dict[str, int]:
-    """Emulated instructions per target of ``model``'s int8 conversion (its file size
-    into ``sizes[id(model)]`` when given)."""
-    artifact = tfedge.convert(model, calibration)
-    if sizes is not None:
-        sizes[id(model)] = artifact.size_bytes
-    report = tfedge.bench(artifact, target=TARGETS, runs=1, warmup=0, emulation_runs=1)
-    return {t.target: t.instructions for t in report.targets}
-
-
 def stages(model: Any, calibration: Any) -> list[dict[str, Any]]:
     """Instructions and MACs per stage (differences of truncated models)."""
     rows, previous, previous_macs = [], {t: 0 for t in TARGETS}, 0
     for stage, last in STAGES:
         part = model if last is None else keras.Model(model.input, model.get_layer(last).output)
-        counts, macs = instructions(part, calibration), channels.keras_macs(part)
+        counts = channel_budget.int8_instructions(part, calibration, TARGETS).instructions
+        macs = channels.keras_macs(part)
         rows.append({"stage": stage, "macs": macs - previous_macs,
                      "instructions": {t: counts[t] - previous[t] for t in TARGETS}})
         previous, previous_macs = counts, macs
@@ -124,6 +123,40 @@ def rebuilt(model: Any, plan: dict[str, float], multiple: Any) -> Any:
     return channel_prune.rebuild(graph, removed)
 
 
+def measured(model: Any, calibration: Any, dense: dict[str, Any]) -> dict[str, Any]:
+    """MACs, int8 file and instructions of ``model``, and their ratios to ``dense``'s."""
+    count = channel_budget.int8_instructions(model, calibration, TARGETS)
+    ratios = {t: count.instructions[t] / dense["instructions"][t] for t in TARGETS}
+    macs = channels.keras_macs(model)
+    return {"macs": macs, "macs_ratio": macs / dense["macs"], "size_bytes": count.size_bytes,
+            "size_ratio": count.size_bytes / dense["size_bytes"],
+            "instructions": count.instructions, "ratios": ratios, "worst": max(ratios.values())}
+
+
+def log_plan(name: str, macs_ratio: float, row: dict[str, Any]) -> None:
+    """One progress line of a plan measured: its MACs, int8 size and instruction ratios."""
+    progress("plans")(f"{name}: MACs {macs_ratio:.3f}x, int8 size {row['size_ratio']:.3f}x, "
+                      + ", ".join(f"{t} {r:.3f}x" for t, r in row["ratios"].items()))
+
+
+def evaluate(dense: Any, plan: dict[str, Any], factorize: list[dict[str, int]],
+             calibration: Any, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plan's rebuilt model alone, then with each rank set of ``factorize``."""
+    narrow = rebuilt(dense, plan["fractions"], plan["channel_multiple"])
+    rows = []
+    for ranks in [None] + factorize:
+        model, report = narrow, None
+        if ranks:
+            model, report = lowrank.factorize(narrow, tfedge.LowRankConfig(ranks=ranks))
+        name = plan["name"] + (ranks_label(ranks) if ranks else "")
+        row = {"name": name, "ranks": ranks, **measured(model, calibration, base),
+               "factorization": report.to_dict() if report else None,
+               "layers": {k: list(narrow.get_layer(k).kernel.shape) for k in ranks or {}}}
+        rows.append(row)
+        log_plan(name, row["macs_ratio"], row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
                            "(24..112 channels at 12x12 and below).")
     grid.add_argument("--early-multiple", nargs="+", type=int, default=[8, 16],
                       help="Channel multiple of the e1 / e2 expansions.")
+    parser.add_argument("--plan", default=None, metavar="JSON",
+                        help="Evaluate one plan of a --search result (alone and with "
+                             "--factorize).")
+    parser.add_argument("--plan-index", type=int, default=0,
+                        help="Which of --plan's plans (best first).")
+    parser.add_argument("--factorize", **FACTORIZE_ARGUMENT,
+                        help="With --plan: the plan also factorized at these ranks, one "
+                             "variant per value, e.g. Conv_1=32.")
     parser.add_argument("--stage-top", type=int, default=2,
                         help="Per-stage breakdown of the best N plans found.")
     parser.add_argument("--out", default=OUT)
@@ -161,12 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     calibration = x[:32]
     keras.utils.set_random_seed(0)
     dense = mobilenet_v2(0.35, "mobilenet_v2_dense")
-    sizes: dict[int, int] = {}
-    base = instructions(dense, calibration, sizes)
-    base_size = sizes[id(dense)]
-    dense_macs = channels.keras_macs(dense)
-    result: dict[str, Any] = {"dense": {"macs": dense_macs, "instructions": base,
-                                        "size_bytes": base_size},
+    dense_count = channel_budget.int8_instructions(dense, calibration, TARGETS)
+    result: dict[str, Any] = {"dense": {"macs": channels.keras_macs(dense),
+                                        "instructions": dense_count.instructions,
+                                        "size_bytes": dense_count.size_bytes},
                               "targets": TARGETS, "settings": {
                                   k: v for k, v in vars(args).items() if k != "out"}}
     if args.stages:
@@ -176,17 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         plans = []
         for name, plan, multiple, reached in itertools.islice(
                 candidates(dense, args), args.limit):
-            narrow = rebuilt(dense, plan, multiple)
-            counts = instructions(narrow, calibration, sizes)
-            ratios = {t: counts[t] / base[t] for t in TARGETS}
+            row = measured(rebuilt(dense, plan, multiple), calibration, result["dense"])
             plans.append({"name": name, "fractions": plan, "channel_multiple": multiple,
-                          "macs_ratio": reached, "instructions": counts, "ratios": ratios,
-                          "size_ratio": sizes[id(narrow)] / base_size,
-                          "worst": max(ratios.values())})
-            print(f"[plans {time.strftime('%H:%M:%S')}] {name}: MACs {reached:.3f}x, "
-                  f"int8 size {sizes[id(narrow)] / base_size:.3f}x, "
-                  + ", ".join(f"{t} {r:.3f}x" for t, r in ratios.items()),
-                  file=sys.stderr, flush=True)
+                          **row})
+            log_plan(name, reached, row)
         plans.sort(key=lambda p: p["worst"])
         for p in plans[:args.stage_top] if args.stages else ():
             p["stages"] = stages(rebuilt(dense, p["fractions"], p["channel_multiple"]),
@@ -198,6 +230,17 @@ def main(argv: list[str] | None = None) -> int:
                             + [f"{p['ratios'][t]:.3f}" for t in TARGETS] for p in plans],
                            title="channel plans by emulated int8 instructions (untrained, "
                                  "ratios to dense int8)"))
+    if args.plan:
+        with open(args.plan) as f:
+            plan = json.load(f)["plans"][args.plan_index]
+        result["evaluated"] = evaluate(dense, plan, args.factorize, calibration,
+                                       result["dense"])
+        print(format_table(["variant", "MACs x", "size x"] + [f"{t} instr x" for t in TARGETS],
+                           [[r["name"], f"{r['macs_ratio']:.3f}", f"{r['size_ratio']:.3f}"]
+                            + [f"{r['ratios'][t]:.3f}" for t in TARGETS]
+                            for r in result["evaluated"]],
+                           title="plan and low-rank factorization (untrained, ratios to "
+                                 "dense int8)"))
     result["seconds"] = time.time() - start
     write_json(args.out, result)
     print(f"wrote {os.path.relpath(args.out)} ({result['seconds']:.0f} s)")

@@ -17,6 +17,10 @@ included). The budget is one of:
 The plan goes to training as
 ``PruneConfig(..., structure="channel", fractions=plan)``.
 
+:func:`int8_instructions` is the one measurement behind the instruction
+budget and the benchmarks' plan searches: full-int8 conversion, then exact
+emulated instructions per target and the file size.
+
 Example:
 
 >>> plan = plan_channels(model, x_val, y_val, macs=0.5)  # doctest: +SKIP
@@ -225,6 +229,47 @@ def _metric(metric: str, model: Any, graph: Any, target: str, calibration: Any,
 
 def _instructions(model: Any, target: str, calibration: Any) -> int:
     """Emulated instructions of one inference of ``model``'s int8 conversion."""
+    return int8_instructions(model, calibration, [target]).instructions[target]
+
+
+@dataclasses.dataclass
+class Int8Count:
+    """What :func:`int8_instructions` measured.
+
+    Attributes:
+        instructions: target -> exact emulated instructions of one inference.
+        size_bytes: the int8 TFLite file's size.
+    """
+
+    instructions: dict[str, int]
+    size_bytes: int
+
+
+def int8_instructions(model: Any, calibration: Any,
+                      targets: Sequence[str] = ("rpi4",)) -> Int8Count:
+    """Converts ``model`` to full int8 and counts one inference's instructions per target.
+
+    The counts depend on the layers' shapes, not on the weights' values, so an
+    untrained rebuilt model measures what its trained version will run
+    (``tfedge.bench``: LiteRT's aarch64 build under qemu, one emulated run,
+    exact counts).
+
+    Args:
+        model: a tf_keras model.
+        calibration: representative samples for the int8 conversion.
+        targets: device profiles (``tfedge.devices.PROFILES``), e.g. ``["rpi4", "rpi5"]``.
+
+    Returns:
+        An :class:`Int8Count`: instructions per target and the int8 file size.
+
+    Raises:
+        ConversionError: the conversion fails (from ``tfedge.convert``).
+
+    Example:
+
+    >>> int8_instructions(model, x[:32], ["rpi4", "rpi5"]).instructions  # doctest: +SKIP
+    {'rpi4': 6157409, 'rpi5': 3229476}
+    """
     artifact = convert(model, representative_data=calibration)
-    report = bench(artifact, target=[target], runs=1, warmup=0, emulation_runs=1)
-    return report.target(target).instructions
+    report = bench(artifact, target=list(targets), runs=1, warmup=0, emulation_runs=1)
+    return Int8Count({t.target: t.instructions for t in report.targets}, artifact.size_bytes)

@@ -14,11 +14,13 @@ convert to full int8 unchanged:
   same).
 
 The rank of each layer comes from an energy threshold (the smallest rank
-keeping ``energy`` of the squared singular values) or from a MAC budget
+keeping ``energy`` of the squared singular values), from a MAC budget
 (``macs=0.5``: the threshold found by bisection so that the whole model has
-at most half its MACs). A layer whose factorization would not lower its
-MACs is left alone (and reported). The SVD is NumPy's; the rebuilt graph is
-plain Keras layers.
+at most half its MACs), or is given per layer (``ranks={"Conv_1": 32}``:
+e.g. a channel-pruned MobileNetV2's wide head conv, whose weights are much
+of the int8 file). A layer whose factorization would not lower its MACs is
+left alone (and reported); an explicit rank that would not is an error.
+The SVD is NumPy's; the rebuilt graph is plain Keras layers.
 
 Example:
 
@@ -54,14 +56,22 @@ class LowRankConfig(PhaseConfig):
             factorization over its MACs before, in (0, 1).
         layers: names of the layers to consider (default: every Dense and
             groups=1 Conv2D).
+        ranks: instead of ``energy`` / ``macs`` / ``layers``, explicit ranks:
+            layer name -> rank (an int >= 1). Only these layers are factorized;
+            ``factorize`` checks each against the model (a factorizable layer,
+            a rank below its full rank that lowers its MACs).
 
     Raises:
-        ValueError: values out of range, or both ``energy`` and ``macs``.
+        ValueError: values out of range, ranks that are not whole numbers >= 1,
+            or more than one of ``energy``, ``macs`` and ``ranks`` (or
+            ``ranks`` with ``layers``).
 
     Example:
 
     >>> LowRankConfig(energy=0.95).get_config()["energy"]
     0.95
+    >>> LowRankConfig(ranks={"Conv_1": 32}).get_config()["ranks"]
+    {'Conv_1': 32}
     """
 
     ARGUMENT = "factorize"
@@ -71,11 +81,17 @@ class LowRankConfig(PhaseConfig):
     _: dataclasses.KW_ONLY
     macs: float | None = None
     layers: list[str] | None = None
+    ranks: dict[str, int] | None = None
 
     def _normalize(self) -> None:
-        if self.energy is not None and self.macs is not None:
-            raise ValueError("Give LowRankConfig an energy threshold or a MAC budget, not both.")
-        if self.energy is None and self.macs is None:
+        given = [k for k in ("energy", "macs", "ranks") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError("Give LowRankConfig one of an energy threshold (energy=), a MAC "
+                             f"budget (macs=) or explicit ranks (ranks=), not both {given[0]}= "
+                             f"and {given[1]}=.")
+        if self.ranks is not None and self.layers is not None:
+            raise ValueError("ranks= names the layers to factorize already: drop layers=.")
+        if not given:
             self._set("energy", 0.9)
         if self.energy is not None:
             self._set("energy", float(self.energy))
@@ -83,8 +99,21 @@ class LowRankConfig(PhaseConfig):
             self._set("macs", float(self.macs))
         if self.layers is not None:
             self._set("layers", list(self.layers))
+        if self.ranks is not None:
+            if not isinstance(self.ranks, dict):
+                raise ValueError(f"ranks= takes a dict of layer name -> rank, e.g. "
+                                 f"{{'Conv_1': 32}}; got {type(self.ranks).__name__}.")
+            self._set("ranks", {name: int(r) if isinstance(r, np.integer) else r
+                                for name, r in self.ranks.items()})
 
     def _validate(self) -> None:
+        if self.ranks is not None and not self.ranks:
+            raise ValueError("ranks={} names no layer: give layer name -> rank, e.g. "
+                             "{'Conv_1': 32}, or use energy= / macs=.")
+        for name, rank in (self.ranks or {}).items():
+            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+                raise ValueError(f"ranks[{name!r}]={rank!r}: a rank is a whole number >= 1 "
+                                 "(the width of the layer's first factor), e.g. 32.")
         if self.energy is not None and not 0.0 < self.energy <= 1.0:
             raise ValueError(f"energy={self.energy} is outside (0, 1]: it is the share of the "
                              "squared singular values kept, e.g. 0.9.")
@@ -145,6 +174,10 @@ class _Candidate:
 
     def pays(self, rank: int) -> bool:
         return _macs(self.layer, self.kind, rank) < self.macs
+
+    def largest_paying(self) -> int:
+        """The largest rank whose factorization has fewer MACs than the layer (0: none)."""
+        return next((r for r in range(len(self.s) - 1, 0, -1) if self.pays(r)), 0)
 
 
 def _factor_layers(c: _Candidate, rank: int) -> tuple[list[Any], list[list[np.ndarray]]]:
@@ -272,8 +305,15 @@ def factorize(model: Any, config: LowRankConfig) -> tuple[Any, FactorizationRepo
 
     Raises:
         UnsupportedModelError: no layer can be factorized with fewer MACs.
-        ValueError: the MAC budget cannot be met (the best reachable is named).
+        ValueError: the MAC budget cannot be met (the best reachable is named); an
+            explicit rank for a layer that is not a factorizable one of the model
+            (they are listed), not below the layer's full rank, or too large to
+            lower its MACs (the largest rank that does is named).
     """
+    if config.ranks is not None:
+        candidates = _explicit_candidates(model, config.ranks)
+        chosen = {c.layer.name: (c, config.ranks[c.layer.name]) for c in candidates}
+        return _report_and_rewrite(model, candidates, chosen, None)
     candidates = [_Candidate(layer, _kind(layer)) for layer in model.layers
                   if _kind(layer) and (config.layers is None or layer.name in config.layers)]
     if not candidates:
@@ -309,10 +349,47 @@ def factorize(model: Any, config: LowRankConfig) -> tuple[Any, FactorizationRepo
         raise UnsupportedModelError(
             f"No layer of {model.name!r} gets fewer MACs when factorized at energy "
             f"{energy:.3f}; lower the energy (LowRankConfig(energy=...)) or give a budget.")
+    return _report_and_rewrite(model, candidates, chosen, energy)
+
+
+def _explicit_candidates(model: Any, ranks: dict[str, int]) -> list[_Candidate]:
+    """The layers of ``LowRankConfig(ranks=)``, each checked against its rank."""
+    factorizable = [layer.name for layer in model.layers if _kind(layer)]
+    layers = {layer.name: layer for layer in model.layers}
+    candidates = []
+    for name, rank in ranks.items():
+        if name not in factorizable:
+            what = (f"is a {type(layers[name]).__name__}, not a Dense (2-D input) or groups=1 "
+                    "Conv2D" if name in layers else f"is not a layer of {model.name!r}")
+            shown = ", ".join(factorizable[:40]) + (", ..." if len(factorizable) > 40 else "")
+            raise ValueError(f"LowRankConfig(ranks=) names {name!r}, which {what}. The "
+                             f"factorizable layers are: {shown or 'none'}.")
+        c = _Candidate(layers[name], _kind(layers[name]))
+        full = len(c.s)
+        if rank >= full:
+            raise ValueError(f"ranks[{name!r}]={rank} is not below the layer's full rank {full} "
+                             f"(its kernel as a matrix is {c.u.shape[0]}x{c.vt.shape[1]}): "
+                             f"ask for 1..{full - 1}.")
+        if not c.pays(rank):
+            best = c.largest_paying()
+            fix = (f"the largest rank that does is {best}" if best
+                   else "no rank does: leave it out of ranks=")
+            raise ValueError(f"ranks[{name!r}]={rank} does not lower the layer's MACs "
+                             f"({_macs(c.layer, c.kind, rank):,} factorized vs {c.macs:,}); "
+                             f"{fix}.")
+        candidates.append(c)
+    return candidates
+
+
+def _report_and_rewrite(model: Any, candidates: list[_Candidate],
+                        chosen: dict[str, tuple[_Candidate, int]], energy: float | None
+                        ) -> tuple[Any, FactorizationReport]:
+    """The factorized model and the report of each candidate (chosen or left whole)."""
+    base = channels_lib.keras_macs(model)
     rows = []
     for c in candidates:
-        rank = chosen[c.layer.name][1] if c.layer.name in chosen else c.rank_for(energy)
         done = c.layer.name in chosen
+        rank = chosen[c.layer.name][1] if done else c.rank_for(energy)
         rows.append({"layer": c.layer.name, "kind": c.kind, "rank": rank,
                      "full_rank": len(c.s), "energy": float(c.energy[rank - 1]),
                      "macs_before": c.macs,

@@ -117,6 +117,27 @@ def test_budget_lowers_macs_and_converts_to_int8(digits):
     assert tfedge.validate(art, final, x_test, y_test).tflite_accuracy > 0.6
 
 
+def test_explicit_ranks_are_kept_through_fine_tuning_and_convert_to_int8(digits):
+    (x, y), (x_test, y_test) = digits
+    model = dense_heavy_model()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    ranks = {"fc1": 16, "pointwise": 6}
+    edge = tfedge.wrap(model, factorize=tfedge.LowRankConfig(ranks=ranks))
+    assert {r["layer"]: r["rank"] for r in edge.factorization_report().rows} == ranks
+    edge.compile(keras.optimizers.Adam(5e-4),
+                 keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
+    edge.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    final = edge.finish()
+    assert final.get_layer("fc1_lr1").units == 16
+    assert final.get_layer("pointwise_lr1").filters == 6
+    assert final.get_layer("fc1_lr1").kernel.shape == (512, 16)
+    assert "fc2_lr1" not in [layer.name for layer in final.layers]  # not named: whole
+    art = tfedge.convert(final, representative_data=x[:200])
+    tfedge.check_full_integer(art)
+    assert tfedge.validate(art, final, x_test, y_test).tflite_accuracy > 0.6
+
+
 def test_self_teacher_distills_from_the_original(digits):
     (x, y), _ = digits
     model = dense_heavy_model()
