@@ -199,8 +199,19 @@ def main(argv=None) -> int:
         top2 = np.sort(t_probs, 1)[:, -2:]
         result_ties = int(np.sum(top2[:, 0] == top2[:, 1]))
         probs_agreement = float(np.mean(np.argmax(t_probs, 1) == np.argmax(k_probs, 1)))
+        # How close the Keras model's own top-2 is on the samples the two disagree
+        # on, in steps of the int8 logits' scale (Keras logits: log probabilities,
+        # up to a constant per sample).
+        step = scales.get(softmax[-1].inputs[0]) or 0.0
+        k_sorted = np.sort(np.log(np.maximum(k_probs, 1e-30)), 1)
+        margins = (k_sorted[:, -1] - k_sorted[:, -2]) / step if step else None
+        differ = np.flatnonzero(np.argmax(t_probs, 1) != np.argmax(k_probs, 1))
+        disagreements = {
+            "samples": differ.tolist(), "logits_step": step,
+            "keras_top2_margin_steps": None if margins is None else margins[differ].tolist(),
+            "median_margin_steps_all": None if margins is None else float(np.median(margins))}
     else:
-        result_ties = probs_agreement = None
+        result_ties = probs_agreement = disagreements = None
     worst = sorted(rows, key=lambda r: -r["rel_rmse"])[:15]
     jumps = []
     for prev, cur in zip(rows, rows[1:]):
@@ -213,6 +224,7 @@ def main(argv=None) -> int:
               "agreement_first_samples_on_probabilities": probs_agreement,
               "agreement_first_samples_on_logits": logits_agreement,
               "int8_softmax_top2_ties_first_samples": result_ties,
+              "disagreements_first_samples": disagreements,
               "layers_in_order": rows, "worst": worst, "largest_jumps": jumps[:15],
               "isolated_worst": sorted(isolated, key=lambda r: -(r["rmse_over_scale"] or 0))[:15],
               "isolated_in_order": isolated,
@@ -229,7 +241,8 @@ def main(argv=None) -> int:
                          r["max_abs_over_scale"]] for r in result["isolated_worst"]],
                        title="largest own errors (each layer fed its int8 input)"))
     print("agreement", report.agreement, "first samples: probabilities", probs_agreement,
-          "logits", logits_agreement, "softmax top-2 ties", result_ties)
+          "logits", logits_agreement, "softmax top-2 ties", result_ties,
+          "disagreements", disagreements)
     return 0
 
 
