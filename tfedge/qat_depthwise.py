@@ -6,10 +6,12 @@ tfmot's 8-bit registry gives ``DepthwiseConv2D`` the Conv quantizer, which is
 ``keras.applications`` model), so the whole kernel shares one int8 scale.
 TFLite's int8 ``DEPTHWISE_CONV_2D`` has one scale per output channel
 (quantized dimension 3 of its ``[1, kh, kw, C * multiplier]`` filter), and the
-converter writes one. On MobileNet / EfficientNet, whose depthwise channels
-differ in range by 100x, the per-tensor fake quantization the QAT model trained
-with leaves the small channels a few int8 levels and differs from what the
-int8 file computes.
+converter writes one. Where depthwise channels differ widely in range
+(MobileNet, EfficientNet: their BatchNormalization absorbs the differences),
+the per-tensor fake quantization the QAT model trained with leaves the small
+channels a few int8 levels, and once the converter folds the BatchNormalization
+and re-quantizes per channel, the file computes something else than the QAT
+model did (the test model: folded scales 190x apart instead of 3x).
 
 :class:`DepthwiseWeightsQuantizer` fake-quantizes the kernel per output
 channel: it reshapes it to ``(kh, kw, 1, C * multiplier)`` (channel ``c * m``
