@@ -13,7 +13,10 @@ tfedge wraps tfmot's quantization API (``quantize_annotate_layer`` +
   inlined first, so their layers are quantized too (tfmot refuses them);
 * the scheme follows what came before: a pruned model gets tfmot's
   prune-preserving scheme (PQAT), a clustered one the cluster-preserving
-  scheme (CQAT, PCQAT when also pruned), so QAT does not undo them.
+  scheme (CQAT, PCQAT when also pruned), so QAT does not undo them;
+* ``DepthwiseConv2D`` kernels are fake-quantized per output channel, as
+  TFLite's int8 kernel quantizes them, instead of tfmot's one scale per
+  kernel (tfmot #808, :mod:`tfedge.qat_depthwise`), in every int8 scheme.
 
 The QAT model keeps tfmot's fake-quant wrappers; ``tf.lite.TFLiteConverter``
 turns it into a full-int8 model using the ranges learned in training, so
@@ -38,6 +41,7 @@ from absl import logging
 
 from tfedge._config import PhaseConfig
 from tfedge import prepare as prepare_lib
+from tfedge import qat_depthwise
 from tfedge._keras import keras
 from tfedge.errors import UnsupportedModelError
 import tensorflow_model_optimization as tfmot
@@ -91,6 +95,11 @@ class QATConfig(PhaseConfig):
             from when QAT begins (:func:`tfedge.qat_ranges.start_ranges`);
             0 keeps tfmot's start at [-6, 6], which a short fine-tune barely
             moves.
+        per_channel_depthwise: fake-quantize ``DepthwiseConv2D`` kernels with
+            one int8 scale per output channel, as the int8 TFLite file stores
+            them (:mod:`tfedge.qat_depthwise`); False keeps tfmot's single
+            scale per depthwise kernel. int8 scheme only (16x8 QAT is
+            recalibrated at conversion).
 
     Raises:
         ValueError: unknown scheme, negative start, overlapping ``skip`` and
@@ -115,11 +124,13 @@ class QATConfig(PhaseConfig):
     strict: bool = False
     preserve_sparsity: bool | None = None
     range_samples: int = 64
+    per_channel_depthwise: bool = True
 
     def _normalize(self) -> None:
         self._set("skip", list(self.skip))
         self._set("layer_configs", dict(self.layer_configs or {}))
         self._set("strict", bool(self.strict))
+        self._set("per_channel_depthwise", bool(self.per_channel_depthwise))
 
     def _validate(self) -> None:
         if self.scheme not in SCHEMES:
@@ -185,13 +196,18 @@ class QuantizationPlan:
 # ----------------------------------------------------------------------------
 # Schemes
 # ----------------------------------------------------------------------------
-def make_scheme(scheme: str = "int8", preserve: str = "none") -> Any:
+def make_scheme(scheme: str = "int8", preserve: str = "none",
+                per_channel_depthwise: bool = True) -> Any:
     """The tfmot ``QuantizeScheme`` for a scheme name and what to preserve.
 
     Args:
         scheme: ``"int8"`` or ``"int16x8"``.
         preserve: ``"none"``, ``"sparsity"`` (PQAT), ``"clusters"`` (CQAT) or
             ``"sparse_clusters"`` (PCQAT).
+        per_channel_depthwise: int8 only: wrap the scheme so depthwise
+            kernels are fake-quantized per output channel (and, when
+            preserving sparsity, keep their zeros, which tfmot's PQAT
+            registry does not do for depthwise kernels).
 
     Returns:
         A ``tfmot.quantization.keras.QuantizeScheme``.
@@ -211,11 +227,16 @@ def make_scheme(scheme: str = "int8", preserve: str = "none") -> Any:
         return _tfmot_quant.experimental.default_n_bit.DefaultNBitQuantizeScheme(
             num_bits_weight=8, num_bits_activation=16)
     if preserve == "sparsity":
-        return _tfmot_quant.collab_opts.Default8BitPrunePreserveQuantizeScheme()
-    if preserve in ("clusters", "sparse_clusters"):
-        return tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(
+        base = _tfmot_quant.collab_opts.Default8BitPrunePreserveQuantizeScheme()
+    elif preserve in ("clusters", "sparse_clusters"):
+        base = tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(
             preserve_sparsity=preserve == "sparse_clusters")
-    return _tfmot_quant.default_8bit.Default8BitQuantizeScheme()
+    else:
+        base = _tfmot_quant.default_8bit.Default8BitQuantizeScheme()
+    if not per_channel_depthwise:
+        return base
+    return qat_depthwise.per_channel_depthwise(
+        base, preserve_sparsity=preserve in ("sparsity", "sparse_clusters"))
 
 
 # ----------------------------------------------------------------------------
@@ -310,7 +331,7 @@ def _custom_objects(model: Any, config: QATConfig) -> dict[str, type]:
             objects[cls.__name__] = cls
     for qc in config.layer_configs.values():
         objects[type(qc).__name__] = type(qc)
-    return objects
+    return {**objects, **qat_depthwise.CUSTOM_OBJECTS}
 
 
 def _skip_reason(layer: Any, registry: Any) -> str | None:
@@ -411,7 +432,7 @@ def apply_qat(model: Any, config: QATConfig, preserve: str = "none",
             f"{model.name!r} is a subclassed keras.Model ({type(model).__name__}): tfmot can "
             "only quantize functional and Sequential models. Rebuild it with the functional "
             "API (keras.Input -> layers -> keras.Model(inputs, outputs)), then quantize that.")
-    scheme = make_scheme(config.scheme, preserve)
+    scheme = make_scheme(config.scheme, preserve, config.per_channel_depthwise)
     registry = scheme.get_quantize_registry()
     model, inlined = inline_nested_models(model)
     layers = {layer.name: layer for layer in model.layers}

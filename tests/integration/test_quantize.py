@@ -1,10 +1,12 @@
-"""QAT: int8 TFLite matches the QAT Keras model, BatchNorm folds, unsupported layers are named."""
+"""QAT: int8 TFLite matches the QAT Keras model, BatchNorm folds, depthwise kernels are
+quantized per channel, unsupported layers are named."""
 
 import contextlib
 import logging
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfedge
 from tfedge import keras, qat_gradients
@@ -264,3 +266,109 @@ def test_wrapped_qat_step_uses_the_vectorized_kernel_gradient_and_trains_alike(
     assert "FakeQuantWithMinMaxVarsPerChannelGradient" in _train_function_op_types(slow)
     for a, b in zip(fast.network.get_weights(), slow.network.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)  # dx is exact: equal runs
+
+
+def _depthwise_net(x, y):
+    """A trained digits net with two depthwise layers whose channels differ in range
+    by up to 300x: ``dw`` (folded with its BatchNormalization, which absorbs the
+    scale, as in MobileNet) and ``dw2`` (multiplier 2, no BatchNormalization)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inputs)
+    h = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(h)
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(name="dw_bn")(h))
+    h = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2,
+                                     activation="relu", name="dw2")(h)
+    h = keras.layers.Flatten()(h)
+    model = compile_for_digits(keras.Model(inputs, keras.layers.Dense(10, name="logits")(h)))
+    model.fit(x, y, epochs=6, batch_size=32, verbose=0)
+    # Channel c of dw scaled by s_c, dw_bn's statistics by the same: the function is
+    # unchanged (up to BatchNormalization's epsilon), the kernel's ranges are not.
+    scale = np.geomspace(0.05, 15.0, 8).astype("float32")
+    dw, bn = model.get_layer("dw"), model.get_layer("dw_bn")
+    dw.set_weights([dw.get_weights()[0] * scale[None, None, :, None]])
+    gamma, beta, mean, var = bn.get_weights()
+    bn.set_weights([gamma, beta, mean * scale, (var + bn.epsilon) * scale ** 2 - bn.epsilon])
+    return model
+
+
+
+def _filter_quantization(artifact, layer):
+    """The quantization parameters of ``layer``'s int8 depthwise filter in the file."""
+    tensors = [d for d in tf.lite.Interpreter(model_content=artifact.content).get_tensor_details()
+               if f"quant_{layer}/" in d["name"] and "FakeQuant" in d["name"]
+               and d["dtype"] == np.int8 and len(d["shape"]) == 4 and d["shape"][0] == 1]
+    assert len(tensors) == 1, [d["name"] for d in tensors]
+    return tensors[0]["quantization_parameters"]
+
+
+def _qat_int8(model, x, y, x_test, y_test, epochs=1, **wrap_args):
+    keras.utils.set_random_seed(1)
+    edge = compile_for_digits(tfedge.wrap(model, **wrap_args))
+    edge.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    qat = edge.finish()
+    artifact = tfedge.convert(qat)
+    assert artifact.inputs[0].dtype == "INT8" and not artifact.flatbuffer.float_ops()
+    return qat, artifact, tfedge.validate(artifact, qat, x_test, y_test)
+
+
+def _kernel(qat, layer):
+    return next(w for w in qat.get_layer(f"quant_{layer}").weights
+                if "depthwise_kernel" in w.name).numpy()
+
+
+def test_depthwise_qat_is_per_channel_as_tflite_stores_it(digits):
+    (x, y), (x_test, y_test) = digits
+    model = _depthwise_net(x, y)
+    results = {}
+    for per_channel in (False, True):
+        results[per_channel] = _qat_int8(model, x, y, x_test, y_test,
+                                         quantize=QATConfig(per_channel_depthwise=per_channel))
+        qat, artifact, report = results[per_channel]
+        print(f"\nper_channel_depthwise={per_channel}: {report}")
+        for layer, channels in (("dw", 8), ("dw2", 16)):
+            params = _filter_quantization(artifact, layer)
+            assert len(params["scales"]) == channels and params["quantized_dimension"] == 3
+    (_, per_tensor, tensor_report), (qat, per_channel, channel_report) = results.values()
+    # dw2 (no BatchNormalization to fold): the file's scales are the kernel's own
+    # per-channel ranges, in TFLite's channel order c * multiplier + m.
+    kernel = _kernel(qat, "dw2")
+    np.testing.assert_allclose(_filter_quantization(per_channel, "dw2")["scales"],
+                               np.abs(kernel).max(axis=(0, 1)).ravel() / 127, rtol=0.01)
+    # tfmot's default: one scale per multiplier index, whatever the channel's range.
+    assert len(set(_filter_quantization(per_tensor, "dw2")["scales"].round(8))) == 2
+    # dw: per-tensor fake quantization left its small channels a few int8 levels, so
+    # once the converter folds the BatchNormalization their scales are 100x coarser.
+    spread = {name: float(s.max() / s.min()) for name, s in (
+        ("tensor", _filter_quantization(per_tensor, "dw")["scales"]),
+        ("channel", _filter_quantization(per_channel, "dw")["scales"]))}
+    assert spread["tensor"] > 50 and spread["channel"] < 5, spread
+    assert channel_report.agreement >= max(tensor_report.agreement, 0.99)
+    assert channel_report.snr_db > tensor_report.snr_db + 3, (channel_report, tensor_report)
+
+
+def test_prune_preserving_qat_keeps_per_channel_depthwise_and_zeros(digits):
+    (x, y), (x_test, y_test) = digits
+    model = _depthwise_net(x, y)
+    # Pruning then QAT (tfmot's prune-preserving scheme, wrapped): tfmot prunes no
+    # depthwise kernel, the others stay half zeros, depthwise stays per channel.
+    qat, artifact, report = _qat_int8(model, x, y, x_test, y_test, epochs=2,
+                                      prune=tfedge.PruneConfig(0.5, end_epoch=1), quantize=True)
+    assert report.agreement >= 0.98, str(report)
+    np.testing.assert_allclose(_filter_quantization(artifact, "dw2")["scales"],
+                               np.abs(_kernel(qat, "dw2")).max(axis=(0, 1)).ravel() / 127,
+                               rtol=0.01)
+    sparse = [row for row in artifact.flatbuffer.weight_sparsity() if row["sparsity"] >= 0.49]
+    assert len(sparse) == 2, artifact.flatbuffer.weight_sparsity()  # stem and logits
+    # A depthwise kernel that is already half zeros keeps them through PQAT with
+    # tfedge's quantizer; tfmot's registry turns sparsity preservation off for it.
+    kernel = model.get_layer("dw2").get_weights()
+    kernel[0] = np.where(np.abs(kernel[0]) < np.median(np.abs(kernel[0])), 0.0, kernel[0])
+    model.get_layer("dw2").set_weights(kernel)
+    zeros = {}
+    for per_channel in (False, True):
+        qat, _, report = _qat_int8(model, x, y, x_test, y_test, quantize=QATConfig(
+            preserve_sparsity=True, per_channel_depthwise=per_channel))
+        zeros[per_channel] = float(np.mean(_kernel(qat, "dw2") == 0))
+        assert report.agreement >= 0.98, str(report)
+    assert zeros[True] >= 0.49 and zeros[False] < 0.1, zeros
