@@ -387,11 +387,12 @@ class EdgeModel(keras.Model):
         return results
 
     def train_step(self, data):
-        # tfmot's per-channel kernel fake-quant differentiates with whole-tensor
-        # ops inside this step only (TF's gradient loops over channels; see
-        # tfedge.qat_gradients): fit traces the step, and the gradient is looked
-        # up while tape.gradient traces.
-        with qat_gradients.vectorized_per_channel_gradient():
+        # tfmot's per-channel kernel fake-quant runs and differentiates with
+        # whole-tensor ops inside this step only (TF's forward and gradient loop
+        # over channels; see tfedge.qat_gradients): fit traces the step, tfmot
+        # looks the forward function up and tape.gradient the gradient while it
+        # traces. Inference graphs (the converter's) keep TF's op.
+        with qat_gradients.vectorized_per_channel_fake_quant():
             if self._distillation is None:
                 return super().train_step(data)
             with tf.GradientTape() as tape:

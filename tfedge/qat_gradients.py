@@ -104,6 +104,11 @@ def nudged_range(min_: tf.Tensor, max_: tf.Tensor, num_bits: int,
     return (quant_min - zero) * scale, (quant_max - zero) * scale
 
 
+def _empty_channels(min_: tf.Tensor, max_: tf.Tensor) -> tf.Tensor:
+    """Per channel, whether ``min`` and ``max`` are both 0 (TF's kernels special-case it)."""
+    return tf.logical_and(tf.equal(min_, 0.0), tf.equal(max_, 0.0))
+
+
 def per_channel_gradient_values(grad: tf.Tensor, x: tf.Tensor, min_: tf.Tensor,
                                 max_: tf.Tensor, num_bits: int = 8,
                                 narrow_range: bool = False) -> list[tf.Tensor]:
@@ -134,7 +139,10 @@ def per_channel_gradient_values(grad: tf.Tensor, x: tf.Tensor, min_: tf.Tensor,
     # variables are not trainable, so in a traced train step d_min and d_max
     # feed nothing and grappler prunes their masks and reductions; only dx's
     # compare-and-multiply is left.
-    inside = tf.cast(tf.logical_and(x >= low, x <= high), dtype)
+    # A channel whose min and max are both 0 passes the gradient through (TF's
+    # kernel special-cases it; its nudged range is NaN here, so no mask holds).
+    inside = tf.cast(tf.logical_or(tf.logical_and(x >= low, x <= high),
+                                   _empty_channels(min_, max_)), dtype)
     axes = list(range(rank - 1))
     d_min = tf.reduce_sum(grad * tf.cast(x < low, dtype), axis=axes)
     d_max = tf.reduce_sum(grad * tf.cast(x > high, dtype), axis=axes)
@@ -217,3 +225,127 @@ def vectorized_per_channel_gradient() -> Iterator[bool]:
                 if _depth == 0:
                     entries[OP_TYPE] = _saved
                     _saved = None
+
+
+# -- the forward -------------------------------------------------------------------
+# TF's forward kernel loops over the channels too (13 ms for a 3x3x512x512
+# kernel, the larger part of what a wrapped QAT step still spent after the
+# gradient above). tfmot's quant_ops builds it as
+# ``tf.quantization.fake_quant_with_min_max_vars_per_channel``, looked up when
+# its quantizer runs, so within the block that name points at the whole-tensor
+# version below; TF's own function (kept here) is put back on exit.
+_TF_FORWARD = tf.quantization.fake_quant_with_min_max_vars_per_channel
+_FORWARD_NAME = "fake_quant_with_min_max_vars_per_channel"
+_forward_depth = 0
+
+
+def per_channel_fake_quant_values(x: tf.Tensor, min_: tf.Tensor, max_: tf.Tensor,
+                                  num_bits: int = 8,
+                                  narrow_range: bool = False) -> tf.Tensor:
+    """TF's ``FakeQuantWithMinMaxVarsPerChannel`` forward, bit-exact, as whole-tensor ops.
+
+    The expression is the kernel's, in its order and float32
+    (``FakeQuantWithMinMaxVarsPerChannelFunctor``): ``inv_scale`` is
+    ``(quant_max - quant_min) / (max - min)`` (not ``1 / scale``),
+    ``quant_zero = floor(-nudged_min * inv_scale + 0.5)``, and
+    ``y = floor((clamp(x) - nudged_min) * inv_scale - quant_zero + 0.5) * scale``;
+    a channel whose min and max are both 0 is all 0.
+
+    Args:
+        x: the input, float32, shape ``[..., d]``.
+        min_: per-channel minimum, shape ``[d]``.
+        max_: per-channel maximum, shape ``[d]``.
+        num_bits: bit width (2 to 8).
+        narrow_range: whether the lowest level is left out.
+
+    Returns:
+        The fake-quantized ``x``, equal bit for bit to TF's op.
+
+    Example:
+
+    >>> y = per_channel_fake_quant_values(w, lo, hi, 8, True)  # doctest: +SKIP
+    """
+    levels = float(2 ** num_bits - 1) - (1.0 if narrow_range else 0.0)
+    scale = tf.math.divide_no_nan(max_ - min_, levels)  # DivNoNan: see nudged_range
+    inv_scale = levels / (max_ - min_)  # the numerator is the constant: no rewrite
+    low, high = nudged_range(min_, max_, num_bits, narrow_range)
+    quant_zero = tf.floor(-low * inv_scale + 0.5)
+    clamped = tf.maximum(tf.minimum(x, high), low)
+    y = tf.floor((clamped - low) * inv_scale - quant_zero + 0.5) * scale
+    return tf.where(_empty_channels(min_, max_), tf.zeros_like(y), y)
+
+
+def per_channel_fake_quant(inputs: Any, min: Any, max: Any,  # noqa: A002 (TF's names)
+                           num_bits: int = 8, narrow_range: bool = False,
+                           name: str | None = None) -> tf.Tensor:
+    """``tf.quantization.fake_quant_with_min_max_vars_per_channel``, vectorized.
+
+    Same signature and result as TF's; forward by
+    :func:`per_channel_fake_quant_values`, gradient by
+    :func:`per_channel_gradient_values` (a ``tf.custom_gradient``). More than
+    8 bits, a non-float32 input or an unknown rank use TF's own op.
+
+    Args:
+        inputs: the tensor (or variable) to fake-quantize, shape ``[..., d]``.
+        min: per-channel minimum, shape ``[d]`` (tensor or variable).
+        max: per-channel maximum, shape ``[d]``.
+        num_bits: bit width.
+        narrow_range: whether the lowest level is left out.
+        name: an optional name scope.
+
+    Returns:
+        The fake-quantized tensor.
+
+    Example:
+
+    >>> y = per_channel_fake_quant(kernel, lo, hi, num_bits=8, narrow_range=True)  # doctest: +SKIP
+    """
+    x = tf.convert_to_tensor(inputs)
+    if num_bits > 8 or x.shape.rank is None or x.dtype != tf.float32:
+        return _TF_FORWARD(x, min, max, num_bits=num_bits, narrow_range=narrow_range,
+                           name=name)
+    with tf.name_scope(name or "FakeQuantPerChannel"):
+        # Variables (tfmot's assigned ranges) are read here, where TF's op would.
+        min_, max_ = tf.convert_to_tensor(min), tf.convert_to_tensor(max)
+
+        @tf.custom_gradient
+        def fake_quant(x, min_, max_):
+            def grad(g):
+                return per_channel_gradient_values(g, x, min_, max_, num_bits, narrow_range)
+            return per_channel_fake_quant_values(x, min_, max_, num_bits, narrow_range), grad
+
+        return fake_quant(x, min_, max_)
+
+
+@contextlib.contextmanager
+def vectorized_per_channel_fake_quant() -> Iterator[bool]:
+    """Within the block, per-channel fake quant runs and differentiates vectorized.
+
+    ``tf.quantization.fake_quant_with_min_max_vars_per_channel`` (the name
+    tfmot's quantizers call) is :func:`per_channel_fake_quant`, and the
+    registered gradient of any ``FakeQuantWithMinMaxVarsPerChannel`` op still
+    built is :func:`per_channel_gradient`. TF's function is put back when the
+    last open block exits, whether or not it raised; code traced outside (the
+    converter's inference graph) keeps TF's op, from which it reads the ranges.
+
+    Returns:
+        A context manager yielding what :func:`vectorized_per_channel_gradient` yields.
+
+    Example:
+
+    >>> with vectorized_per_channel_fake_quant():  # doctest: +SKIP
+    ...     loss = model(x, training=True)
+    """
+    global _forward_depth
+    with vectorized_per_channel_gradient() as swapped:
+        with _lock:
+            if _forward_depth == 0:
+                setattr(tf.quantization, _FORWARD_NAME, per_channel_fake_quant)
+            _forward_depth += 1
+        try:
+            yield swapped
+        finally:
+            with _lock:
+                _forward_depth -= 1
+                if _forward_depth == 0:
+                    setattr(tf.quantization, _FORWARD_NAME, _TF_FORWARD)
