@@ -243,29 +243,52 @@ def _qat_fit(x, y, teacher=None):
     return edge
 
 
-def test_wrapped_qat_step_uses_the_vectorized_kernel_gradient_and_trains_alike(
+def _inference_op_types(model) -> set:
+    """Op types of the model's inference graph, traced outside any train step."""
+    fn = tf.function(lambda x: model(x, training=False))
+    return {op.type for op in fn.get_concrete_function(
+        tf.TensorSpec((None, 8, 8, 1), tf.float32)).graph.get_operations()}
+
+
+def test_wrapped_qat_step_uses_the_vectorized_kernel_fake_quant_and_trains_alike(
         digits, monkeypatch):
-    (x, y), _ = digits
+    (x, y), (x_test, y_test) = digits
     x, y = x[:320], y[:320]
     tf_gradient = tf_ops._gradient_registry.lookup(qat_gradients.OP_TYPE)
-    calls = count_vectorized_gradient(monkeypatch)
+    tf_forward = tf.quantization.fake_quant_with_min_max_vars_per_channel
     fast = _qat_fit(x, y)
-    traces = len(fast.train_function._list_all_concrete_functions())
-    assert len(calls) == 2 * traces  # the two Conv2D kernels, in each trace of the step
     types = _train_function_op_types(fast)
-    assert qat_gradients.OP_TYPE in types
+    assert qat_gradients.OP_TYPE not in types  # the forward is whole-tensor ops
     assert "FakeQuantWithMinMaxVarsPerChannelGradient" not in types
     assert tf_ops._gradient_registry.lookup(qat_gradients.OP_TYPE) is tf_gradient
+    assert tf.quantization.fake_quant_with_min_max_vars_per_channel is tf_forward
+    assert qat_gradients.OP_TYPE in _inference_op_types(fast.network)  # TF's op outside
 
-    calls.clear()  # the distillation step (its own tape) uses it too
-    distilled = _qat_fit(x, y, teacher=build_digits_cnn(name="teacher"))
-    assert len(calls) == 2 * len(distilled.train_function._list_all_concrete_functions())
+    distilled = _qat_fit(x, y, teacher=build_digits_cnn(name="teacher"))  # its own tape
+    assert qat_gradients.OP_TYPE not in _train_function_op_types(distilled)
 
-    monkeypatch.setattr(qat_gradients, "vectorized_per_channel_gradient", contextlib.nullcontext)
-    slow = _qat_fit(x, y)  # TF's own gradient
-    assert "FakeQuantWithMinMaxVarsPerChannelGradient" in _train_function_op_types(slow)
-    for a, b in zip(fast.network.get_weights(), slow.network.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)  # dx is exact: equal runs
+    calls = count_vectorized_gradient(monkeypatch)  # the gradient-only swap, as before
+    monkeypatch.setattr(qat_gradients, "vectorized_per_channel_fake_quant",
+                        qat_gradients.vectorized_per_channel_gradient)
+    grad_only = _qat_fit(x, y)
+    assert len(calls) == 2 * len(grad_only.train_function._list_all_concrete_functions())
+    assert qat_gradients.OP_TYPE in _train_function_op_types(grad_only)
+
+    monkeypatch.setattr(qat_gradients, "vectorized_per_channel_fake_quant", contextlib.nullcontext)
+    slow = _qat_fit(x, y)  # TF's own forward and gradient
+    types = _train_function_op_types(slow)
+    assert {qat_gradients.OP_TYPE, "FakeQuantWithMinMaxVarsPerChannelGradient"} <= types
+    for other in (grad_only, slow):
+        for a, b in zip(fast.network.get_weights(), other.network.get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)  # exact: equal runs
+
+    reports = []
+    for edge in (fast, slow):  # the converter reads the QAT ranges from TF's op
+        artifact = tfedge.convert(edge.finish())
+        assert artifact.inputs[0].dtype == "INT8" and not artifact.flatbuffer.float_ops()
+        reports.append(tfedge.validate(artifact, edge.network, x_test, y_test))
+    assert reports[0].agreement == reports[1].agreement
+    assert reports[0].tflite_accuracy == reports[1].tflite_accuracy
 
 
 def _depthwise_net(x, y):
