@@ -10,8 +10,9 @@ value in 16 pushed beyond the range so that every mask has work), in
 interleaved rounds so machine noise hits both alike; the table has the median
 of the rounds, the speed-up, tfedge's time for ``dx`` alone (in a QAT train
 step tfmot's ranges are not trainable, so grappler prunes the rest), the
-largest difference between the two results, and the forward fake-quant's
-time for scale (the forward op is TF's in both).
+largest difference between the two results, and the forward fake-quant
+likewise: TF's op against tfedge's whole-tensor forward (bit-exact: the
+number of differing elements is recorded, and must be 0).
 
     python benchmarks/qat_gradients.py [--rounds 30] [--out benchmarks/results/qat_gradients.json]
 """
@@ -29,7 +30,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tfedge.qat_gradients import per_channel_gradient_values  # noqa: E402  (tfedge first)
+from tfedge.qat_gradients import (per_channel_fake_quant_values,  # noqa: E402  (tfedge first)
+                                  per_channel_gradient_values)
 import tensorflow as tf  # noqa: E402
 from tfedge.report import format_table, write_json  # noqa: E402
 
@@ -65,9 +67,13 @@ def measure(shape: tuple, rounds: int) -> dict:
     forward = tf.function(
         lambda g, x, lo, hi: tf.quantization.fake_quant_with_min_max_vars_per_channel(
             x, lo, hi, num_bits=8, narrow_range=True))
-    variants = {"tf": tf_gradient, "tfedge": ours, "tfedge_dx": dx_only, "forward": forward}
+    forward_ours = tf.function(lambda g, x, lo, hi: per_channel_fake_quant_values(
+        x, lo, hi, num_bits=8, narrow_range=True))
+    variants = {"tf": tf_gradient, "tfedge": ours, "tfedge_dx": dx_only, "forward": forward,
+                "forward_tfedge": forward_ours}
     diffs = [float(np.max(np.abs(a.numpy() - b.numpy())))
              for a, b in zip(tf_gradient(*args), ours(*args))]
+    forward_differ = int(np.count_nonzero(forward(*args).numpy() != forward_ours(*args).numpy()))
     for fn in variants.values():  # traced and warm
         timed(fn, args)
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -78,7 +84,11 @@ def measure(shape: tuple, rounds: int) -> dict:
     return {"shape": list(shape), "elements": int(np.prod(shape)), "rounds": rounds,
             "tf_gradient_ms": 1e3 * median["tf"], "tfedge_gradient_ms": 1e3 * median["tfedge"],
             "tfedge_dx_only_ms": 1e3 * median["tfedge_dx"],
-            "forward_ms": 1e3 * median["forward"], "speedup": median["tf"] / median["tfedge"],
+            "forward_ms": 1e3 * median["forward"],
+            "tfedge_forward_ms": 1e3 * median["forward_tfedge"],
+            "forward_speedup": median["forward"] / median["forward_tfedge"],
+            "forward_elements_differing": forward_differ,
+            "speedup": median["tf"] / median["tfedge"],
             "max_abs_diff": {"dx": diffs[0], "d_min": diffs[1], "d_max": diffs[2]}}
 
 
@@ -91,10 +101,13 @@ def main(argv=None) -> int:
     table = [["x".join(map(str, r["shape"])), f"{r['tf_gradient_ms']:.2f}",
               f"{r['tfedge_gradient_ms']:.2f}", f"{r['speedup']:.1f}x",
               f"{r['tfedge_dx_only_ms']:.2f}",
-              f"{r['forward_ms']:.2f}", f"{max(r['max_abs_diff'].values()):.1e}"] for r in rows]
+              f"{max(r['max_abs_diff'].values()):.1e}", f"{r['forward_ms']:.2f}",
+              f"{r['tfedge_forward_ms']:.2f}", f"{r['forward_speedup']:.1f}x",
+              str(r["forward_elements_differing"])] for r in rows]
     print(format_table(["kernel", "TF gradient ms", "tfedge gradient ms", "speed-up",
-                        "tfedge dx only ms", "forward ms", "max |diff|"], table,
-                       title=f"FakeQuantWithMinMaxVarsPerChannel gradient, median of "
+                        "tfedge dx only ms", "max |diff|", "TF forward ms",
+                        "tfedge forward ms", "speed-up", "forward differing"], table,
+                       title=f"FakeQuantWithMinMaxVarsPerChannel gradient and forward, median of "
                              f"{args.rounds} rounds"))
     threads = tf.config.threading.get_intra_op_parallelism_threads()
     write_json(args.out, {"threads": {"intra_op": threads, "cpus": os.cpu_count()},

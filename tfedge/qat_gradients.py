@@ -270,9 +270,13 @@ def per_channel_fake_quant_values(x: tf.Tensor, min_: tf.Tensor, max_: tf.Tensor
     inv_scale = levels / (max_ - min_)  # the numerator is the constant: no rewrite
     low, high = nudged_range(min_, max_, num_bits, narrow_range)
     quant_zero = tf.floor(-low * inv_scale + 0.5)
+    # An empty channel (min = max = 0) gets all-zero parameters, so the
+    # expression below gives it floor(0.5) * 0 = 0 with no pass over x to mask it.
+    empty = _empty_channels(min_, max_)
+    low, high, inv_scale, quant_zero, scale = (
+        tf.where(empty, tf.zeros_like(v), v) for v in (low, high, inv_scale, quant_zero, scale))
     clamped = tf.maximum(tf.minimum(x, high), low)
-    y = tf.floor((clamped - low) * inv_scale - quant_zero + 0.5) * scale
-    return tf.where(_empty_channels(min_, max_), tf.zeros_like(y), y)
+    return tf.floor((clamped - low) * inv_scale - quant_zero + 0.5) * scale
 
 
 def per_channel_fake_quant(inputs: Any, min: Any, max: Any,  # noqa: A002 (TF's names)
