@@ -26,7 +26,7 @@ not survive a config round trip).
   a layer whose output is the model's keeps its activation (and its name);
 * swish / silu become :class:`Swish`, whose sigmoid output QAT puts on the
   fixed grid of TFLite's int8 ``LOGISTIC`` (scale 1/256), as it does every
-  sigmoid ``Activation`` (:class:`LogisticQuantizeConfig`): tfmot
+  sigmoid ``Activation`` (:mod:`tfedge.qat_configs`): tfmot
   fake-quantizes a sigmoid's input only, so QAT trained on gates the int8
   model never computes (EfficientNetB0: each layer's own int8 error 7x
   smaller, ``benchmarks/logistic_grid.py``);
@@ -35,11 +35,9 @@ not survive a config round trip).
   whole body, preprocessing included, is int8.
 
 The rewrite is checked numerically on random inputs before training
-(:class:`PreparationReport`). :func:`quantize_configs` gives tfmot the
-QuantizeConfigs of these layers (output quantization: TFLite's int8
-``ADD`` / ``MUL`` / ``HARD_SWISH`` take int8 inputs and need only their output
-range); quantization itself is tfmot's (``quantize_annotate_layer`` with a
-``QuantizeConfig``), not re-implemented here.
+(:class:`PreparationReport`). :func:`tfedge.qat_configs.quantize_configs`
+gives tfmot the QuantizeConfigs of these layers; quantization itself is
+tfmot's, not re-implemented here.
 
 Example:
 
@@ -59,9 +57,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfedge._keras import keras
-import tensorflow_model_optimization as tfmot
 
-_quantizers = tfmot.quantization.keras.quantizers
 
 # TFOpLambda functions rewritten, by what they compute.
 _ADD = ("__operators__.add", "math.add")
@@ -129,7 +125,8 @@ class Swish(keras.layers.Layer):
     TFLite converts swish to ``LOGISTIC`` then ``MUL``; the int8 ``LOGISTIC``
     rounds its output to a fixed grid (:data:`LOGISTIC_RANGE`). tfmot's
     ``Activation("swish")`` fake-quantizes only the product, so QAT trains on
-    a gate the int8 model never computes. Under :class:`SwishQuantizeConfig`
+    a gate the int8 model never computes. Under
+    :class:`tfedge.qat_configs.SwishQuantizeConfig`
     ``gate`` becomes tfmot's fake quantization on that grid; in float it is
     the identity.
     """
@@ -151,97 +148,17 @@ def _activation_fn(layer: Any) -> Any:
     return layer.activation if isinstance(layer, keras.layers.Activation) else None
 
 
-def _activation_name(layer: Any) -> str | None:
+def activation_name(layer: Any) -> str | None:
     """The name of an ``Activation`` layer's function (None for other layers)."""
     return getattr(_activation_fn(layer), "__name__", None)
-
-
-@keras.utils.register_keras_serializable("tfedge")
-class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
-    """tfmot QuantizeConfig that fake-quantizes a layer's output only.
-
-    For layers without weights whose int8 TFLite kernel takes already
-    quantized inputs (``ADD`` / ``MUL`` with a constant or a tensor,
-    ``HARD_SWISH``): only the output range has to be learned.
-
-    Args:
-        quantize_output: False when the output is quantized by the layer that
-            consumes it (tfmot's Concatenate transform sets it; it is kept in
-            the config so copies of the QAT model agree).
-    """
-
-    def __init__(self, quantize_output: bool = True):
-        self.quantize_output = quantize_output
-
-    def get_weights_and_quantizers(self, layer):
-        return []
-
-    def get_activations_and_quantizers(self, layer):
-        return []
-
-    def set_quantize_weights(self, layer, quantize_weights):
-        pass
-
-    def set_quantize_activations(self, layer, quantize_activations):
-        pass
-
-    def get_output_quantizers(self, layer):
-        if not self.quantize_output:
-            return []
-        return [_quantizers.MovingAverageQuantizer(
-            num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
-
-    def get_config(self) -> dict[str, Any]:
-        return {"quantize_output": self.quantize_output}
 
 
 # TFLite's int8 LOGISTIC always outputs on the grid of scale 1/256, zero point -128
 # (the range [0, 255/256]; tensorflow/lite/kernels/activations.cc checks it), whatever
 # its learned range. tfmot fake-quantizes a sigmoid's input, never its output.
 LOGISTIC_RANGE = (0.0, 255.0 / 256.0)
-_SIGMOIDS = ("sigmoid",)
-_SWISHES = ("swish", "silu")
-
-
-def _logistic_quantizer() -> Any:
-    return _quantizers.FixedQuantizer(num_bits=8, init_min=LOGISTIC_RANGE[0],
-                                      init_max=LOGISTIC_RANGE[1], narrow_range=False)
-
-
-@keras.utils.register_keras_serializable("tfedge")
-class LogisticQuantizeConfig(OutputQuantizeConfig):
-    """QuantizeConfig of a sigmoid ``Activation``: its output on TFLite's fixed
-    int8 ``LOGISTIC`` grid, its input left to the layer before (tfmot's own
-    config fake-quantizes the input a second time, with a range of its own,
-    and never the output)."""
-
-    def get_output_quantizers(self, layer):
-        return [_logistic_quantizer()]
-
-
-@keras.utils.register_keras_serializable("tfedge")
-class SwishQuantizeConfig(OutputQuantizeConfig):
-    """QuantizeConfig of :class:`Swish`: the sigmoid's output on TFLite's fixed
-    ``LOGISTIC`` grid (``fixed_gate``), the product with a learned range.
-
-    Args:
-        fixed_gate: False gives tfmot's treatment of swish (the product only).
-    """
-
-    def __init__(self, quantize_output: bool = True, fixed_gate: bool = True):
-        super().__init__(quantize_output)
-        self.fixed_gate = fixed_gate
-
-    def get_activations_and_quantizers(self, layer):
-        # tfmot wraps ``gate`` (named "linear": post-quantized) in a QuantizeAwareActivation.
-        return [(layer.gate, _logistic_quantizer())] if self.fixed_gate else []
-
-    def set_quantize_activations(self, layer, quantize_activations):
-        if quantize_activations:
-            layer.gate = quantize_activations[0]
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "fixed_gate": self.fixed_gate}
+SIGMOIDS = ("sigmoid",)
+SWISHES = ("swish", "silu")
 
 
 def construction_without_autograph() -> Any:
@@ -257,64 +174,7 @@ def construction_without_autograph() -> Any:
     return ag_ctx.ControlStatusCtx(status=ag_ctx.Status.DISABLED)
 
 
-CUSTOM_OBJECTS = {"ConstantOp": ConstantOp, "HardSwish": HardSwish, "Swish": Swish,
-                  "OutputQuantizeConfig": OutputQuantizeConfig,
-                  "LogisticQuantizeConfig": LogisticQuantizeConfig,
-                  "SwishQuantizeConfig": SwishQuantizeConfig}
-
-
-# Pooling layers whose TFLite int8 kernel keeps the input's scale (the global
-# poolings convert to MEAN, which rescales, and keep tfmot's config).
-_SAME_SCALE_POOLS = (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
-                     keras.layers.AveragePooling3D)
-
-# Layers tfmot's transforms fold a following BatchNormalization into.
-_FOLDS_BATCHNORM = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
-
-
-def _standalone_batchnorms(model: Any) -> set[str]:
-    """BatchNormalization layers tfmot cannot fold (DenseNet's after a Concatenate)."""
-    names = set()
-    for nodes in getattr(model, "_nodes_by_depth", {}).values():  # pylint: disable=protected-access
-        for node in nodes:
-            if isinstance(node.layer, keras.layers.BatchNormalization):
-                producer = node.inbound_layers
-                producer = producer[0] if isinstance(producer, (list, tuple)) else producer
-                if type(producer).__name__ not in _FOLDS_BATCHNORM:
-                    names.add(node.layer.name)
-    return names
-
-
-def quantize_configs(model: Any, *, logistic_grid: bool = True) -> dict[str, Any]:
-    """``{layer name: QuantizeConfig}`` for the layers this module introduces,
-    ``Multiply`` (tfmot's registry lacks it), BatchNormalization layers
-    with no Conv/Dense before them (tfmot's registry refuses them one by one,
-    each refusal costing a whole ``quantize_apply``; TFLite runs them as int8
-    ``MUL`` + ``ADD``) and ``AveragePooling`` layers (no output range of their
-    own: TFLite's kernel requires the input's).
-
-    Args:
-        model: the prepared model.
-        logistic_grid: put every sigmoid output (sigmoid ``Activation`` layers,
-            the gate inside :class:`Swish`) on TFLite's fixed int8 ``LOGISTIC``
-            grid; False leaves sigmoids to tfmot (swish: product only).
-    """
-    standalone = _standalone_batchnorms(model)
-    configs = {layer.name: OutputQuantizeConfig() for layer in model.layers
-               if isinstance(layer, (ConstantOp, HardSwish, keras.layers.Multiply))
-               or layer.name in standalone}
-    configs.update({layer.name: SwishQuantizeConfig(fixed_gate=logistic_grid)
-                    for layer in model.layers if isinstance(layer, Swish)})
-    if logistic_grid:
-        configs.update({layer.name: LogisticQuantizeConfig() for layer in model.layers
-                        if _activation_name(layer) in _SIGMOIDS})
-    # TFLite's int8 AVERAGE_POOL_2D needs the same scale on its input and output
-    # (the converter refuses two learned ranges that differ, as DenseNet's
-    # transition pools feeding a Concatenate get); an average never leaves its
-    # input's range, so the output takes the input's quantization.
-    configs.update({layer.name: OutputQuantizeConfig(quantize_output=False)
-                    for layer in model.layers if isinstance(layer, _SAME_SCALE_POOLS)})
-    return configs
+CUSTOM_OBJECTS = {"ConstantOp": ConstantOp, "HardSwish": HardSwish, "Swish": Swish}
 
 
 # ----------------------------------------------------------------------------
@@ -404,7 +264,7 @@ def _affine_of(layer: Any) -> tuple[np.ndarray, np.ndarray] | None:
 # squeeze-excite ``se_reduce`` conv with swish: relative error 0.03 -> 0.61 there).
 # A sigmoid is split off too (the gate of a squeeze-excite block) so that its output
 # gets TFLite's fixed LOGISTIC grid (LogisticQuantizeConfig).
-_UNFUSED_ACTIVATIONS = _SWISHES + _SIGMOIDS + ("gelu",)
+_UNFUSED_ACTIVATIONS = SWISHES + SIGMOIDS + ("gelu",)
 _SPLIT_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 
 
@@ -478,11 +338,11 @@ def rewrite(model: Any) -> tuple[Any, dict[str, int]]:
             h = linear(value(node.call_args[0]))
             linear.set_weights(layer.get_weights())
             name = fresh(layer.name + "_activation")
-            if activation in _SWISHES:
+            if activation in SWISHES:
                 counts["Swish"] += 1
                 return Swish(name=name)(h)
             return keras.layers.Activation(activation, name=name)(h)
-        elif _activation_name(layer) in _SWISHES:
+        elif activation_name(layer) in SWISHES:
             counts["Swish"] += 1
             return Swish(name=layer.name)(value(node.call_args[0]))
         elif _affine_of(layer) is not None:

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Iterator
 from absl import logging
 
 from tfedge._config import PhaseConfig
-from tfedge import prepare as prepare_lib
+from tfedge import qat_configs
 from tfedge import qat_depthwise
 from tfedge._keras import keras
 from tfedge.errors import UnsupportedModelError
@@ -449,7 +449,7 @@ def apply_qat(model: Any, config: QATConfig, preserve: str = "none",
             f"QAT overrides name layer(s) not in the model: {', '.join(unknown)}. Layers: "
             f"{', '.join(layers)}.")
     # tfedge.prepare's layers (and Multiply) come with their QuantizeConfigs.
-    layer_configs = {**prepare_lib.quantize_configs(
+    layer_configs = {**qat_configs.quantize_configs(
         model, logistic_grid=config.logistic_grid and config.scheme == "int8"),
         **config.layer_configs}
     layer_configs = {n: c for n, c in layer_configs.items() if n not in config.skip}
@@ -460,7 +460,7 @@ def apply_qat(model: Any, config: QATConfig, preserve: str = "none",
         reason = _skip_reason(layer, registry)
         if reason:
             skipped[name] = reason
-    custom = {**_custom_objects(model, config), **prepare_lib.CUSTOM_OBJECTS}
+    custom = {**_custom_objects(model, config), **qat_configs.CUSTOM_OBJECTS}
 
     def annotate(current_skip: dict[str, str]) -> Any:
         def fn(layer):
