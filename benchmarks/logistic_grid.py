@@ -99,15 +99,19 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--margin", type=float, default=3.0,
                         help="decisive: Keras top-2 margin of at least this many output steps")
+    parser.add_argument("--grid", choices=("both", "on", "off"), default="both",
+                        help="on / off alone: e.g. the self-agreement of a model without "
+                             "sigmoids, where the setting changes nothing")
     parser.add_argument("--out", default="benchmarks/results/logistic_grid.json")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     rows = []
+    settings = {"both": (False, True), "on": (True,), "off": (False,)}[args.grid]
     for name in args.models.split(","):
         data = zoo.smoke_data(zoo.SIZES[name])
         for seed in args.seeds:
             model = train_float(name, seed, data[0], data[1])
-            for grid in (False, True):  # wrap copies the model: both start from the same one
+            for grid in settings:  # wrap copies the model: both start from the same one
                 row = {"model": name, **qat_run(model, grid, seed, data, args.margin)}
                 rows.append(row)
                 print(f"{name} seed {seed} grid {grid}: agreement {row['agreement']:.2%} "
@@ -116,7 +120,7 @@ def main(argv=None) -> int:
                                       "rows": rows, "seconds": time.perf_counter() - t0})
     summary = []
     for name in args.models.split(","):
-        for grid in (False, True):
+        for grid in settings:
             mine = [r for r in rows if r["model"] == name and r["grid"] == grid]
             summary.append({"model": name, "grid": grid, "runs": len(mine), **{
                 k: float(np.mean([r[k] for r in mine])) for k in
