@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 import tfedge  # noqa: E402
 from tfedge import keras  # noqa: E402
-from tfedge.prepare import OutputQuantizeConfig  # noqa: E402
+from tfedge.qat_configs import OutputQuantizeConfig  # noqa: E402
 from tfedge.quantize import QATConfig, apply_qat, strip_qat  # noqa: E402
 from tfedge.report import format_table, write_json  # noqa: E402
 

@@ -10,7 +10,13 @@ functions are traced once each, then timed in interleaved rounds (a few
 steps per variant per round) so that machine noise hits all alike; the
 table has the median step of the rounds.
 
+``--compare logistic_grid`` instead times ``QATConfig(logistic_grid=True)``
+(sigmoid outputs on TFLite's LOGISTIC grid, :mod:`tfedge.qat_configs`)
+against ``False`` and the plain Keras step (``--model EfficientNetB0``).
+
     python benchmarks/qat_step.py [--rounds 15] [--out benchmarks/results/qat_step.json]
+    python benchmarks/qat_step.py --compare logistic_grid --model EfficientNetB0 \
+        --out benchmarks/results/qat_step_logistic_grid.json
 """
 
 from __future__ import annotations
@@ -32,18 +38,27 @@ from tfedge import keras, qat_gradients  # noqa: E402
 from tfedge.report import format_table, write_json  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-VARIANTS = {"tfedge": qat_gradients.vectorized_per_channel_fake_quant,
-            "gradient_only": qat_gradients.vectorized_per_channel_gradient,
-            "tensorflow": contextlib.nullcontext}
+# name -> (the block standing in for tfedge's in the train step, QATConfig arguments);
+# "plain": the unwrapped Keras model.
+VARIANTS = {"tfedge": (qat_gradients.vectorized_per_channel_fake_quant, {}),
+            "gradient_only": (qat_gradients.vectorized_per_channel_gradient, {}),
+            "tensorflow": (contextlib.nullcontext, {})}
+# --compare logistic_grid: what putting sigmoid outputs on TFLite's grid costs per step.
+GRID_VARIANTS = {"logistic_grid": (qat_gradients.vectorized_per_channel_fake_quant, {}),
+                 "tfmot_sigmoids": (qat_gradients.vectorized_per_channel_fake_quant,
+                                    {"logistic_grid": False}),
+                 "plain": (None, None)}
 STEPS_PER_ROUND = 4
 
 
-def traced_step(context, batch: int = 32) -> tuple:
-    """(train function, data iterator) of a wrapped QAT MobileNet, traced with
-    ``context`` standing in for tfedge's block in the train step."""
+def traced_step(context, qat: dict | None, model: str = "MobileNet", batch: int = 32) -> tuple:
+    """(train function, data iterator) of a wrapped QAT ``model`` (``QATConfig(**qat)``),
+    traced with ``context`` standing in for tfedge's block in the train step; with
+    ``qat`` None, of the plain Keras model."""
     keras.utils.set_random_seed(0)
-    net = keras.applications.MobileNet(input_shape=(32, 32, 3), weights=None, classes=10)
-    edge = tfedge.wrap(net, quantize=True)
+    net = getattr(keras.applications, model)(input_shape=(32, 32, 3), weights=None,
+                                             classes=10)
+    edge = net if qat is None else tfedge.wrap(net, quantize=tfedge.QATConfig(**qat))
     edge.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(),
                  ["accuracy"])
     rng = np.random.default_rng(0)
@@ -51,7 +66,7 @@ def traced_step(context, batch: int = 32) -> tuple:
         (rng.random((1024, 32, 32, 3), np.float32), rng.integers(0, 10, 1024)))
     iterator = iter(data.batch(batch).repeat())
     saved = qat_gradients.vectorized_per_channel_fake_quant
-    qat_gradients.vectorized_per_channel_fake_quant = context
+    qat_gradients.vectorized_per_channel_fake_quant = context or saved
     try:
         function = edge.make_train_function()
         function(iterator)  # traced here, with ``context``
@@ -65,10 +80,16 @@ def traced_step(context, batch: int = 32) -> tuple:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--model", default="MobileNet")
+    parser.add_argument("--compare", choices=("per_channel", "logistic_grid"),
+                        default="per_channel")
     parser.add_argument("--out", default="benchmarks/results/qat_step.json")
     args = parser.parse_args(argv)
-    steps = {name: traced_step(context) for name, context in VARIANTS.items()}
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    variants = VARIANTS if args.compare == "per_channel" else GRID_VARIANTS
+    baseline = "tensorflow" if args.compare == "per_channel" else "tfmot_sigmoids"
+    steps = {name: traced_step(context, qat, args.model)
+             for name, (context, qat) in variants.items()}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, (function, iterator) in steps.items():
             start = time.perf_counter()
@@ -77,12 +98,13 @@ def main(argv=None) -> int:
             float(logs["loss"])
             times[name].append((time.perf_counter() - start) / STEPS_PER_ROUND)
     median = {name: float(np.median(t)) for name, t in times.items()}
-    print(format_table(["variant", "median step s", "vs tensorflow"],
+    print(format_table(["variant", "median step s", f"{baseline} / variant"],
                        [[name, f"{median[name]:.4f}",
-                         f"{median['tensorflow'] / median[name]:.2f}x"] for name in VARIANTS],
-                       title=f"wrapped QAT MobileNet train step, median of {args.rounds} rounds"))
+                         f"{median[baseline] / median[name]:.2f}x"] for name in variants],
+                       title=f"wrapped QAT {args.model} train step, median of {args.rounds} "
+                             "rounds"))
     threads = tf.config.threading.get_intra_op_parallelism_threads()
-    write_json(args.out, {"model": "MobileNet", "input": 32, "batch": 32,
+    write_json(args.out, {"model": args.model, "compare": args.compare, "input": 32, "batch": 32,
                           "threads": {"intra_op": threads, "cpus": os.cpu_count()},
                           "load_average": list(os.getloadavg()), "rounds": args.rounds,
                           "steps_per_round": STEPS_PER_ROUND, "median_step_s": median,

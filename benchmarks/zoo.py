@@ -218,6 +218,7 @@ def run_model(name: str, keras_mod, label: str) -> dict:
         report = tfedge.validate(art, final, x_test, y_test)
         row["seconds"]["validate"] = time.perf_counter() - t
         row["agreement"] = report.agreement
+        row["near_ties"] = report.near_ties  # disagreements Keras itself scores 2 steps apart
         row["validated_samples"] = report.num_samples
         row["qat_keras_accuracy"] = report.keras_accuracy
         row["int8_accuracy"] = report.tflite_accuracy

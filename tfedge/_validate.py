@@ -240,6 +240,13 @@ class ValidationReport:
         per_output: for models with several outputs, max abs error and SNR
             of each output by name (the fields above then cover them all;
             agreement and accuracy are left out, as top-1 is not defined).
+        output_step: the quantization step of the flatbuffer's int8 output
+            (None for a float output).
+        near_ties: of the samples whose top-1 differs, those the Keras model
+            itself scores within ``NEAR_TIE_STEPS`` output steps apart (its
+            top-1 against the flatbuffer's): top-1 there is decided by one
+            rounding, which no int8 kernel avoids (None without
+            ``output_step``).
     """
 
     num_samples: int
@@ -252,6 +259,8 @@ class ValidationReport:
     mode: str = "unknown"
     per_output: dict[str, dict[str, float]] | None = None
     op_resolver: str = "auto"
+    output_step: float | None = None
+    near_ties: int | None = None
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -273,7 +282,7 @@ class ValidationReport:
                 ["op resolver", self.op_resolver],
                 ["keras accuracy", pct(self.keras_accuracy)],
                 ["tflite accuracy", pct(self.tflite_accuracy)],
-                ["top-1 agreement", pct(self.agreement)],
+                ["top-1 agreement", pct(self.agreement) + self._ties()],
                 ["max abs error", f"{self.max_abs_error:.4g}"],
                 ["mean abs error", f"{self.mean_abs_error:.4g}"],
                 ["SNR", f"{self.snr_db:.1f} dB"]]
@@ -281,6 +290,19 @@ class ValidationReport:
             rows.append([f"{name}: max abs / SNR",
                          f"{stats['max_abs_error']:.4g} / {stats['snr_db']:.1f} dB"])
         return format_table(["validation", "value"], rows)
+
+
+    def _ties(self) -> str:
+        if self.near_ties is None or self.agreement is None or self.agreement == 1:
+            return ""
+        differ = round((1 - self.agreement) * self.num_samples)
+        return (f" ({differ} differ, {self.near_ties} of them Keras near-ties: within "
+                f"{NEAR_TIE_STEPS} output steps)")
+
+
+# A disagreement is a near-tie when Keras scores the two classes this many int8 output
+# steps apart or less (a step or two of accumulated rounding reorders them).
+NEAR_TIE_STEPS = 2
 
 
 def _error_stats(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
@@ -294,7 +316,8 @@ def _error_stats(reference: np.ndarray, candidate: np.ndarray) -> dict[str, floa
 
 
 def compare_outputs(reference: Any, candidate: Any, y: Any = None, mode: str = "unknown",
-                    names: list[str] | None = None) -> ValidationReport:
+                    names: list[str] | None = None,
+                    output_step: float | None = None) -> ValidationReport:
     """Compares two models' float outputs on the same samples.
 
     Args:
@@ -305,6 +328,8 @@ def compare_outputs(reference: Any, candidate: Any, y: Any = None, mode: str = "
             classifiers).
         mode: conversion mode, recorded in the report.
         names: output names, for the per-output statistics.
+        output_step: quantization step of the candidate's output, to count
+            near-ties among the disagreements.
 
     Returns:
         A :class:`ValidationReport`.
@@ -333,17 +358,22 @@ def compare_outputs(reference: Any, candidate: Any, y: Any = None, mode: str = "
                          f"{candidate.shape}.")
     stats = _error_stats(reference, candidate)
     classify = reference.shape[1] > 1
-    agreement = keras_acc = tflite_acc = None
+    agreement = keras_acc = tflite_acc = near_ties = None
     if classify:
         ref_top, cand_top = reference.argmax(1), candidate.argmax(1)
         agreement = float(np.mean(ref_top == cand_top))
+        if output_step:
+            rows = np.arange(len(reference))
+            gap = reference[rows, ref_top] - reference[rows, cand_top]
+            near_ties = int(np.sum((ref_top != cand_top)
+                                   & (gap <= NEAR_TIE_STEPS * output_step * (1 + 1e-6))))
         if y is not None:
             labels = class_labels(y)
             keras_acc = float(np.mean(ref_top == labels))
             tflite_acc = float(np.mean(cand_top == labels))
     return ValidationReport(num_samples=len(reference), agreement=agreement,
                             keras_accuracy=keras_acc, tflite_accuracy=tflite_acc, mode=mode,
-                            **stats)
+                            output_step=output_step, near_ties=near_ties, **stats)
 
 
 def _input_range(artifact: Any) -> tuple[float, float] | None:
@@ -419,7 +449,9 @@ def validate(artifact: Any, keras_model: Any, x: Any, y: Any = None, *,
     if sorted(names) != sorted(runner.output_names):
         names = runner.output_names  # e.g. a wrapper model: trust the signature's order
     candidate = runner.predict(x, batch_size=batch_size, output_names=names)
-    report = compare_outputs(reference, candidate, y, mode=artifact.mode, names=names)
+    scale = artifact.outputs[0].scale if len(artifact.outputs) == 1 else None
+    report = compare_outputs(reference, candidate, y, mode=artifact.mode, names=names,
+                             output_step=float(scale[0]) if scale else None)
     report.op_resolver = runner.op_resolver
     artifact.validation = report
     logging.info("tfedge: validation on %d samples: agreement %s, SNR %.1f dB",

@@ -19,20 +19,25 @@ not survive a config round trip).
 * ``Activation`` layers of Keras 3's ``hard_silu`` / ``hard_sigmoid`` (carried
   over by :mod:`tfedge.keras3` as :func:`hard_swish` / :func:`hard_sigmoid`)
   become the same layers;
-* ``Conv2D`` / ``DepthwiseConv2D`` / ``Dense`` with a swish or gelu inside
-  (EfficientNet's squeeze-excite) become the linear layer + ``Activation``,
-  so the kernel's output gets its own quantization range (TFLite cannot
-  fuse these activations into the kernel);
+* ``Conv2D`` / ``DepthwiseConv2D`` / ``Dense`` with a swish, sigmoid or gelu
+  inside (EfficientNet's squeeze-excite) become the linear layer + the
+  activation as a layer of its own, so the kernel's output gets its own
+  quantization range (TFLite cannot fuse these activations into the kernel);
+  a layer whose output is the model's keeps its activation (and its name);
+* swish / silu become :class:`Swish`, whose sigmoid output QAT puts on the
+  fixed grid of TFLite's int8 ``LOGISTIC`` (scale 1/256), as it does every
+  sigmoid ``Activation`` (:mod:`tfedge.qat_configs`): tfmot
+  fake-quantizes a sigmoid's input only, so QAT trained on gates the int8
+  model never computes (EfficientNetB0: each layer's own int8 error 7x
+  smaller, ``benchmarks/logistic_grid.py``);
 * ``Rescaling`` and ``Normalization`` become the constant multiply / add
   they compute (int8 ``MUL`` / ``ADD`` after the input is quantized), so the
   whole body, preprocessing included, is int8.
 
 The rewrite is checked numerically on random inputs before training
-(:class:`PreparationReport`). :func:`quantize_configs` gives tfmot the
-QuantizeConfigs of these layers (output quantization: TFLite's int8
-``ADD`` / ``MUL`` / ``HARD_SWISH`` take int8 inputs and need only their output
-range); quantization itself is tfmot's (``quantize_annotate_layer`` with a
-``QuantizeConfig``), not re-implemented here.
+(:class:`PreparationReport`). :func:`tfedge.qat_configs.quantize_configs`
+gives tfmot the QuantizeConfigs of these layers; quantization itself is
+tfmot's, not re-implemented here.
 
 Example:
 
@@ -52,9 +57,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfedge._keras import keras
-import tensorflow_model_optimization as tfmot
 
-_quantizers = tfmot.quantization.keras.quantizers
 
 # TFOpLambda functions rewritten, by what they compute.
 _ADD = ("__operators__.add", "math.add")
@@ -115,6 +118,27 @@ def hard_sigmoid(x: Any) -> Any:
     return tf.nn.relu6(x + 3.0) / 6.0
 
 
+@keras.utils.register_keras_serializable("tfedge")
+class Swish(keras.layers.Layer):
+    """``x * sigmoid(x)`` (swish / silu), with the sigmoid's output reachable for QAT.
+
+    TFLite converts swish to ``LOGISTIC`` then ``MUL``; the int8 ``LOGISTIC``
+    rounds its output to a fixed grid (:data:`LOGISTIC_RANGE`). tfmot's
+    ``Activation("swish")`` fake-quantizes only the product, so QAT trains on
+    a gate the int8 model never computes. Under
+    :class:`tfedge.qat_configs.SwishQuantizeConfig`
+    ``gate`` becomes tfmot's fake quantization on that grid; in float it is
+    the identity.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.gate = keras.activations.linear
+
+    def call(self, inputs):
+        return inputs * self.gate(tf.sigmoid(inputs))
+
+
 # Keras 3 activation name -> the tf_keras name of its exact maths (the bridge's table).
 KERAS3_ACTIVATIONS = {"hard_silu": "tfedge>hard_swish", "hard_swish": "tfedge>hard_swish",
                       "hard_sigmoid": "tfedge>hard_sigmoid"}
@@ -124,43 +148,17 @@ def _activation_fn(layer: Any) -> Any:
     return layer.activation if isinstance(layer, keras.layers.Activation) else None
 
 
-@keras.utils.register_keras_serializable("tfedge")
-class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
-    """tfmot QuantizeConfig that fake-quantizes a layer's output only.
+def activation_name(layer: Any) -> str | None:
+    """The name of an ``Activation`` layer's function (None for other layers)."""
+    return getattr(_activation_fn(layer), "__name__", None)
 
-    For layers without weights whose int8 TFLite kernel takes already
-    quantized inputs (``ADD`` / ``MUL`` with a constant or a tensor,
-    ``HARD_SWISH``): only the output range has to be learned.
 
-    Args:
-        quantize_output: False when the output is quantized by the layer that
-            consumes it (tfmot's Concatenate transform sets it; it is kept in
-            the config so copies of the QAT model agree).
-    """
-
-    def __init__(self, quantize_output: bool = True):
-        self.quantize_output = quantize_output
-
-    def get_weights_and_quantizers(self, layer):
-        return []
-
-    def get_activations_and_quantizers(self, layer):
-        return []
-
-    def set_quantize_weights(self, layer, quantize_weights):
-        pass
-
-    def set_quantize_activations(self, layer, quantize_activations):
-        pass
-
-    def get_output_quantizers(self, layer):
-        if not self.quantize_output:
-            return []
-        return [_quantizers.MovingAverageQuantizer(
-            num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
-
-    def get_config(self) -> dict[str, Any]:
-        return {"quantize_output": self.quantize_output}
+# TFLite's int8 LOGISTIC always outputs on the grid of scale 1/256, zero point -128
+# (the range [0, 255/256]; tensorflow/lite/kernels/activations.cc checks it), whatever
+# its learned range. tfmot fake-quantizes a sigmoid's input, never its output.
+LOGISTIC_RANGE = (0.0, 255.0 / 256.0)
+SIGMOIDS = ("sigmoid",)
+SWISHES = ("swish", "silu")
 
 
 def construction_without_autograph() -> Any:
@@ -176,50 +174,7 @@ def construction_without_autograph() -> Any:
     return ag_ctx.ControlStatusCtx(status=ag_ctx.Status.DISABLED)
 
 
-CUSTOM_OBJECTS = {"ConstantOp": ConstantOp, "HardSwish": HardSwish,
-                  "OutputQuantizeConfig": OutputQuantizeConfig}
-
-
-# Pooling layers whose TFLite int8 kernel keeps the input's scale (the global
-# poolings convert to MEAN, which rescales, and keep tfmot's config).
-_SAME_SCALE_POOLS = (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
-                     keras.layers.AveragePooling3D)
-
-# Layers tfmot's transforms fold a following BatchNormalization into.
-_FOLDS_BATCHNORM = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
-
-
-def _standalone_batchnorms(model: Any) -> set[str]:
-    """BatchNormalization layers tfmot cannot fold (DenseNet's after a Concatenate)."""
-    names = set()
-    for nodes in getattr(model, "_nodes_by_depth", {}).values():  # pylint: disable=protected-access
-        for node in nodes:
-            if isinstance(node.layer, keras.layers.BatchNormalization):
-                producer = node.inbound_layers
-                producer = producer[0] if isinstance(producer, (list, tuple)) else producer
-                if type(producer).__name__ not in _FOLDS_BATCHNORM:
-                    names.add(node.layer.name)
-    return names
-
-
-def quantize_configs(model: Any) -> dict[str, Any]:
-    """``{layer name: QuantizeConfig}`` for the layers this module introduces,
-    ``Multiply`` (tfmot's registry lacks it), BatchNormalization layers
-    with no Conv/Dense before them (tfmot's registry refuses them one by one,
-    each refusal costing a whole ``quantize_apply``; TFLite runs them as int8
-    ``MUL`` + ``ADD``) and ``AveragePooling`` layers (no output range of their
-    own: TFLite's kernel requires the input's)."""
-    standalone = _standalone_batchnorms(model)
-    configs = {layer.name: OutputQuantizeConfig() for layer in model.layers
-               if isinstance(layer, (ConstantOp, HardSwish, keras.layers.Multiply))
-               or layer.name in standalone}
-    # TFLite's int8 AVERAGE_POOL_2D needs the same scale on its input and output
-    # (the converter refuses two learned ranges that differ, as DenseNet's
-    # transition pools feeding a Concatenate get); an average never leaves its
-    # input's range, so the output takes the input's quantization.
-    configs.update({layer.name: OutputQuantizeConfig(quantize_output=False)
-                    for layer in model.layers if isinstance(layer, _SAME_SCALE_POOLS)})
-    return configs
+CUSTOM_OBJECTS = {"ConstantOp": ConstantOp, "HardSwish": HardSwish, "Swish": Swish}
 
 
 # ----------------------------------------------------------------------------
@@ -307,12 +262,17 @@ def _affine_of(layer: Any) -> tuple[np.ndarray, np.ndarray] | None:
 # Conv/Dense layer, while TFLite cannot fuse them into the kernel: the CONV_2D /
 # FULLY_CONNECTED output then gets no learned range of its own (EfficientNet's
 # squeeze-excite ``se_reduce`` conv with swish: relative error 0.03 -> 0.61 there).
-_UNFUSED_ACTIVATIONS = ("swish", "silu", "gelu")
+# A sigmoid is split off too (the gate of a squeeze-excite block) so that its output
+# gets TFLite's fixed LOGISTIC grid (LogisticQuantizeConfig).
+_UNFUSED_ACTIVATIONS = SWISHES + SIGMOIDS + ("gelu",)
 _SPLIT_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 
 
-def _unfused_activation(layer: Any) -> str | None:
-    if type(layer) not in _SPLIT_LAYERS or len(layer._inbound_nodes) != 1:  # pylint: disable=protected-access
+def _unfused_activation(layer: Any, model: Any) -> str | None:
+    """The activation to split off ``layer``; None for a layer whose output is
+    one of the model's (splitting would rename the output)."""
+    if (type(layer) not in _SPLIT_LAYERS or len(layer._inbound_nodes) != 1  # pylint: disable=protected-access
+            or layer in model._output_layers):  # pylint: disable=protected-access
         return None
     name = getattr(getattr(layer, "activation", None), "__name__", None)
     return name if name in _UNFUSED_ACTIVATIONS else None
@@ -368,16 +328,23 @@ def rewrite(model: Any) -> tuple[Any, dict[str, int]]:
             h = constant_op(value(node.call_args[0]), "add", 3.0, layer.name + "_add")
             h = keras.layers.ReLU(6.0, name=fresh(layer.name + "_relu6"))(h)
             return constant_op(h, "multiply", 1.0 / 6.0, layer.name + "_scale")
-        elif _unfused_activation(layer) is not None:
+        elif _unfused_activation(layer, model) is not None:
             # Conv/Dense(activation=swish) -> Conv/Dense + Activation(swish): each output
             # gets its own quantization range, as the two TFLite ops need.
             counts["activation split"] += 1
-            activation = _unfused_activation(layer)
+            activation = _unfused_activation(layer, model)
             config = {**layer.get_config(), "activation": "linear"}
             linear = type(layer).from_config(config)
             h = linear(value(node.call_args[0]))
             linear.set_weights(layer.get_weights())
-            return keras.layers.Activation(activation, name=fresh(layer.name + "_activation"))(h)
+            name = fresh(layer.name + "_activation")
+            if activation in SWISHES:
+                counts["Swish"] += 1
+                return Swish(name=name)(h)
+            return keras.layers.Activation(activation, name=name)(h)
+        elif activation_name(layer) in SWISHES:
+            counts["Swish"] += 1
+            return Swish(name=layer.name)(value(node.call_args[0]))
         elif _affine_of(layer) is not None:
             scale, offset = _affine_of(layer)
             counts[type(layer).__name__] += 1

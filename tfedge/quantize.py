@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Iterator
 from absl import logging
 
 from tfedge._config import PhaseConfig
-from tfedge import prepare as prepare_lib
+from tfedge import qat_configs
 from tfedge import qat_depthwise
 from tfedge._keras import keras
 from tfedge.errors import UnsupportedModelError
@@ -100,6 +100,11 @@ class QATConfig(PhaseConfig):
             them (:mod:`tfedge.qat_depthwise`); False keeps tfmot's single
             scale per depthwise kernel. int8 scheme only (16x8 QAT is
             recalibrated at conversion).
+        logistic_grid: fake-quantize every sigmoid's output (squeeze-excite
+            gates, the gate inside swish) on the fixed grid TFLite's int8
+            ``LOGISTIC`` outputs (scale 1/256; :mod:`tfedge.prepare`), which
+            tfmot leaves in float; False keeps tfmot's treatment. int8 scheme
+            only.
 
     Raises:
         ValueError: unknown scheme, negative start, overlapping ``skip`` and
@@ -125,12 +130,14 @@ class QATConfig(PhaseConfig):
     preserve_sparsity: bool | None = None
     range_samples: int = 64
     per_channel_depthwise: bool = True
+    logistic_grid: bool = True
 
     def _normalize(self) -> None:
         self._set("skip", list(self.skip))
         self._set("layer_configs", dict(self.layer_configs or {}))
         self._set("strict", bool(self.strict))
         self._set("per_channel_depthwise", bool(self.per_channel_depthwise))
+        self._set("logistic_grid", bool(self.logistic_grid))
 
     def _validate(self) -> None:
         if self.scheme not in SCHEMES:
@@ -442,7 +449,9 @@ def apply_qat(model: Any, config: QATConfig, preserve: str = "none",
             f"QAT overrides name layer(s) not in the model: {', '.join(unknown)}. Layers: "
             f"{', '.join(layers)}.")
     # tfedge.prepare's layers (and Multiply) come with their QuantizeConfigs.
-    layer_configs = {**prepare_lib.quantize_configs(model), **config.layer_configs}
+    layer_configs = {**qat_configs.quantize_configs(
+        model, logistic_grid=config.logistic_grid and config.scheme == "int8"),
+        **config.layer_configs}
     layer_configs = {n: c for n, c in layer_configs.items() if n not in config.skip}
     skipped: dict[str, str] = {name: "skipped by the user (skip=)" for name in config.skip}
     for name, layer in layers.items():
@@ -451,7 +460,7 @@ def apply_qat(model: Any, config: QATConfig, preserve: str = "none",
         reason = _skip_reason(layer, registry)
         if reason:
             skipped[name] = reason
-    custom = {**_custom_objects(model, config), **prepare_lib.CUSTOM_OBJECTS}
+    custom = {**_custom_objects(model, config), **qat_configs.CUSTOM_OBJECTS}
 
     def annotate(current_skip: dict[str, str]) -> Any:
         def fn(layer):

@@ -125,7 +125,7 @@ def test_conv_with_swish_is_split_so_its_output_gets_a_range():
     h = keras.layers.Multiply()([h, se])
     model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(h)))
     prepared, report = prepare.prepare_model(model)
-    assert report.rewrites["activation split"] == 2
+    assert report.rewrites["activation split"] == 3  # two swish convs and the sigmoid gate
     assert not any(getattr(layer, "activation", None) is keras.activations.swish
                    for layer in prepared.layers if isinstance(layer, keras.layers.Conv2D))
     x = np.random.default_rng(1).uniform(0, 1, (32, 8, 8, 3)).astype("float32")
@@ -134,6 +134,64 @@ def test_conv_with_swish_is_split_so_its_output_gets_a_range():
     final, art = _prune_qat_int8(model, x, y)
     report = tfedge.validate(art, final, x)
     assert report.max_abs_error <= 3 * art.outputs[0].scale[0], report
+
+
+def _swish_se_model(output_activation="sigmoid"):
+    """EfficientNet's block: conv -> swish -> squeeze-excite (swish reduce, sigmoid gate)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    h = keras.layers.Activation("swish", name="act")(h)
+    se = keras.layers.GlobalAveragePooling2D(keepdims=True)(h)
+    se = keras.layers.Conv2D(4, 1, activation="swish")(se)
+    se = keras.layers.Conv2D(8, 1, activation="sigmoid", name="gate")(se)
+    h = keras.layers.Multiply()([h, se])
+    out = keras.layers.Dense(4, activation=output_activation, name="out")(
+        keras.layers.GlobalAveragePooling2D()(h))
+    return keras.Model(inputs, out)
+
+
+def test_swish_and_sigmoid_gates_become_layers_with_the_same_function():
+    model = _swish_se_model()
+    prepared, report = prepare.prepare_model(model)
+    assert report.rewrites["Swish"] == 2  # the Activation layer and the reduce conv's
+    assert isinstance(prepared.get_layer("act"), prepare.Swish)
+    assert prepared.get_layer("gate_activation").activation is keras.activations.sigmoid
+    # The output layer keeps its name and its sigmoid (splitting it would rename the output).
+    assert prepared.output_names == model.output_names == ["out"]
+    x = np.random.default_rng(1).uniform(0, 1, (8, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(prepared(x), model(x), rtol=1e-5, atol=1e-6)
+    clone = keras.models.clone_model(prepared)  # get_config round trip
+    assert isinstance(clone.get_layer("act"), prepare.Swish)
+
+
+def _qat(model, x, logistic_grid):
+    edge = tfedge.wrap(model, quantize=tfedge.QATConfig(logistic_grid=logistic_grid))
+    edge.compile(keras.optimizers.Adam(1e-5), "mse")
+    edge.fit(x, np.full((len(x), 4), 0.5, "float32"), batch_size=8, epochs=1, verbose=0)
+    return edge.finish()
+
+
+def test_qat_puts_sigmoid_outputs_on_tflites_logistic_grid():
+    # TFLite's int8 LOGISTIC outputs multiples of 1/256 whatever it learned; tfmot
+    # fake-quantizes a sigmoid's input only, so QAT trained on a gate never computed.
+    x = np.random.default_rng(0).uniform(0, 1, (32, 8, 8, 3)).astype("float32")
+    errors = {}
+    for grid in (False, True):
+        qat = _qat(_swish_se_model(None), x, grid)
+        gate = next(layer for layer in qat.layers if layer.name.endswith("gate_activation"))
+        values = np.asarray(keras.Model(qat.inputs, gate.output)(x)) * 256
+        on_grid = np.allclose(values, np.round(values), atol=1e-3)
+        assert on_grid == grid, (grid, values.ravel()[:4])
+        art = tfedge.convert(qat, x[:16])
+        assert art.mode == "int8" and not art.flatbuffer.float_ops(), art.ops
+        report = tfedge.validate(art, qat, x)
+        errors[grid] = (report.max_abs_error / art.outputs[0].scale[0],
+                        report.mean_abs_error / art.outputs[0].scale[0])
+    # The int8 file computes what the QAT model computed, up to rounding.
+    # (max, mean) error in steps of the output scale: measured (2.0, 0.41) without the
+    # grid and (0, 0) with it.
+    assert errors[True][0] <= 1 + 1e-3 and errors[True][1] < errors[False][1] / 2, errors
 
 
 @pytest.mark.slow

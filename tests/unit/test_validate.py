@@ -55,6 +55,23 @@ def test_compare_outputs_metrics_by_hand():
     assert report.snr_db == pytest.approx(10 * np.log10(7.0 / noise))
 
 
+def test_disagreements_keras_scores_as_near_ties_are_counted():
+    step = 1 / 256  # an int8 softmax output
+    ref = np.array([[0.5, 0.5 - step, 0.0],        # TFLite picks a class one step below
+                    [0.6, 0.4, 0.0],               # ... 51 steps below
+                    [0.1, 0.2, 0.7],               # agrees
+                    [0.3, 0.3 - 3 * step, 0.4],    # ... 0.1 + 3 steps below
+                    [0.3, 0.3 - 2 * step, 0.29]])  # ... two steps below (counted)
+    cand = np.array([[0.49, 0.51, 0.0], [0.3, 0.7, 0.0], [0.1, 0.2, 0.7],
+                     [0.3, 0.5, 0.2], [0.3, 0.31, 0.0]])
+    report = compare_outputs(ref, cand, output_step=step)
+    assert report.agreement == pytest.approx(1 / 5)
+    assert report.near_ties == 2, report
+    assert "4 differ, 2 of them Keras near-ties" in str(report)
+    assert compare_outputs(ref, cand).near_ties is None  # float output: no step known
+    assert compare_outputs(ref, ref, output_step=step).near_ties == 0
+
+
 def test_identical_outputs_have_infinite_snr():
     a = np.random.default_rng(0).normal(size=(5, 3))
     assert compare_outputs(a, a.copy()).snr_db == float("inf")

@@ -1,0 +1,176 @@
+"""tfmot QuantizeConfigs for the layers :mod:`tfedge.prepare` leaves in a model.
+
+tfmot's 8-bit registry has no config for ``Multiply``, for tfedge's
+:class:`~tfedge.prepare.ConstantOp` / :class:`~tfedge.prepare.HardSwish` /
+:class:`~tfedge.prepare.Swish`, or for a BatchNormalization with no Conv /
+Dense before it, and its config of a sigmoid fake-quantizes the input only.
+:func:`quantize_configs` gives tfmot one per such layer, matched to what the
+int8 TFLite kernel computes:
+
+* ``ADD`` / ``MUL`` / ``HARD_SWISH`` take int8 inputs and need only their
+  output range (:class:`OutputQuantizeConfig`);
+* ``LOGISTIC`` outputs on a fixed grid of scale 1/256 whatever it learned
+  (:class:`LogisticQuantizeConfig`, and the gate inside swish,
+  :class:`SwishQuantizeConfig`);
+* ``AVERAGE_POOL_2D`` keeps its input's scale (no range of its own).
+
+Quantization itself is tfmot's (``quantize_annotate_layer`` with these
+configs, applied by :func:`tfedge.quantize.quantize_model`), not
+re-implemented here.
+
+Example:
+
+>>> configs = quantize_configs(prepared_model)  # doctest: +SKIP
+>>> type(configs["block1a_se_expand_activation"]).__name__  # doctest: +SKIP
+'LogisticQuantizeConfig'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tfedge._keras import keras
+from tfedge.prepare import CUSTOM_OBJECTS as PREPARE_OBJECTS
+from tfedge.prepare import ConstantOp, HardSwish, LOGISTIC_RANGE, SIGMOIDS, Swish, activation_name
+import tensorflow_model_optimization as tfmot
+
+_quantizers = tfmot.quantization.keras.quantizers
+
+
+@keras.utils.register_keras_serializable("tfedge")
+class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+    """tfmot QuantizeConfig that fake-quantizes a layer's output only.
+
+    For layers without weights whose int8 TFLite kernel takes already
+    quantized inputs (``ADD`` / ``MUL`` with a constant or a tensor,
+    ``HARD_SWISH``): only the output range has to be learned.
+
+    Args:
+        quantize_output: False when the output is quantized by the layer that
+            consumes it (tfmot's Concatenate transform sets it; it is kept in
+            the config so copies of the QAT model agree).
+    """
+
+    def __init__(self, quantize_output: bool = True):
+        self.quantize_output = quantize_output
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        if not self.quantize_output:
+            return []
+        return [_quantizers.MovingAverageQuantizer(
+            num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
+
+    def get_config(self) -> dict[str, Any]:
+        return {"quantize_output": self.quantize_output}
+
+
+def _logistic_quantizer() -> Any:
+    return _quantizers.FixedQuantizer(num_bits=8, init_min=LOGISTIC_RANGE[0],
+                                      init_max=LOGISTIC_RANGE[1], narrow_range=False)
+
+
+@keras.utils.register_keras_serializable("tfedge")
+class LogisticQuantizeConfig(OutputQuantizeConfig):
+    """QuantizeConfig of a sigmoid ``Activation``: its output on TFLite's fixed
+    int8 ``LOGISTIC`` grid, its input left to the layer before (tfmot's own
+    config fake-quantizes the input a second time, with a range of its own,
+    and never the output)."""
+
+    def get_output_quantizers(self, layer):
+        return [_logistic_quantizer()]
+
+
+@keras.utils.register_keras_serializable("tfedge")
+class SwishQuantizeConfig(OutputQuantizeConfig):
+    """QuantizeConfig of :class:`Swish`: the sigmoid's output on TFLite's fixed
+    ``LOGISTIC`` grid (``fixed_gate``), the product with a learned range.
+
+    Args:
+        fixed_gate: False gives tfmot's treatment of swish (the product only).
+    """
+
+    def __init__(self, quantize_output: bool = True, fixed_gate: bool = True):
+        super().__init__(quantize_output)
+        self.fixed_gate = fixed_gate
+
+    def get_activations_and_quantizers(self, layer):
+        # tfmot wraps ``gate`` (named "linear": post-quantized) in a QuantizeAwareActivation.
+        return [(layer.gate, _logistic_quantizer())] if self.fixed_gate else []
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        if quantize_activations:
+            layer.gate = quantize_activations[0]
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "fixed_gate": self.fixed_gate}
+
+
+# Pooling layers whose TFLite int8 kernel keeps the input's scale (the global
+# poolings convert to MEAN, which rescales, and keep tfmot's config).
+_SAME_SCALE_POOLS = (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
+                     keras.layers.AveragePooling3D)
+
+# Layers tfmot's transforms fold a following BatchNormalization into.
+_FOLDS_BATCHNORM = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
+
+
+def _standalone_batchnorms(model: Any) -> set[str]:
+    """BatchNormalization layers tfmot cannot fold (DenseNet's after a Concatenate)."""
+    names = set()
+    for nodes in getattr(model, "_nodes_by_depth", {}).values():  # pylint: disable=protected-access
+        for node in nodes:
+            if isinstance(node.layer, keras.layers.BatchNormalization):
+                producer = node.inbound_layers
+                producer = producer[0] if isinstance(producer, (list, tuple)) else producer
+                if type(producer).__name__ not in _FOLDS_BATCHNORM:
+                    names.add(node.layer.name)
+    return names
+
+
+def quantize_configs(model: Any, *, logistic_grid: bool = True) -> dict[str, Any]:
+    """``{layer name: QuantizeConfig}`` for the layers this module introduces,
+    ``Multiply`` (tfmot's registry lacks it), BatchNormalization layers
+    with no Conv/Dense before them (tfmot's registry refuses them one by one,
+    each refusal costing a whole ``quantize_apply``; TFLite runs them as int8
+    ``MUL`` + ``ADD``) and ``AveragePooling`` layers (no output range of their
+    own: TFLite's kernel requires the input's).
+
+    Args:
+        model: the prepared model.
+        logistic_grid: put every sigmoid output (sigmoid ``Activation`` layers,
+            the gate inside :class:`Swish`) on TFLite's fixed int8 ``LOGISTIC``
+            grid; False leaves sigmoids to tfmot (swish: product only).
+    """
+    standalone = _standalone_batchnorms(model)
+    configs = {layer.name: OutputQuantizeConfig() for layer in model.layers
+               if isinstance(layer, (ConstantOp, HardSwish, keras.layers.Multiply))
+               or layer.name in standalone}
+    configs.update({layer.name: SwishQuantizeConfig(fixed_gate=logistic_grid)
+                    for layer in model.layers if isinstance(layer, Swish)})
+    if logistic_grid:
+        configs.update({layer.name: LogisticQuantizeConfig() for layer in model.layers
+                        if activation_name(layer) in SIGMOIDS})
+    # TFLite's int8 AVERAGE_POOL_2D needs the same scale on its input and output
+    # (the converter refuses two learned ranges that differ, as DenseNet's
+    # transition pools feeding a Concatenate get); an average never leaves its
+    # input's range, so the output takes the input's quantization.
+    configs.update({layer.name: OutputQuantizeConfig(quantize_output=False)
+                    for layer in model.layers if isinstance(layer, _SAME_SCALE_POOLS)})
+    return configs
+
+
+CUSTOM_OBJECTS = {**PREPARE_OBJECTS, "OutputQuantizeConfig": OutputQuantizeConfig,
+                  "LogisticQuantizeConfig": LogisticQuantizeConfig,
+                  "SwishQuantizeConfig": SwishQuantizeConfig}
