@@ -120,7 +120,7 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
     spec = FAMILIES[family]
     (x, y), (x_test, y_test) = spec["data"]()
     fit = dict(batch_size=32, verbose=0)
-    epochs, lr = spec["epochs"], spec["lr"]
+    epochs, lr = args.dense_epochs or spec["epochs"], spec["lr"]
     prune_epochs, tune_epochs = spec["prune_epochs"], spec["tune_epochs"]
     steps = -(-len(x) // 32) * epochs
     calibration = x[:300]
@@ -274,7 +274,8 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
 
     names = list(variants)
     report = tfedge.compare({n: variants[n][1] for n in names}, target=TARGETS,
-                                  runs=args.runs, warmup=5, emulation_runs=1)
+                            runs=args.runs, warmup=5, emulation_runs=1,
+                            emulate=not args.no_emulate)
     log("bench done")
     rows = []
     for name, bench_report, ratio in zip(names, report.reports, report.ratios()):
@@ -343,6 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--importance", default="bn_gamma", choices=channel_prune.IMPORTANCE)
     parser.add_argument("--runs", type=int, default=30, help="Timed host runs per model.")
     parser.add_argument("--skip-lowrank", action="store_true")
+    parser.add_argument("--no-emulate", action="store_true",
+                        help="Skip qemu (instructions None): the counts depend on the "
+                             "architecture only, so a repeat on another seed need not redo them.")
+    parser.add_argument("--dense-epochs", type=int, default=None,
+                        help="Epochs of the dense model (cosine-decayed from the family's "
+                             "learning rate; default: the family's, 12 for MobileNetV2). The "
+                             "pruned variants start from it, and the scratch baselines' "
+                             "defaults follow it.")
     parser.add_argument("--channel-multiple", type=int, default=None,
                         help="Channels kept per group rounded up to a multiple of this "
                              "(default: 4 for the digits CNN, 16 for MobileNetV2).")
@@ -470,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         table.append([r["family"], r["variant"], f"{100 * r['tflite_accuracy']:.2f}%",
                       r["size_bytes"], f"{ra['size']:.2f}x", r["macs"], f"{ra['macs']:.2f}x"]
                      + [f"{r['instructions'][t]:,} ({ra['targets'][t]['instructions']:.2f}x)"
-                        for t in TARGETS]
+                        if r["instructions"][t] is not None else "-" for t in TARGETS]
                      + [f"{r['host_p50_ms']:.3f}", f"{ra['host_p50']:.2f}x"])
     print(format_table(["family", "variant", "int8 acc", "bytes", "size", "MACs", "MACs x"]
                        + [f"{t} instr" for t in TARGETS] + ["host p50 ms", "host x"], table,
