@@ -14,7 +14,8 @@ at a longer budget), and writes one JSON. Per group:
   mean / std / min;
 * per variant: int8 file, MACs and emulated instructions ratios to dense int8,
   from the files that emulated (instruction counts depend on the architecture
-  only, so seeds run with ``--no-emulate`` take them from one that did), and
+  only, so seeds run with ``--no-emulate`` take them from one that did, in
+  this group or another: the ``from`` field names it), and
   issue 13's four 0.5x-MACs goals on the mean: int8 accuracy at most 1 pp
   below dense, no worse than scratch, rpi4 / rpi5 instructions and file at
   most 0.6x.
@@ -73,9 +74,10 @@ def load(paths: list[str]) -> dict[int, dict[str, dict[str, Any]]]:
     return seeds
 
 
-def costs(seeds: dict[int, dict[str, dict[str, Any]]], variant: str) -> dict[str, Any] | None:
-    """The file / MACs / instruction ratios of ``variant`` from a seed that emulated it."""
-    for rows in seeds.values():
+def costs(pool: list[dict[str, dict[str, Any]]], variant: str) -> dict[str, Any] | None:
+    """The file / MACs / instruction ratios of ``variant`` from a result that emulated it
+    (``pool``: every seed of every group, this group's first)."""
+    for rows in pool:
         row = rows.get(variant)
         if row and all(row["instructions"].get(t) is not None for t in TARGETS):
             ra = row["ratios"]
@@ -84,8 +86,10 @@ def costs(seeds: dict[int, dict[str, dict[str, Any]]], variant: str) -> dict[str
     return None
 
 
-def aggregate(seeds: dict[int, dict[str, dict[str, Any]]], scratch: str | None) -> dict[str, Any]:
-    """Per-seed rows, per-variant statistics and paired differences of one group."""
+def aggregate(seeds: dict[int, dict[str, dict[str, Any]]], scratch: str | None,
+              pool: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Per-seed rows, per-variant statistics and paired differences of one group
+    (costs from ``pool`` when none of the group's seeds emulated a variant)."""
     variants = list(dict.fromkeys(v for rows in seeds.values() for v in rows))
     dense = "dense int8"
     scratch = scratch or next((v for v in variants if v.startswith("scratch")), None)
@@ -98,7 +102,8 @@ def aggregate(seeds: dict[int, dict[str, dict[str, Any]]], scratch: str | None) 
         acc = {seed: rows[v]["tflite_accuracy"] for seed, rows in sorted(seeds.items())
                if v in rows}  # a variant missing on a seed counts on the others only
         entry: dict[str, Any] = {"tflite_accuracy": stats(list(acc.values())),
-                                 "per_seed": acc, "cost": costs(seeds, v)}
+                                 "per_seed": acc,
+                                 "cost": costs(list(seeds.values()) + pool, v)}
         for ref, key in ((dense, "minus_dense_pp"), (scratch, "minus_scratch_pp")):
             if ref and ref != v:
                 diffs = {seed: PP * (rows[v]["tflite_accuracy"] - rows[ref]["tflite_accuracy"])
@@ -145,11 +150,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="The scratch baseline's variant (default: the first 'scratch ...').")
     parser.add_argument("--out", default=OUT)
     args = parser.parse_args(argv)
-    groups = {}
+    loaded = {}
     for name, *paths in args.group:
         if not paths:
             raise SystemExit(f"--group {name!r}: give the result files after the name.")
-        groups[name] = aggregate(load(paths), args.scratch)
+        loaded[name] = load(paths)
+    pool = [rows for seeds in loaded.values() for rows in seeds.values()]
+    groups = {}
+    for name, seeds in loaded.items():
+        groups[name] = aggregate(seeds, args.scratch, pool)
         print_group(name, groups[name])
     write_json(args.out, {"groups": groups})
     print(f"wrote {args.out}")
