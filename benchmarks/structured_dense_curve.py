@@ -4,10 +4,13 @@ Why the 12-epoch dense model is weak on some seeds: it is trained as
 ``structured.py`` trains it (Adam, the family's learning rate cosine-decayed
 to 0 over the run, batch 32, digits at 96x96) and its float test accuracy is
 recorded after every epoch, for each ``--epochs`` budget (a budget is its own
-run: the cosine schedule spans the whole run). Float accuracy, Keras
-inference mode; no conversion.
+run: the cosine schedule spans the whole run), per ``--seeds``. Float
+accuracy in Keras inference mode per epoch; the last epoch's model is also
+converted to full int8 (calibrated on 300 training images, as
+``structured.py``) and validated: the int8 accuracy ``structured.py``
+reports for its dense row.
 
-    python benchmarks/structured_dense_curve.py --seed 1 --epochs 12 32 \\
+    python benchmarks/structured_dense_curve.py --seeds 1 --epochs 12 32 \\
         --out benchmarks/results/structured_dense_curve.json
 """
 
@@ -20,6 +23,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tfedge  # noqa: E402
 from tfedge import keras  # noqa: E402
 from tfedge.report import write_json  # noqa: E402
 
@@ -33,7 +37,7 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1])
     parser.add_argument("--epochs", nargs="+", type=int, default=[12, 32],
                         help="Budgets, one run each (the cosine schedule spans the run).")
     parser.add_argument("--out", default=OUT)
@@ -41,18 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     spec, log = FAMILIES["mobilenet_v2"], progress("dense curve")
     (x, y), (x_test, y_test) = spec["data"]()
     runs = []
-    for epochs in args.epochs:
-        keras.utils.set_random_seed(args.seed)
+    for seed, epochs in ((s, e) for s in args.seeds for e in args.epochs):
+        keras.utils.set_random_seed(seed)
         model = compile_(spec["build"](spec["width"], "dense"), spec["lr"],
                          -(-len(x) // 32) * epochs)
         start = time.time()
         history = model.fit(x, y, epochs=epochs, batch_size=32, verbose=0,
                             validation_data=(x_test, y_test)).history
-        runs.append({"seed": args.seed, "epochs": epochs, "lr": spec["lr"],
-                     "seconds": time.time() - start, "train_accuracy": history["accuracy"],
-                     "test_accuracy": history["val_accuracy"]})
-        log(f"{epochs} epochs: test {history['val_accuracy'][-1]:.4f} (best "
-            f"{max(history['val_accuracy']):.4f}), train {history['accuracy'][-1]:.4f}")
+        seconds = time.time() - start
+        int8 = tfedge.validate(tfedge.convert(model, x[:300]), model, x_test,
+                               y_test).tflite_accuracy
+        runs.append({"seed": seed, "epochs": epochs, "lr": spec["lr"], "seconds": seconds,
+                     "train_accuracy": history["accuracy"],
+                     "test_accuracy": history["val_accuracy"], "int8_accuracy": int8})
+        log(f"seed {seed}, {epochs} epochs: int8 {int8:.4f}, float test "
+            f"{history['val_accuracy'][-1]:.4f} (best {max(history['val_accuracy']):.4f}), "
+            f"train {history['accuracy'][-1]:.4f}")
     write_json(args.out, {"settings": vars(args) | {"out": os.path.relpath(args.out)},
                           "runs": runs})
     print(f"wrote {args.out}")
