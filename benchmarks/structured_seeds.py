@@ -6,6 +6,7 @@ another seed; the seed is read from each file's ``settings``), one group per
 protocol (``--group NAME FILE ...``, e.g. the dense model at 12 epochs and
 at a longer budget), and writes one JSON. Per group:
 
+* the ``structured.py`` settings of the group's first file, less seed and out;
 * per seed and variant: int8 (TFLite) and float accuracy, the training note;
 * per variant: mean, std (sample, n-1), min and max of the int8 accuracy
   (over the seeds that ran it: ``n`` says how many);
@@ -160,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, seeds in loaded.items():
         groups[name] = aggregate(seeds, args.scratch, pool)
         print_group(name, groups[name])
+    for name, (_, *paths) in zip(groups, args.group):  # the flags, minus the per-seed ones
+        with open(paths[0]) as f:
+            settings = json.load(f)["settings"]
+        groups[name]["settings"] = {k: v for k, v in settings.items() if k not in ("seed", "out")}
     write_json(args.out, {"groups": groups})
     print(f"wrote {args.out}")
     return 0
