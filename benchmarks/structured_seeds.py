@@ -21,12 +21,18 @@ at a longer budget), and writes one JSON. Per group:
   below dense, no worse than scratch, rpi4 / rpi5 instructions and file at
   most 0.6x.
 
+``--dense-runs GROUP JSON`` adds a ``structured_dense_curve.py`` result's int8
+runs to a group as ``dense int8, N epochs alone`` (dense trained for the
+pruned models' whole budget), and pairs every variant with them too
+(``paired_pp``).
+
 Variants are named without the channel plan's per-group description
 (``channel 0.500x MACs, plan: stem 0.5, ...`` -> ``channel 0.500x MACs plan``).
 
     python benchmarks/structured_seeds.py \\
         --group "dense 12 epochs" benchmarks/results/structured_plan50_lowrank.json ... \\
         --group "dense 32 epochs" .../structured_plan50_d32_seed0.json ... \\
+        --dense-runs "dense 32 epochs" .../structured_dense_curve_52.json \\
         --out benchmarks/results/structured_plan50_seeds.json
 """
 
@@ -38,7 +44,7 @@ import os
 import re
 import statistics
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 from tfedge.report import format_table, write_json
 
@@ -75,6 +81,26 @@ def load(paths: list[str]) -> dict[int, dict[str, dict[str, Any]]]:
     return seeds
 
 
+def add_dense_runs(seeds: dict[int, dict[str, dict[str, Any]]], path: str) -> list[str]:
+    """Adds a ``structured_dense_curve.py`` result's runs to ``seeds`` as variants
+    ``dense int8, N epochs alone`` (int8 accuracy; no costs: the dense architecture's).
+    Returns their names."""
+    with open(path) as f:
+        runs = json.load(f)["runs"]
+    names = []
+    for run in runs:
+        if run["seed"] not in seeds or "int8_accuracy" not in run:
+            continue  # a seed the group did not run, or a float-only curve
+        name = f"dense int8, {run['epochs']} epochs alone"
+        seeds[run["seed"]][name] = {
+            "variant": name, "tflite_accuracy": run["int8_accuracy"],
+            "keras_accuracy": run["test_accuracy"][-1], "file": os.path.relpath(path),
+            "note": f"{run['epochs']} epochs from scratch (structured_dense_curve.py)",
+            "instructions": {}, "ratios": {}}
+        names.append(name)
+    return list(dict.fromkeys(names))
+
+
 def costs(pool: list[dict[str, dict[str, Any]]], variant: str) -> dict[str, Any] | None:
     """The file / MACs / instruction ratios of ``variant`` from a result that emulated it
     (``pool``: every seed of every group, this group's first)."""
@@ -88,9 +114,11 @@ def costs(pool: list[dict[str, dict[str, Any]]], variant: str) -> dict[str, Any]
 
 
 def aggregate(seeds: dict[int, dict[str, dict[str, Any]]], scratch: str | None,
-              pool: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+              pool: list[dict[str, dict[str, Any]]],
+              references: Sequence[str] = ()) -> dict[str, Any]:
     """Per-seed rows, per-variant statistics and paired differences of one group
-    (costs from ``pool`` when none of the group's seeds emulated a variant)."""
+    (costs from ``pool`` when none of the group's seeds emulated a variant);
+    ``references``: more variants every other is paired with (``paired_pp``)."""
     variants = list(dict.fromkeys(v for rows in seeds.values() for v in rows))
     dense = "dense int8"
     scratch = scratch or next((v for v in variants if v.startswith("scratch")), None)
@@ -105,20 +133,25 @@ def aggregate(seeds: dict[int, dict[str, dict[str, Any]]], scratch: str | None,
         entry: dict[str, Any] = {"tflite_accuracy": stats(list(acc.values())),
                                  "per_seed": acc,
                                  "cost": costs(list(seeds.values()) + pool, v)}
-        for ref, key in ((dense, "minus_dense_pp"), (scratch, "minus_scratch_pp")):
+        pairs = [(dense, "minus_dense_pp"), (scratch, "minus_scratch_pp")]
+        for ref, key in pairs + [(r, f"minus {r} (pp)") for r in references]:
             if ref and ref != v:
                 diffs = {seed: PP * (rows[v]["tflite_accuracy"] - rows[ref]["tflite_accuracy"])
                          for seed, rows in sorted(seeds.items()) if v in rows and ref in rows}
                 entry[key] = {"per_seed": diffs, **stats(list(diffs.values()))}
+        entry["paired_pp"] = {r: entry.pop(f"minus {r} (pp)") for r in references
+                              if f"minus {r} (pp)" in entry}
         cost = entry["cost"]
-        if v != dense and v != scratch and cost and "minus_scratch_pp" in entry:
+        baseline = v in (dense, scratch, *references)
+        if not baseline and cost and "minus_scratch_pp" in entry:
             entry["goals"] = {
                 "within_1pp_of_dense": entry["minus_dense_pp"]["mean"] >= -1.0,
                 "no_worse_than_scratch": entry["minus_scratch_pp"]["mean"] >= 0.0,
                 **{f"{t}_instructions_at_most_0.6x": cost[t] <= 0.6 for t in TARGETS},
                 "file_at_most_0.6x": cost["size"] <= 0.6}
         summary[v] = entry
-    return {"seeds": sorted(seeds), "dense": dense, "scratch": scratch, "rows": per_seed,
+    return {"seeds": sorted(seeds), "dense": dense, "scratch": scratch,
+            "references": list(references), "rows": per_seed,
             "variants": summary}
 
 
@@ -127,8 +160,10 @@ def print_group(name: str, group: dict[str, Any]) -> None:
     table = []
     for v, e in group["variants"].items():
         a = e["tflite_accuracy"]
-        diff = [f"{e[k]['mean']:+.2f} ± {e[k]['std']:.2f} (min {e[k]['min']:+.2f})"
-                if k in e else "" for k in ("minus_dense_pp", "minus_scratch_pp")]
+        diffs = [e.get("minus_dense_pp"), e.get("minus_scratch_pp")] + [
+            e["paired_pp"].get(r) for r in group["references"]]
+        diff = [f"{d['mean']:+.2f} ± {d['std']:.2f} (min {d['min']:+.2f})" if d else ""
+                for d in diffs]
         cost = e["cost"]
         table.append([v] + [f"{PP * e['per_seed'][s]:.2f}" if s in e["per_seed"] else "-"
                              for s in seeds]
@@ -136,7 +171,8 @@ def print_group(name: str, group: dict[str, Any]) -> None:
                      + diff + ([f"{cost['size']:.3f}x"] + [f"{cost[t]:.3f}x" for t in TARGETS]
                                if cost else ["-"] * 3))
     print(format_table(["variant"] + [f"seed {s}" for s in seeds]
-                       + ["mean ± std", "min", "- dense (pp)", "- scratch (pp)", "file"]
+                       + ["mean ± std", "min", "- dense (pp)", "- scratch (pp)"]
+                       + [f"- {r} (pp)" for r in group["references"]] + ["file"]
                        + [f"{t} instr" for t in TARGETS], table,
                        title=f"{name}: int8 accuracy (%) over seeds {seeds}"))
 
@@ -149,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="A protocol's name and its structured.py results, one per seed.")
     parser.add_argument("--scratch", default=None,
                         help="The scratch baseline's variant (default: the first 'scratch ...').")
+    parser.add_argument("--dense-runs", nargs=2, action="append", default=[],
+                        metavar=("GROUP", "JSON"),
+                        help="A structured_dense_curve.py result whose int8 runs join GROUP "
+                             "as 'dense int8, N epochs alone', every variant paired with them.")
     parser.add_argument("--out", default=OUT)
     args = parser.parse_args(argv)
     loaded = {}
@@ -156,10 +196,16 @@ def main(argv: list[str] | None = None) -> int:
         if not paths:
             raise SystemExit(f"--group {name!r}: give the result files after the name.")
         loaded[name] = load(paths)
+    references: dict[str, list[str]] = {}
+    for name, path in args.dense_runs:
+        if name not in loaded:
+            raise SystemExit(f"--dense-runs {name!r}: no --group of that name "
+                             f"(groups: {', '.join(loaded)}).")
+        references[name] = references.get(name, []) + add_dense_runs(loaded[name], path)
     pool = [rows for seeds in loaded.values() for rows in seeds.values()]
     groups = {}
     for name, seeds in loaded.items():
-        groups[name] = aggregate(seeds, args.scratch, pool)
+        groups[name] = aggregate(seeds, args.scratch, pool, references.get(name, []))
         print_group(name, groups[name])
     for name, (_, *paths) in zip(groups, args.group):  # the flags, minus the per-seed ones
         with open(paths[0]) as f:

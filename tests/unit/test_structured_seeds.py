@@ -56,3 +56,21 @@ def test_a_seed_given_twice_in_a_group_is_an_error(tmp_path):
     path = result(tmp_path, 0, [row("dense int8", 0.98, 100)])
     with pytest.raises(SystemExit, match="seed 0 is already given"):
         structured_seeds.main(["--group", "g", path, path, "--out", str(tmp_path / "a.json")])
+
+
+def test_dense_runs_join_the_group_as_a_paired_reference(tmp_path):
+    seed0 = result(tmp_path, 0, [row("dense int8", 0.98, 100), row(PLAN, 0.97, 50, 0.55)])
+    curve = tmp_path / "curve.json"
+    curve.write_text(json.dumps({"runs": [
+        {"seed": 0, "epochs": 52, "int8_accuracy": 0.99, "test_accuracy": [0.5, 0.99]},
+        {"seed": 7, "epochs": 52, "int8_accuracy": 0.5, "test_accuracy": [0.5]}]}))
+    out = tmp_path / "agg.json"
+    structured_seeds.main(["--group", "g", seed0, "--dense-runs", "g", str(curve),
+                           "--out", str(out)])
+    group = json.loads(out.read_text())["groups"]["g"]
+    assert group["references"] == ["dense int8, 52 epochs alone"]
+    paired = group["variants"]["channel 0.500x MACs plan"]["paired_pp"]
+    assert paired["dense int8, 52 epochs alone"]["mean"] == pytest.approx(-2.0)  # seed 7 left out
+    with pytest.raises(SystemExit, match="no --group of that name"):
+        structured_seeds.main(["--group", "g", seed0, "--dense-runs", "h", str(curve),
+                               "--out", str(out)])
