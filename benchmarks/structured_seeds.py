@@ -148,7 +148,9 @@ def aggregate(seeds: dict[int, dict[str, dict[str, Any]]], scratch: str | None,
                 "within_1pp_of_dense": entry["minus_dense_pp"]["mean"] >= -1.0,
                 "no_worse_than_scratch": entry["minus_scratch_pp"]["mean"] >= 0.0,
                 **{f"{t}_instructions_at_most_0.6x": cost[t] <= 0.6 for t in TARGETS},
-                "file_at_most_0.6x": cost["size"] <= 0.6}
+                "file_at_most_0.6x": cost["size"] <= 0.6,
+                **{f"within_1pp_of {r}": d["mean"] >= -1.0 for r, d in entry["paired_pp"].items()
+                   if r.startswith("dense")}}
         summary[v] = entry
     return {"seeds": sorted(seeds), "dense": dense, "scratch": scratch,
             "references": list(references), "rows": per_seed,
