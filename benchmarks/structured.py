@@ -50,11 +50,11 @@ accuracy still swings (95.3% int8 on seed 1; ``structured_dense_curve.py``).
 only). Over seeds (``--seed``; ``structured_seeds.py`` aggregates,
 ``structured_plan50_seeds.json``), with a 32-epoch dense and scratch given the
 pruned models' whole 52 epochs (32 dense + 4 masking + 16 rebuilt; QAT adds 2),
-seeds 0/1/2: plan B + Conv_1 r32 98.00 +- 0.22% int8 (post-training), dense
-97.41 +- 0.78% (97.78% trained alone for 52 epochs), scratch 97.63 +- 0.26%;
-paired r32 - dense +0.59 pp (worst seed -0.22), r32 - scratch +0.37 pp (worst
-0.00): the 0.5x-MACs goals hold on the mean and on every seed, by margins of
-0-4 test images (README).
+seeds 0-4: plan B + Conv_1 r32 98.04 +- 0.58% int8 (post-training), dense
+97.60 +- 0.62% (97.73% trained alone for 52 epochs), scratch 97.96 +- 0.67%;
+paired r32 - dense +0.44 pp (worst seed -0.44), r32 - scratch +0.09 pp (worst
+-0.44): within 1 pp of dense on every seed, level with scratch on the mean
+(one image below it on seeds 3 and 4); margins of 0-4 test images (README).
 
     python benchmarks/structured.py --recover --channel-plans \\
         benchmarks/results/structured_plans.json --no-uniform --factorize Conv_1=32 \\

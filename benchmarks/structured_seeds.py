@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         if name not in loaded:
             raise SystemExit(f"--dense-runs {name!r}: no --group of that name "
                              f"(groups: {', '.join(loaded)}).")
-        references[name] = references.get(name, []) + add_dense_runs(loaded[name], path)
+        references[name] = list(dict.fromkeys(  # two files of one budget: one reference
+            references.get(name, []) + add_dense_runs(loaded[name], path)))
     pool = [rows for seeds in loaded.values() for rows in seeds.values()]
     groups = {}
     for name, seeds in loaded.items():
