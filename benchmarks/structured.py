@@ -54,7 +54,7 @@ seeds 0-4: plan B + Conv_1 r32 98.04 +- 0.58% int8 (post-training), dense
 97.60 +- 0.62% (97.73% trained alone for 52 epochs), scratch 97.96 +- 0.67%;
 paired r32 - dense +0.44 pp (worst seed -0.44), r32 - scratch +0.09 pp (worst
 -0.44): within 1 pp of dense on every seed, level with scratch on the mean
-(one image below it on seeds 3 and 4); margins of 0-4 test images (README).
+(2 and 1 images below it on seeds 3 and 4); margins of 0-4 test images (README).
 
     python benchmarks/structured.py --recover --channel-plans \\
         benchmarks/results/structured_plans.json --no-uniform --factorize Conv_1=32 \\
