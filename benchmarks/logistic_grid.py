@@ -39,20 +39,8 @@ import numpy as np  # noqa: E402
 import zoo  # noqa: E402  (imports tfedge first)
 import tfedge  # noqa: E402
 from tfedge._keras import keras  # noqa: E402
-from tfedge._validate import run_outputs  # noqa: E402
+from tfedge._validate import TFLiteRunner, compare_outputs  # noqa: E402
 from tfedge.report import format_table, write_json  # noqa: E402
-
-
-def train_float(name: str, seed: int, x: np.ndarray, y: np.ndarray):
-    """The zoo's plain model: random init from ``seed``, 8 epochs at Adam 3e-3."""
-    keras.utils.set_random_seed(seed)
-    model = zoo.build(name, keras)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.9
-    model.compile(keras.optimizers.Adam(3e-3), zoo.loss_for(model, keras), ["accuracy"])
-    model.fit(x, y, batch_size=zoo.BATCH, epochs=zoo.SETTINGS["plain_epochs"], verbose=0)
-    return model
 
 
 def qat_run(model, grid: bool, seed: int, data: tuple, margin: float) -> dict:
@@ -60,15 +48,12 @@ def qat_run(model, grid: bool, seed: int, data: tuple, margin: float) -> dict:
     x, y, x_test, y_test = data
     keras.utils.set_random_seed(seed)
     t = time.perf_counter()
-    edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, end_epoch=1),
-                       quantize=tfedge.QATConfig(start_epoch=1, logistic_grid=grid))
-    edge.compile(keras.optimizers.Adam(3e-4), zoo.loss_for(model, keras), ["accuracy"])
-    edge.fit(x, y, batch_size=zoo.BATCH, epochs=2, verbose=0)
-    final = edge.finish()
+    final = zoo.prune_qat(model, x, y, qat={"logistic_grid": grid}).finish()
     art = tfedge.convert(final, x[:100])
-    report = tfedge.validate(art, final, x_test, y_test)
     keras_out = np.asarray(final.predict(x_test, verbose=0))
-    tflite_out = np.asarray(run_outputs(art.content, x_test)).reshape(keras_out.shape)
+    runner = TFLiteRunner(art.content)  # one interpreter for both runs below
+    tflite_out = np.asarray(runner.predict(x_test)).reshape(keras_out.shape)
+    report = compare_outputs(keras_out, tflite_out, y_test, mode=art.mode)
     top2 = np.sort(keras_out, axis=-1)[:, -2:]
     step = 1.0 / 256  # the int8 SOFTMAX output's scale
     decisive = (top2[:, 1] - top2[:, 0]) >= margin * step
@@ -79,8 +64,7 @@ def qat_run(model, grid: bool, seed: int, data: tuple, margin: float) -> dict:
     rng = np.random.default_rng(seed)
     moved = x_test + (rng.random(x_test.shape) < 0.01) * rng.choice([-1, 1], x_test.shape) \
         * in_scale
-    tflite_moved = np.asarray(run_outputs(art.content, moved.astype("float32"))).reshape(
-        keras_out.shape)
+    tflite_moved = np.asarray(runner.predict(moved.astype("float32"))).reshape(keras_out.shape)
     return {"grid": grid, "seed": seed, "agreement": report.agreement,
             "decisive_samples": int(decisive.sum()),
             "decisive_agreement": float(agree[decisive].mean()) if decisive.any() else None,
@@ -110,7 +94,8 @@ def main(argv=None) -> int:
     for name in args.models.split(","):
         data = zoo.smoke_data(zoo.SIZES[name])
         for seed in args.seeds:
-            model = train_float(name, seed, data[0], data[1])
+            keras.utils.set_random_seed(seed)
+            model = zoo.train_plain(zoo.build(name, keras), keras, data[0], data[1])
             for grid in settings:  # wrap copies the model: both start from the same one
                 row = {"model": name, **qat_run(model, grid, seed, data, args.margin)}
                 rows.append(row)

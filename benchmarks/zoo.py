@@ -106,6 +106,29 @@ def build(name: str, keras_mod) -> object:
     return getattr(keras_mod.applications, name)(**kwargs)
 
 
+def train_plain(model, keras_mod, x, y, callbacks=()) -> object:
+    """Trains the zoo's plain ``model`` in place: BatchNormalization momentum 0.9 (a
+    setting for short runs, as zoo_accuracy), ``plain_epochs`` at Adam 3e-3."""
+    for layer in model.layers:
+        if isinstance(layer, keras_mod.layers.BatchNormalization):
+            layer.momentum = 0.9
+    model.compile(keras_mod.optimizers.Adam(3e-3), loss_for(model, keras_mod),
+                  metrics=["accuracy"])  # keyword: Keras 3's third is loss_weights
+    model.fit(x, y, batch_size=BATCH, epochs=SETTINGS["plain_epochs"], verbose=0,
+              callbacks=list(callbacks))
+    return model
+
+
+def prune_qat(model, x, y, *, qat: dict | None = None, callbacks=()) -> object:
+    """``wrap`` (prune 50% for one epoch, then QAT, ``QATConfig(start_epoch=1, **qat)``),
+    fine-tuned 2 epochs at Adam 3e-4: the trained EdgeModel."""
+    edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, end_epoch=1),
+                       quantize=tfedge.QATConfig(start_epoch=1, **(qat or {})))
+    edge.compile(keras.optimizers.Adam(3e-4), loss_for(model, keras), ["accuracy"])
+    edge.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=list(callbacks))
+    return edge
+
+
 def loss_for(model, keras_mod) -> object:
     """Cross-entropy on what ``model`` outputs: probabilities or logits.
 
@@ -160,17 +183,11 @@ def run_model(name: str, keras_mod, label: str) -> dict:
     try:
         keras_mod.utils.set_random_seed(0)
         model = build(name, keras_mod)
-        for layer in model.layers:  # a training setting for short runs (as zoo_accuracy)
-            if isinstance(layer, keras_mod.layers.BatchNormalization):
-                layer.momentum = 0.9
         row["params"] = int(model.count_params())
         stage = "train"  # the plain Keras model, trained briefly: its step is the plain step
         t = time.perf_counter()
-        model.compile(keras_mod.optimizers.Adam(3e-3), loss_for(model, keras_mod),
-                      metrics=["accuracy"])  # keyword: Keras 3's third is loss_weights
         times = batch_times(keras_mod)
-        model.fit(x, y, batch_size=BATCH, epochs=SETTINGS["plain_epochs"], verbose=0,
-                  callbacks=[times])
+        train_plain(model, keras_mod, x, y, callbacks=[times])
         row["seconds"]["train"] = time.perf_counter() - t
         row["plain_step_s"] = float(np.median(times.epochs[-1]))
         row["plain_batches"] = times.summary()

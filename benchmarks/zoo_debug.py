@@ -43,17 +43,8 @@ def train_and_convert(name: str):
     size = zoo.SIZES[name]
     x, y, x_test, y_test = zoo.smoke_data(size)
     keras.utils.set_random_seed(0)
-    model = zoo.build(name, keras)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.9
-    model.compile(keras.optimizers.Adam(3e-3), zoo.loss_for(model, keras), ["accuracy"])
-    model.fit(x, y, batch_size=zoo.BATCH, epochs=zoo.SETTINGS["plain_epochs"], verbose=0)
-    edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, end_epoch=1),
-                       quantize=tfedge.QATConfig(start_epoch=1))
-    edge.compile(keras.optimizers.Adam(3e-4), zoo.loss_for(model, keras), ["accuracy"])
-    edge.fit(x, y, batch_size=zoo.BATCH, epochs=2, verbose=0)
-    final = edge.finish()
+    model = zoo.train_plain(zoo.build(name, keras), keras, x, y)
+    final = zoo.prune_qat(model, x, y).finish()
     art = tfedge.convert(final, x[:100])
     return final, art, x_test, y_test
 
