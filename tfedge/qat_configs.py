@@ -15,7 +15,7 @@ int8 TFLite kernel computes:
 * ``AVERAGE_POOL_2D`` keeps its input's scale (no range of its own).
 
 Quantization itself is tfmot's (``quantize_annotate_layer`` with these
-configs, applied by :func:`tfedge.quantize.quantize_model`), not
+configs, applied by :func:`tfedge.quantize.apply_qat`), not
 re-implemented here.
 
 Example:
