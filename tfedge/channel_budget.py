@@ -12,7 +12,19 @@ included). The budget is one of:
 * ``params=r``: its parameter count over the model's;
 * ``instructions=r`` with ``target="rpi4"``: emulated instructions per
   inference of its int8 conversion (``tfedge.convert`` then
-  ``tfedge.bench``, exact counts) over the dense int8 model's.
+  ``tfedge.bench``, exact counts) over the dense int8 model's; with
+  ``target=["rpi4", "rpi5"]`` the worse of the targets' ratios.
+
+``strategy="cost"`` replaces the single threshold by a cost-aware greedy
+(NetAdapt / AIMET-like): each group's cost saved at each candidate fraction
+is estimated from its MACs saved (exact, from the channel counts) times the
+group's own cost per MAC, measured once per group with the budget's metric
+(one int8 conversion + emulation per group for ``instructions``), and the
+greedy repeatedly takes the group step of smallest accuracy drop per unit of
+cost saved until the measured cost meets the budget. On an instruction
+budget it prunes the groups that cost many instructions per MAC (the
+high-resolution stem and expansions of MobileNetV2) harder than a single
+threshold does.
 
 The plan goes to training as
 ``PruneConfig(..., structure="channel", fractions=plan)``.
@@ -45,6 +57,7 @@ from tfedge.report import format_table
 from tfedge._wrap import clone_model
 
 CANDIDATES = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
+STRATEGIES = ("threshold", "cost")
 
 
 class BudgetError(TFEdgeError, ValueError):
@@ -65,9 +78,12 @@ class ChannelPlan:
         base_accuracy: accuracy of the unpruned model on the data given.
         rows: per group: ``producers``, ``fraction``, ``sensitivity``
             (accuracy at each candidate fraction).
-        target: the device of an ``instructions`` budget.
+        target: the device of an ``instructions`` budget (a list: the worse
+            of their ratios).
         multiple: the channel multiple the plan was made with (an int or
             ``{producer: int}``); ``PruneConfig(fractions=plan)`` trains with it.
+        strategy: ``"threshold"`` or ``"cost"`` (:func:`plan_channels`); with
+            ``"cost"``, ``threshold`` is the largest drop of a group chosen.
     """
 
     fractions: dict[str, float]
@@ -77,19 +93,21 @@ class ChannelPlan:
     threshold: float
     base_accuracy: float
     rows: list[dict[str, Any]]
-    target: str | None = None
+    target: str | list[str] | None = None
     multiple: Any = 1
+    strategy: str = "threshold"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def __str__(self) -> str:
+        where = "+".join(self.target) if isinstance(self.target, list) else self.target
         rows = [[", ".join(r["producers"]), f"{100 * r['fraction']:.1f}%",
                  " ".join(f"{100 * a:.0f}" for a in r["sensitivity"])] for r in self.rows]
         return format_table(
             ["group", "removed", "accuracy % at " + "/".join(f"{c:g}" for c in CANDIDATES)],
             rows, title=f"channel plan: {self.metric} {self.reached:.3f}x (budget "
-                        f"{self.budget}x{' on ' + self.target if self.target else ''}), "
+                        f"{self.budget}x{' on ' + where if where else ''}, {self.strategy}), "
                         f"drop per group <= {100 * self.threshold:.1f} pp")
 
 
@@ -100,15 +118,17 @@ def _accuracy(model: Any, x: Any, y: Any) -> float:
 
 def plan_channels(model: Any, x: Any, y: Any, *, macs: float | None = None,
                   params: float | None = None, instructions: float | None = None,
-                  target: str = "rpi4", representative_data: Any = None,
-                  candidates: Sequence[float] = CANDIDATES, multiple: Any = 1) -> ChannelPlan:
+                  target: str | Sequence[str] = "rpi4", representative_data: Any = None,
+                  candidates: Sequence[float] = CANDIDATES, multiple: Any = 1,
+                  strategy: str = "threshold", max_measures: int = 8) -> ChannelPlan:
     """Chooses per-group channel fractions for a budget by measured sensitivity.
 
     Args:
         model: a trained tf_keras functional classifier (not changed).
         x: validation inputs; y: their integer labels.
         macs / params / instructions: the budget, one of them, a ratio in (0, 1).
-        target: device profile for ``instructions`` (``tfedge.devices.PROFILES``).
+        target: device profile for ``instructions`` (``tfedge.devices.PROFILES``),
+            or a list of them: the budget holds for the worse of their ratios.
         representative_data: calibration samples for the int8 conversions of an
             ``instructions`` budget (default: ``x[:200]``).
         candidates: fractions measured per group.
@@ -117,6 +137,13 @@ def plan_channels(model: Any, x: Any, y: Any, *, macs: float | None = None,
             ``{producer: int}``, :func:`tfedge.channels.group_multiples`): the
             sensitivities and the budget are measured with that rounding, and
             the plan carries it to ``PruneConfig(fractions=plan)``.
+        strategy: ``"threshold"`` (default): per group the largest candidate
+            whose drop is under one threshold, bisected for the budget.
+            ``"cost"``: the cost-aware greedy of the module docstring (one
+            extra measurement per group, then at most ``max_measures``).
+        max_measures: with ``strategy="cost"``, measurements of the whole
+            plan's cost at most (each greedy stop that misses the budget
+            lowers the estimate's goal by the miss and goes on).
 
     Returns:
         A :class:`ChannelPlan`.
@@ -134,6 +161,14 @@ def plan_channels(model: Any, x: Any, y: Any, *, macs: float | None = None,
     metric, budget = next(iter(given.items()))
     if not 0.0 < budget < 1.0:
         raise ValueError(f"{metric}={budget} is outside (0, 1): it is the share kept, e.g. 0.5.")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r}: give one of {', '.join(STRATEGIES)}.")
+    targets = [target] if isinstance(target, str) else list(target)
+    if metric == "instructions" and not targets:
+        raise ValueError("target=[] names no device: give e.g. target='rpi4' or "
+                         "['rpi4', 'rpi5'].")
+    if int(max_measures) < 1:
+        raise ValueError(f"max_measures={max_measures}: give 1 or more.")
     work = clone_model(model)
     graph = channels.analyze(work)
     groups = [i for i, g in enumerate(graph.groups) if g.prunable]
@@ -161,8 +196,14 @@ def plan_channels(model: Any, x: Any, y: Any, *, macs: float | None = None,
         logging.info("tfedge: sensitivity of %s: %s", "+".join(graph.groups[index].producers),
                      curve)
 
-    measure = _metric(metric, model, graph, target, representative_data
+    measure = _metric(metric, model, graph, targets, representative_data
                       if representative_data is not None else x[:200], tiles)
+    if strategy == "cost":
+        chosen, reached, threshold = _cost_greedy(
+            graph, groups, candidates, sensitivity, base_accuracy, tiles, measure, metric,
+            budget, int(max_measures))
+        return _plan(graph, groups, chosen, sensitivity, metric, budget, reached, threshold,
+                     base_accuracy, targets, target, multiple, strategy)
 
     def fractions_at(threshold: float) -> dict[int, float]:
         chosen = {}
@@ -197,18 +238,101 @@ def plan_channels(model: Any, x: Any, y: Any, *, macs: float | None = None,
         else:
             lo = mid + 1
     threshold = drops[hi]
-    reached = cost(threshold)
-    chosen = fractions_at(threshold)
+    return _plan(graph, groups, fractions_at(threshold), sensitivity, metric, budget,
+                 cost(threshold), threshold, base_accuracy, targets, target, multiple, strategy)
+
+
+def _plan(graph: Any, groups: list[int], chosen: dict[int, float],
+          sensitivity: dict[int, list[float]], metric: str, budget: float, reached: float,
+          threshold: float, base_accuracy: float, targets: list[str], target: Any,
+          multiple: Any, strategy: str) -> ChannelPlan:
     rows = [{"producers": list(graph.groups[i].producers), "fraction": chosen[i],
              "sensitivity": sensitivity[i]} for i in groups]
+    where = (target if isinstance(target, str) else targets) if metric == "instructions" \
+        else None
     return ChannelPlan(fractions={graph.groups[i].producers[0]: chosen[i] for i in groups},
                        metric=metric, budget=budget, reached=reached, threshold=threshold,
-                       base_accuracy=base_accuracy, rows=rows,
-                       target=target if metric == "instructions" else None,
-                       multiple=multiple)
+                       base_accuracy=base_accuracy, rows=rows, target=where,
+                       multiple=multiple, strategy=strategy)
 
 
-def _metric(metric: str, model: Any, graph: Any, target: str, calibration: Any,
+def _cost_greedy(graph: Any, groups: list[int], candidates: Sequence[float],
+                 sensitivity: dict[int, list[float]], base_accuracy: float,
+                 tiles: dict[int, int], measure: Any, metric: str, budget: float,
+                 max_measures: int) -> tuple[dict[int, float], float, float]:
+    """The cost-aware greedy of ``strategy="cost"``: (fractions, reached, largest drop).
+
+    Per group, the cost saved at each candidate is its MACs saved times the
+    group's measured cost per MAC (its metric's saving at the middle candidate
+    over its MACs saved there); the drops are made non-decreasing in the
+    fraction (a larger fraction is never taken as safer). Each step moves one
+    group to the later candidate of smallest extra drop per extra cost saved
+    (the larger saving on a tie) until the estimate meets the goal; the goal
+    starts at the budget and is lowered by each measured miss.
+    """
+    scores = channel_prune.channel_scores(graph)
+    base_macs = channels.keras_macs(graph.model)
+    fractions = [0.0] + list(candidates)
+    middle = len(fractions) // 2
+    saved: dict[int, list[float]] = {}
+    drop: dict[int, list[float]] = {}
+    for index in groups:
+        macs = [base_macs - channel_prune.macs_after(graph, channel_prune.select_removed(
+            graph, scores, {index: f}, set(), tiles)) if f else 0 for f in fractions]
+        # the candidate nearest the middle that removes something (multiples round)
+        probe = min((j for j in range(1, len(fractions)) if macs[j] > 0),
+                    key=lambda j: abs(j - middle), default=None)
+        per_mac = 1.0 / base_macs
+        if metric != "macs" and probe is not None:
+            per_mac = (1.0 - measure({index: fractions[probe]})) / macs[probe]
+        saved[index] = [m * per_mac for m in macs]
+        drop[index] = list(np.maximum.accumulate(
+            [0.0] + [max(base_accuracy - a, 0.0) for a in sensitivity[index]]))
+        logging.info("tfedge: %s: %.3f of the %s saved per share of the MACs saved",
+                     "+".join(graph.groups[index].producers), per_mac * base_macs, metric)
+    at = {index: 0 for index in groups}
+    estimate, goal, measures, reached = 1.0, budget, 0, None
+    while True:
+        exhausted = False
+        while estimate > goal:
+            best = None
+            for index in groups:
+                k = at[index]
+                for j in range(k + 1, len(fractions)):
+                    gain = saved[index][j] - saved[index][k]
+                    if gain <= 0:
+                        continue
+                    key = ((drop[index][j] - drop[index][k]) / gain, -gain)
+                    if best is None or key < best[0]:
+                        best = (key, index, j, gain)
+            if best is None:
+                exhausted = True
+                break
+            _, index, j, gain = best
+            at[index] = j
+            estimate -= gain
+        chosen = {index: fractions[at[index]] for index in groups}
+        reached = measure(chosen)
+        measures += 1
+        logging.info("tfedge: cost greedy: estimate %.3f, measured %.3f (budget %.3f)",
+                     estimate, reached, budget)
+        if reached <= budget:
+            break
+        if exhausted or measures >= max_measures:
+            raise BudgetError(
+                f"The budget {metric}={budget} was not met by the cost-aware plan: the best "
+                f"reached is {reached:.3f}x after {measures} measurement(s)"
+                + (f" (every group at up to {max(candidates):g}; layers left whole: "
+                   f"{', '.join(graph.unprunable) or 'none'}). Ask for {reached:.3f} or more, "
+                   "or add low-rank factorization (LowRankConfig)." if exhausted else
+                   f"; raise max_measures={max_measures} or ask for {reached:.3f} or more."))
+        # lower the goal below the estimate by the miss, so that the greedy goes on
+        goal = min(goal, estimate) - (reached - budget) - 1e-3
+    largest = max(drop[i][at[i]] for i in groups)
+    return chosen, reached, float(largest)
+
+
+def _metric(metric: str, model: Any, graph: Any, targets: list[str], calibration: Any,
             tiles: dict[int, int]):
     """``fractions -> ratio`` of the rebuilt model's cost to the model's."""
     scores = channel_prune.channel_scores(graph)
@@ -223,13 +347,12 @@ def _metric(metric: str, model: Any, graph: Any, target: str, calibration: Any,
     if metric == "params":
         base = model.count_params()
         return lambda f: rebuilt(f).count_params() / base
-    base = _instructions(model, target, calibration)
-    return lambda f: _instructions(rebuilt(f), target, calibration) / base
+    base = int8_instructions(model, calibration, targets).instructions
 
-
-def _instructions(model: Any, target: str, calibration: Any) -> int:
-    """Emulated instructions of one inference of ``model``'s int8 conversion."""
-    return int8_instructions(model, calibration, [target]).instructions[target]
+    def ratio(f):
+        counts = int8_instructions(rebuilt(f), calibration, targets).instructions
+        return max(counts[t] / base[t] for t in targets)
+    return ratio
 
 
 @dataclasses.dataclass

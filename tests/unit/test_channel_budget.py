@@ -1,0 +1,96 @@
+"""plan_channels' cost-aware greedy and several targets (no training, no qemu: the
+instruction counts are replaced by a cost model of the layers' shapes)."""
+
+import numpy as np
+import pytest
+
+from tfedge import channel_budget, channel_prune, channels
+from tests.helpers import residual_concat_model
+
+
+def data(model):
+    """Random images labelled by the model itself: the unpruned model scores 100%,
+    and masking channels loses agreement (a real, non-zero sensitivity)."""
+    x = np.random.default_rng(0).uniform(0, 1, (96, 8, 8, 1)).astype(np.float32)
+    return x, np.argmax(model.predict(x, verbose=0), -1)
+
+
+def rebuilt(model, plan):
+    graph = channels.analyze(model)
+    fractions = {i: plan.fractions.get(g.producers[0], 0.0) for i, g in enumerate(graph.groups)}
+    return channel_prune.rebuild(graph, channel_prune.select_removed(
+        graph, channel_prune.channel_scores(graph), fractions, set(), plan.multiple))
+
+
+def fake_counts(model):
+    """rpi4: the MACs; rpi5: the MACs plus 40x the MACs of layer 'left' (a layer that
+    costs many instructions per MAC on one device only)."""
+    macs = channels.keras_macs(model)
+    left = model.get_layer("left")
+    left_macs = 8 * 8 * 9 * int(left.kernel.shape[-2]) * left.filters
+    return {"rpi4": macs, "rpi5": macs + 40 * left_macs}
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    calls = []
+
+    def int8_instructions(model, calibration, targets=("rpi4",)):
+        calls.append(list(targets))
+        counts = fake_counts(model)
+        return channel_budget.Int8Count({t: counts[t] for t in targets}, 0)
+    monkeypatch.setattr(channel_budget, "int8_instructions", int8_instructions)
+    return calls
+
+
+def test_cost_plan_meets_the_worse_of_two_targets_within_bounded_measures(counted):
+    model = residual_concat_model()
+    x, y = data(model)
+    plan = channel_budget.plan_channels(model, x, y, instructions=0.6, target=["rpi4", "rpi5"],
+                                        strategy="cost", max_measures=4)
+    assert plan.target == ["rpi4", "rpi5"] and plan.strategy == "cost"
+    narrow, dense = fake_counts(rebuilt(model, plan)), fake_counts(model)
+    ratios = {t: narrow[t] / dense[t] for t in dense}
+    assert plan.reached == pytest.approx(max(ratios.values()))
+    assert max(ratios.values()) <= 0.6
+    assert all(c == ["rpi4", "rpi5"] for c in counted)  # one conversion counts both
+    # the dense count, one probe per group, then at most max_measures plans
+    assert len(counted) <= 1 + len(plan.rows) + 4
+    # the group that is expensive on rpi5 is pruned at least as hard as any other
+    assert plan.fractions["left"] == max(plan.fractions.values())
+    assert "cost" in str(plan) and plan.to_dict()["strategy"] == "cost"
+
+
+def test_cost_plan_meets_a_mac_budget_without_measuring_per_group():
+    model = residual_concat_model()
+    x, y = data(model)
+    plan = channel_budget.plan_channels(model, x, y, macs=0.5, strategy="cost", multiple=4)
+    macs = channels.keras_macs(rebuilt(model, plan)) / channels.keras_macs(model)
+    assert macs == pytest.approx(plan.reached) and plan.reached <= 0.5
+    assert all(f in (0.0,) + channel_budget.CANDIDATES for f in plan.fractions.values())
+    # at least as accurate as the threshold plan for the same budget, by the proxy the
+    # greedy optimizes (sum of the chosen groups' measured drops)
+    threshold = channel_budget.plan_channels(model, x, y, macs=0.5, multiple=4)
+
+    def summed_drop(p):
+        return sum(p.base_accuracy - r["sensitivity"][channel_budget.CANDIDATES.index(
+            r["fraction"])] if r["fraction"] else 0.0 for r in p.rows)
+    assert summed_drop(plan) <= summed_drop(threshold) + 1e-9
+
+
+def test_cost_budget_that_cannot_be_met_names_the_best_reached():
+    model = residual_concat_model()
+    x, y = data(model)
+    with pytest.raises(channel_budget.BudgetError, match=r"best reached is 0\.\d+x"):
+        channel_budget.plan_channels(model, x, y, params=0.01, strategy="cost")
+
+
+def test_bad_strategy_settings_are_rejected():
+    model = residual_concat_model()
+    x, y = data(model)
+    with pytest.raises(ValueError, match="strategy='fast'.*threshold, cost"):
+        channel_budget.plan_channels(model, x, y, macs=0.5, strategy="fast")
+    with pytest.raises(ValueError, match="max_measures=0"):
+        channel_budget.plan_channels(model, x, y, macs=0.5, strategy="cost", max_measures=0)
+    with pytest.raises(ValueError, match="names no device"):
+        channel_budget.plan_channels(model, x, y, instructions=0.5, target=[])
