@@ -14,7 +14,6 @@ import pytest
 from tfedge import _quiet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STARTUP_LINE = "oneDNN custom operations"  # the first line TF 2.21 prints on x86
 
 
 def _stderr(args, level=None):
@@ -26,6 +25,22 @@ def _stderr(args, level=None):
                           cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stderr
+
+
+def _hidden_records(stderr):
+    """The messages of the Abseil records in ``stderr`` that level 2 hides.
+
+    Which lines TensorFlow prints depends on the machine: "oneDNN custom
+    operations are on" only on CPUs with AVX-512 / AMX, "Could not find cuda
+    drivers" on every machine without CUDA, so the test reads them off a plain
+    ``import tensorflow`` instead of naming one.
+    """
+    return {line.split("] ", 1)[1] for line in stderr.splitlines()
+            if _quiet._RECORD.match(line) and "] " in line and not _quiet.keep_line(line, 2)}
+
+
+def _shows(stderr, records):
+    return any(record in stderr for record in records)
 
 
 def test_abseil_records_below_the_level_are_dropped_and_the_rest_kept():
@@ -42,10 +57,11 @@ def test_abseil_records_below_the_level_are_dropped_and_the_rest_kept():
 @pytest.mark.slow
 def test_recipes_and_cli_start_quiet_and_verbose_brings_the_lines_back():
     # without tfedge's help TF_CPP_MIN_LOG_LEVEL=2 does not hide them (the test can fail)
-    assert STARTUP_LINE in _stderr(["-c", "import tensorflow"], level="2")
-    assert STARTUP_LINE not in _stderr(["-m", "recipes.classifier", "--help"])
-    assert STARTUP_LINE in _stderr(["-m", "recipes.classifier", "--verbose", "1", "--help"])
+    records = _hidden_records(_stderr(["-c", "import tensorflow"], level="2"))
+    assert records, "TensorFlow printed no start-up record below WARNING to test against"
+    assert not _shows(_stderr(["-m", "recipes.classifier", "--help"]), records)
+    assert _shows(_stderr(["-m", "recipes.classifier", "--verbose", "1", "--help"]), records)
     # the tfedge command: TensorFlow's first import, whenever a subcommand makes it
     cli = "from tfedge.cli import main; main({}); import tensorflow"
-    assert STARTUP_LINE not in _stderr(["-c", cli.format("['inspect', '/no/such.tflite']")])
-    assert STARTUP_LINE in _stderr(["-c", cli.format("['--verbose', 'inspect', '/no/such']")])
+    assert not _shows(_stderr(["-c", cli.format("['inspect', '/no/such.tflite']")]), records)
+    assert _shows(_stderr(["-c", cli.format("['--verbose', 'inspect', '/no/such']")]), records)
