@@ -8,6 +8,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tfedge-installed
+# The suite runs in one pytest-xdist worker per core (at most 4: each worker holds
+# TensorFlow, about 3 GB at its peak), a test file per worker so that module
+# fixtures are built once. TensorFlow's own threads leave much of each test
+# single-threaded (tracing, conversion, emulation), so 2 workers on 2 cores halve
+# the wall time. PARALLEL= runs it serially.
+PARALLEL ?= -n auto --maxprocesses 4 --dist loadfile
 # System packages: qemu-user runs LiteRT's aarch64 build for the ARM benchmark
 # harness; a C/C++ compiler builds its qemu plugin and checks micro bundles;
 # chromium renders the HTML report in its headless test.
@@ -51,13 +57,13 @@ demo: install
 	$(BIN)/python -m recipes.classifier
 
 test: install system-deps arm-emulation
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PARALLEL)
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit tfedge
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(PARALLEL) -m "not slow"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
