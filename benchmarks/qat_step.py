@@ -13,16 +13,24 @@ table has the median step of the rounds.
 ``--compare logistic_grid`` instead times ``QATConfig(logistic_grid=True)``
 (sigmoid outputs on TFLite's LOGISTIC grid, :mod:`tfedge.qat_configs`)
 against ``False`` and the plain Keras step (``--model EfficientNetB0``).
+``--compare fuse_relu`` times a standalone BatchNormalization followed by a
+ReLU without a range of its own (the ReLU's, as TFLite fuses them; tfedge's
+default) against with one (``quantize_configs(fuse_relu=False)``, tfedge
+before) and the plain step (``--model DenseNet121``, whose Concatenates'
+outputs are such BNs').
 
     python benchmarks/qat_step.py [--rounds 15] [--out benchmarks/results/qat_step.json]
     python benchmarks/qat_step.py --compare logistic_grid --model EfficientNetB0 \
         --out benchmarks/results/qat_step_logistic_grid.json
+    python benchmarks/qat_step.py --compare fuse_relu --model DenseNet121 \
+        --out benchmarks/results/qat_step_fuse_relu.json
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -34,7 +42,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import tfedge  # noqa: E402  (tfedge first: it sets up Keras 2)
-from tfedge import keras, qat_gradients  # noqa: E402
+from tfedge import keras, qat_configs, qat_gradients  # noqa: E402
 from tfedge.report import format_table, write_json  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -48,17 +56,28 @@ GRID_VARIANTS = {"logistic_grid": (qat_gradients.vectorized_per_channel_fake_qua
                  "tfmot_sigmoids": (qat_gradients.vectorized_per_channel_fake_quant,
                                     {"logistic_grid": False}),
                  "plain": (None, None)}
+# --compare fuse_relu: quantize_configs(fuse_relu=...) of each variant.
+FUSE_VARIANTS = {"fused_relu": (qat_gradients.vectorized_per_channel_fake_quant, {}),
+                 "bn_range": (qat_gradients.vectorized_per_channel_fake_quant, {}),
+                 "plain": (None, None)}
+FUSE_RELU = {"fused_relu": True, "bn_range": False}
 STEPS_PER_ROUND = 4
 
 
-def traced_step(context, qat: dict | None, model: str = "MobileNet", batch: int = 32) -> tuple:
+def traced_step(context, qat: dict | None, model: str = "MobileNet", batch: int = 32,
+                fuse_relu: bool = True) -> tuple:
     """(train function, data iterator) of a wrapped QAT ``model`` (``QATConfig(**qat)``),
     traced with ``context`` standing in for tfedge's block in the train step; with
     ``qat`` None, of the plain Keras model."""
     keras.utils.set_random_seed(0)
     net = getattr(keras.applications, model)(input_shape=(32, 32, 3), weights=None,
                                              classes=10)
-    edge = net if qat is None else tfedge.wrap(net, quantize=tfedge.QATConfig(**qat))
+    configs = qat_configs.quantize_configs
+    qat_configs.quantize_configs = functools.partial(configs, fuse_relu=fuse_relu)
+    try:
+        edge = net if qat is None else tfedge.wrap(net, quantize=tfedge.QATConfig(**qat))
+    finally:
+        qat_configs.quantize_configs = configs
     edge.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(),
                  ["accuracy"])
     rng = np.random.default_rng(0)
@@ -81,13 +100,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--model", default="MobileNet")
-    parser.add_argument("--compare", choices=("per_channel", "logistic_grid"),
+    parser.add_argument("--compare", choices=("per_channel", "logistic_grid", "fuse_relu"),
                         default="per_channel")
     parser.add_argument("--out", default="benchmarks/results/qat_step.json")
     args = parser.parse_args(argv)
-    variants = VARIANTS if args.compare == "per_channel" else GRID_VARIANTS
-    baseline = "tensorflow" if args.compare == "per_channel" else "tfmot_sigmoids"
-    steps = {name: traced_step(context, qat, args.model)
+    variants, baseline = {"per_channel": (VARIANTS, "tensorflow"),
+                          "logistic_grid": (GRID_VARIANTS, "tfmot_sigmoids"),
+                          "fuse_relu": (FUSE_VARIANTS, "bn_range")}[args.compare]
+    steps = {name: traced_step(context, qat, args.model, fuse_relu=FUSE_RELU.get(name, True))
              for name, (context, qat) in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):

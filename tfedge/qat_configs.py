@@ -126,20 +126,38 @@ _SAME_SCALE_POOLS = (keras.layers.AveragePooling1D, keras.layers.AveragePooling2
 _FOLDS_BATCHNORM = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
 
 
-def _standalone_batchnorms(model: Any) -> set[str]:
-    """BatchNormalization layers tfmot cannot fold (DenseNet's after a Concatenate)."""
-    names = set()
+def _inbound(node: Any) -> list[Any]:
+    layers = node.inbound_layers
+    return list(layers) if isinstance(layers, (list, tuple)) else [layers]
+
+
+def _fused_relu(layer: Any) -> bool:
+    """A ReLU / ReLU6 the converter fuses into the int8 ``ADD`` before it."""
+    if isinstance(layer, keras.layers.ReLU):
+        return (layer.max_value in (None, 6.0) and not float(layer.negative_slope)
+                and not float(layer.threshold))
+    return activation_name(layer) in ("relu", "relu6")
+
+
+def _standalone_batchnorms(model: Any) -> dict[str, bool]:
+    """BatchNormalization layers tfmot cannot fold (DenseNet's after a Concatenate):
+    name -> whether their only consumer is a ReLU that TFLite fuses into them."""
+    bns, consumers = {}, {}
     for nodes in getattr(model, "_nodes_by_depth", {}).values():  # pylint: disable=protected-access
         for node in nodes:
-            if isinstance(node.layer, keras.layers.BatchNormalization):
-                producer = node.inbound_layers
-                producer = producer[0] if isinstance(producer, (list, tuple)) else producer
-                if type(producer).__name__ not in _FOLDS_BATCHNORM:
-                    names.add(node.layer.name)
-    return names
+            producers = _inbound(node)
+            for producer in producers:
+                consumers.setdefault(producer.name, []).append(node.layer)
+            if (isinstance(node.layer, keras.layers.BatchNormalization)
+                    and type(producers[0]).__name__ not in _FOLDS_BATCHNORM):
+                bns[node.layer.name] = node.layer
+    outputs = set(getattr(model, "output_names", None) or [])  # an output needs its range
+    return {name: (len(consumers.get(name, [])) == 1 and _fused_relu(consumers[name][0])
+                   and name not in outputs) for name in bns}
 
 
-def quantize_configs(model: Any, *, logistic_grid: bool = True) -> dict[str, Any]:
+def quantize_configs(model: Any, *, logistic_grid: bool = True,
+                     fuse_relu: bool = True) -> dict[str, Any]:
     """``{layer name: QuantizeConfig}`` for the layers this module introduces,
     ``Multiply`` (tfmot's registry lacks it), BatchNormalization layers
     with no Conv/Dense before them (tfmot's registry refuses them one by one,
@@ -152,11 +170,22 @@ def quantize_configs(model: Any, *, logistic_grid: bool = True) -> dict[str, Any
         logistic_grid: put every sigmoid output (sigmoid ``Activation`` layers,
             the gate inside :class:`Swish`) on TFLite's fixed int8 ``LOGISTIC``
             grid; False leaves sigmoids to tfmot (swish: product only).
+        fuse_relu: a standalone BatchNormalization whose only consumer is a
+            ReLU / ReLU6 gets no output range (the ReLU's is the int8 tensor);
+            False gives it one (tfedge before; ``benchmarks/qat_step.py``).
+
+    Returns:
+        ``{layer name: QuantizeConfig}`` for ``quantize_annotate_layer``.
     """
     standalone = _standalone_batchnorms(model)
     configs = {layer.name: OutputQuantizeConfig() for layer in model.layers
-               if isinstance(layer, (ConstantOp, HardSwish, keras.layers.Multiply))
-               or layer.name in standalone}
+               if isinstance(layer, (ConstantOp, HardSwish, keras.layers.Multiply))}
+    # TFLite runs such a BatchNormalization as MUL + ADD and fuses a ReLU after it
+    # into the ADD: one int8 tensor, the ReLU's. A range of the BN's own would
+    # simulate a rounding the int8 file never does (and fake-quantize DenseNet's
+    # widest tensors, its Concatenates' normalized outputs, once more a step).
+    configs.update({name: OutputQuantizeConfig(quantize_output=not (fuse_relu and fused))
+                    for name, fused in standalone.items()})
     configs.update({layer.name: SwishQuantizeConfig(fixed_gate=logistic_grid)
                     for layer in model.layers if isinstance(layer, Swish)})
     if logistic_grid:

@@ -5,7 +5,7 @@ import pytest
 
 import tfedge
 from tfedge import keras
-from tfedge import prepare
+from tfedge import prepare, qat_configs
 
 
 def _hard_swish_by_tf_ops(x):
@@ -110,6 +110,33 @@ def test_average_pooling_goes_through_prune_and_qat_to_full_int8():
     report = tfedge.validate(art, final, x)
     # (in steps, with float slack: an error of exactly 3 steps reads 3.000001)
     assert report.max_abs_error / step <= 3 + 1e-3, (report.max_abs_error, step)
+
+
+def test_batchnorm_before_a_fused_relu_gets_no_range_of_its_own():
+    # TFLite runs a BatchNormalization with no conv before it as MUL + ADD and fuses
+    # a ReLU / ReLU6 after it into the ADD: one int8 tensor, the ReLU's. Any other
+    # consumer, or a second one, needs the BN's own range.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Concatenate()([keras.layers.Conv2D(5, 3, padding="same")(inputs), inputs])
+    fused = keras.layers.BatchNormalization(name="bn_relu")(h)
+    a = keras.layers.Activation("relu")(fused)
+    h = keras.layers.Concatenate()([keras.layers.Conv2D(4, 1)(a), a])
+    shared = keras.layers.BatchNormalization(name="bn_shared")(h)
+    b = keras.layers.Add()([keras.layers.ReLU(6.0)(shared), shared])
+    leaky = keras.layers.BatchNormalization(name="bn_leaky")(keras.layers.Concatenate()([b, a]))
+    h = keras.layers.ReLU(negative_slope=0.1)(leaky)
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(h)))
+    prepared, _ = prepare.prepare_model(model)
+    configs = qat_configs.quantize_configs(prepared)
+    assert {n: configs[n].quantize_output for n in ("bn_relu", "bn_shared", "bn_leaky")} == {
+        "bn_relu": False, "bn_shared": True, "bn_leaky": True}
+    assert qat_configs.quantize_configs(prepared, fuse_relu=False)["bn_relu"].quantize_output
+    x = np.random.default_rng(0).uniform(0, 1, (32, 8, 8, 3)).astype("float32")
+    final, art = _prune_qat_int8(model, x, np.arange(32) % 4)
+    assert "RELU" not in art.ops  # the ReLU after bn_relu lives in the ADD
+    step = art.outputs[0].scale[0]
+    assert tfedge.validate(art, final, x).max_abs_error / step <= 3 + 1e-3
 
 
 def test_conv_with_swish_is_split_so_its_output_gets_a_range():
