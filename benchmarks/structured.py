@@ -267,7 +267,7 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
         log("low-rank done")
 
     scratch_runs = [(e, False) for e in args.scratch_epochs or [epochs]]
-    if args.scratch_equal and searches:  # the pruned models' whole budget, and their teacher
+    if args.scratch_equal:  # the pruned models' whole budget (the flags'), and their teacher
         scratch_runs += [(epochs + extra_epochs, False)]
         if args.distill and not args.no_scratch_distill:
             scratch_runs += [(epochs + extra_epochs, True)]
