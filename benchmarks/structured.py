@@ -62,6 +62,12 @@ paired r32 - dense +0.44 pp (worst seed -0.44), r32 - scratch +0.09 pp (worst
         --no-scratch-distill --rebuilt-epochs 16 --no-emulate --seed N \\
         --out benchmarks/results/structured_plan50_d32_seedN.json
 
+``--scratch-shape`` adds the strictest baseline: each channel variant's own
+rebuilt architecture, initialized afresh and trained (plain, and distilled with
+``--distill``; QAT siblings with ``--qat-epochs``) for the pruned models' whole
+budget, at exactly their MACs (``--scratch-macs`` with no value drops the
+uniform-width ones; ``structured_scratch_shape_seed{0,1,2}.json``).
+
 ``--detector`` runs the recipe's detector (``structured_detector.json``); ``--detector-box-mask``
 distils its boxes only on the anchors the teacher detects.
 
@@ -204,6 +210,21 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
     recipe = (f"+{prune_epochs} prune + {masked} masked + {rebuilt} rebuilt fine-tune epochs"
               + (" (distilled from the dense model)" if args.distill else ""))
     extra_epochs = prune_epochs + masked + rebuilt
+
+    def qat_sibling(label: str, distilled: bool) -> None:
+        """With --qat-epochs: ``label``'s model after that many QAT epochs, as its own row."""
+        if not args.qat_epochs:
+            return
+        model, _, note = variants[label]
+        qat = fine_tune(model, x, y, args.qat_epochs, tune_lr * args.qat_lr,
+                        dense if distilled else None, quantize=True)
+        variants[f"{label} + QAT"] = (
+            qat, tfedge.convert(qat), note + f"; then {args.qat_epochs} QAT epochs (int8, lr "
+            f"{tune_lr * args.qat_lr:g} cosine" + (", distilled" if distilled else "")
+            + "), converted from its ranges")
+        log(f"{label} + QAT done")
+
+    shapes: list[tuple[str, Any]] = []  # (channel variant, its rebuilt narrow model)
     for name, (fraction, reached), multiple, plan in searches:
         keras.utils.set_random_seed(args.seed)
         edge = compile_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
@@ -212,6 +233,7 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
             teacher="self" if args.distill else None), tune_lr)
         edge.fit(x, y, epochs=prune_epochs + masked, **fit)
         narrow = edge.finish()
+        shapes.append((name, narrow))
         extra[name] = edge.channel_report().to_dict()
         fixed = dict(args.channel_fixed)
         others = next((v for k, v in (plan or {}).items() if k not in fixed), 0.0)
@@ -246,14 +268,7 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
             variants[label] = (model, tfedge.convert(model, calibration),
                                note + lowrank_note)
             log(f"{label} done (fraction {fraction:.3f}, reached {reached:.3f}x)")
-            if args.qat_epochs:
-                qat = fine_tune(model, x, y, args.qat_epochs, tune_lr * args.qat_lr,
-                                dense if args.distill else None, quantize=True)
-                variants[f"{label} + QAT"] = (
-                    qat, tfedge.convert(qat), note + lowrank_note + f"; then {args.qat_epochs} "
-                    f"QAT epochs (int8, lr {tune_lr * args.qat_lr:g} cosine"
-                    + (", distilled" if args.distill else "") + "), converted from its ranges")
-                log(f"{label} + QAT done")
+            qat_sibling(label, args.distill)
 
     if "lowrank" in args.variants and not args.skip_lowrank:
         keras.utils.set_random_seed(args.seed)
@@ -289,6 +304,29 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
                               f"width {width}, {n_epochs} epochs from scratch"
                               + (" distilled from the dense model" if distilled else ""))
             log(f"{name} done (width {width}, MACs {macs / dense_macs:.3f}x)")
+
+    # --scratch-shape: each channel variant's own rebuilt architecture, initialized afresh
+    # and trained for the pruned models' whole budget (Liu et al., "Rethinking the Value of
+    # Network Pruning", ICLR 2019): the from-scratch baseline at exactly the pruned MACs,
+    # which no uniform width reaches (MobileNetV2's 8-channel floor and 1280-wide last conv)
+    budget = epochs + extra_epochs
+    shape_runs = [False] + ([True] if args.distill and not args.no_scratch_distill else [])
+    for name, narrow in shapes if args.scratch_shape else ():
+        for distilled in shape_runs:
+            keras.utils.set_random_seed(args.seed)
+            model = keras.models.clone_model(narrow)  # the same layers, fresh initial weights
+            if distilled:
+                model = fine_tune(model, x, y, budget, lr, dense)
+            else:
+                compile_(model, lr, -(-len(x) // 32) * budget).fit(x, y, epochs=budget, **fit)
+            label = f"scratch, shape of {name}, {budget} epochs" + (
+                " distilled" if distilled else "")
+            variants[label] = (model, tfedge.convert(model, calibration),
+                               f"{name}'s rebuilt architecture, initialized afresh, {budget} "
+                               "epochs from scratch"
+                               + (" distilled from the dense model" if distilled else ""))
+            log(f"{label} done (MACs {channels.keras_macs(model) / dense_macs:.3f}x)")
+            qat_sibling(label, distilled)
 
     names = list(variants)
     report = tfedge.compare({n: variants[n][1] for n in names}, target=TARGETS,
@@ -411,13 +449,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-uniform", action="store_true",
                         help="Skip the uniform-fraction channel variants (keep --channel-fixed "
                              "and --instructions ones).")
-    parser.add_argument("--scratch-macs", nargs="+", type=float, default=[0.5, 0.25])
+    parser.add_argument("--scratch-macs", nargs="*", type=float, default=[0.5, 0.25],
+                        help="MAC ratios of the uniform-width scratch baselines (none: no "
+                             "width baseline, e.g. with --scratch-shape alone).")
     parser.add_argument("--scratch-epochs", nargs="+", type=int, default=None,
                         help="Epochs of the from-scratch baselines (default: the dense model's).")
     parser.add_argument("--scratch-equal", action="store_true",
                         help="Also train the scratch baselines for the channel-pruned models' "
                              "whole epoch budget (dense + prune + fine-tune), and with --distill "
                              "once more distilled from the same dense teacher.")
+    parser.add_argument("--scratch-shape", action="store_true",
+                        help="Also train each channel variant's rebuilt architecture from a "
+                             "fresh initialization for the pruned models' whole epoch budget "
+                             "(with --distill once more distilled, and with --qat-epochs a QAT "
+                             "sibling each): scratch at exactly the pruned model's MACs.")
     parser.add_argument("--no-scratch-distill", action="store_true",
                         help="With --scratch-equal and --distill, skip the distilled scratch run.")
     parser.add_argument("--prune-epochs", type=int, default=None,
