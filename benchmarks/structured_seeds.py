@@ -55,8 +55,10 @@ PP = 100.0  # accuracies are fractions; differences are reported in percentage p
 
 
 def short(variant: str) -> str:
-    """A variant's name without its channel plan's per-group description."""
-    return re.sub(r"^(channel [\d.]+x MACs), plan: .*?(?=( \+ |$))", r"\1 plan", variant)
+    """A variant's name without its channel plan's per-group description (also inside
+    a ``--scratch-shape`` row's ``scratch, shape of channel ...``)."""
+    return re.sub(r"^((?:scratch, shape of )?channel [\d.]+x MACs), plan: .*?"
+                  r"(?=(, \d+ epochs| \+ |$))", r"\1 plan", variant)
 
 
 def stats(values: list[float]) -> dict[str, float]:

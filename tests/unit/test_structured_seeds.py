@@ -32,6 +32,8 @@ def test_short_names_drop_the_plan_description_and_keep_the_suffixes():
     assert structured_seeds.short(PLAN + " + low-rank Conv_1 r32 + QAT") == \
         "channel 0.500x MACs plan + low-rank Conv_1 r32 + QAT"
     assert structured_seeds.short("scratch 0.5x MACs") == "scratch 0.5x MACs"
+    assert structured_seeds.short(f"scratch, shape of {PLAN}, 52 epochs distilled + QAT") == \
+        "scratch, shape of channel 0.500x MACs plan, 52 epochs distilled + QAT"
 
 
 def test_paired_differences_statistics_and_goals(tmp_path):
