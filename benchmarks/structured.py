@@ -281,22 +281,18 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
         extra["low-rank 0.5x MACs"] = edge.factorization_report().to_dict()
         log("low-rank done")
 
+    budget = epochs + extra_epochs  # the pruned models' whole budget (the flags')
+    scratch_distill = args.distill and not args.no_scratch_distill  # with their teacher
     scratch_runs = [(e, False) for e in args.scratch_epochs or [epochs]]
-    if args.scratch_equal:  # the pruned models' whole budget (the flags'), and their teacher
-        scratch_runs += [(epochs + extra_epochs, False)]
-        if args.distill and not args.no_scratch_distill:
-            scratch_runs += [(epochs + extra_epochs, True)]
+    if args.scratch_equal:
+        scratch_runs += [(budget, False)] + ([(budget, True)] if scratch_distill else [])
     scratch_runs = list(dict.fromkeys(scratch_runs))
     for ratio in args.scratch_macs if "scratch" in args.variants else ():
         width, macs = scratch_width(spec, ratio * dense_macs)
         for n_epochs, distilled in scratch_runs:
             keras.utils.set_random_seed(args.seed)
-            model = spec["build"](width, f"{family}_w{width}")
-            if distilled:
-                model = fine_tune(model, x, y, n_epochs, lr, dense)
-            else:
-                model = compile_(model, lr, -(-len(x) // 32) * n_epochs)
-                model.fit(x, y, epochs=n_epochs, **fit)
+            model = fine_tune(spec["build"](width, f"{family}_w{width}"), x, y, n_epochs, lr,
+                              dense if distilled else None)
             name = f"scratch {ratio}x MACs"
             if len(scratch_runs) > 1:
                 name += f", {n_epochs} epochs" + (" distilled" if distilled else "")
@@ -309,16 +305,12 @@ def run_family(family: str, args: argparse.Namespace) -> tuple[list[dict], dict]
     # and trained for the pruned models' whole budget (Liu et al., "Rethinking the Value of
     # Network Pruning", ICLR 2019): the from-scratch baseline at exactly the pruned MACs,
     # which no uniform width reaches (MobileNetV2's 8-channel floor and 1280-wide last conv)
-    budget = epochs + extra_epochs
-    shape_runs = [False] + ([True] if args.distill and not args.no_scratch_distill else [])
     for name, narrow in shapes if args.scratch_shape else ():
-        for distilled in shape_runs:
+        for distilled in [False] + ([True] if scratch_distill else []):
             keras.utils.set_random_seed(args.seed)
-            model = keras.models.clone_model(narrow)  # the same layers, fresh initial weights
-            if distilled:
-                model = fine_tune(model, x, y, budget, lr, dense)
-            else:
-                compile_(model, lr, -(-len(x) // 32) * budget).fit(x, y, epochs=budget, **fit)
+            # the same layers, fresh initial weights
+            model = fine_tune(keras.models.clone_model(narrow), x, y, budget, lr,
+                              dense if distilled else None)
             label = f"scratch, shape of {name}, {budget} epochs" + (
                 " distilled" if distilled else "")
             variants[label] = (model, tfedge.convert(model, calibration),
@@ -464,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(with --distill once more distilled, and with --qat-epochs a QAT "
                              "sibling each): scratch at exactly the pruned model's MACs.")
     parser.add_argument("--no-scratch-distill", action="store_true",
-                        help="With --scratch-equal and --distill, skip the distilled scratch run.")
+                        help="With --distill, skip the distilled --scratch-equal and --scratch-shape "
+                             "runs.")
     parser.add_argument("--prune-epochs", type=int, default=None,
                         help="Epochs of gradual channel masking (default: the family's).")
     parser.add_argument("--masked-epochs", type=int, default=None,
