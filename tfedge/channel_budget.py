@@ -1,7 +1,7 @@
 """Per-group channel fractions chosen for a budget, by measured sensitivity.
 
 :func:`plan_channels` measures how much each dependency group's accuracy
-suffers when a fraction of its channels is masked (the others whole), at a
+(or a score the caller gives, ``evaluate=``: a detector's mAP) suffers when a fraction of its channels is masked (the others whole), at a
 few candidate fractions, then picks per group the largest fraction whose
 accuracy drop stays under a threshold, and searches (bisection) the
 smallest threshold that meets the budget. This is AIMET's greedy
@@ -44,7 +44,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from absl import logging
@@ -111,21 +111,68 @@ class ChannelPlan:
                         f"drop per group <= {100 * self.threshold:.1f} pp")
 
 
-def _accuracy(model: Any, x: Any, y: Any) -> float:
-    pred = model.predict(x, verbose=0, batch_size=128)
-    return float(np.mean(np.argmax(pred, -1) == np.asarray(y).reshape(-1)))
+def _top1(x: Any, y: Any) -> Callable[[Any], float]:
+    """``model -> top-1 accuracy`` on ``(x, y)`` (integer labels)."""
+    labels = np.asarray(y).reshape(-1)
+
+    def accuracy(model: Any) -> float:
+        pred = model.predict(x, verbose=0, batch_size=128)
+        return float(np.mean(np.argmax(pred, -1) == labels))
+    return accuracy
 
 
-def plan_channels(model: Any, x: Any, y: Any, *, macs: float | None = None,
+def _scorer(model: Any, x: Any, y: Any, evaluate: Callable[[Any], float] | None
+            ) -> Callable[[Any], float]:
+    """The sensitivity measure: top-1 accuracy on ``(x, y)`` or the user's ``evaluate``."""
+    if (y is None) == (evaluate is None):
+        raise ValueError(
+            "Give plan_channels either y (integer labels: sensitivity is top-1 accuracy) or "
+            "evaluate= (a function model -> score, higher is better, e.g. a detector's "
+            "mAP), not " + ("both." if evaluate is not None else "neither."))
+    if evaluate is None:
+        if len(model.outputs) != 1:
+            raise ValueError(
+                f"{model.name!r} has {len(model.outputs)} outputs; top-1 accuracy needs one. "
+                "Pass evaluate=lambda m: ... (a score of the model on your validation data, "
+                "e.g. a detector's mAP) instead of y.")
+        return _top1(x, y)
+    if not callable(evaluate):
+        raise TypeError(f"evaluate={evaluate!r} is not callable: give a function "
+                        "model -> float (higher is better).")
+
+    def checked(work: Any) -> float:
+        value = evaluate(work)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not np.isfinite(value):
+            raise ValueError(f"evaluate returned {value!r}; it must return a finite number "
+                             "(higher is better), e.g. accuracy or mAP in [0, 1].")
+        return value
+    return checked
+
+
+def plan_channels(model: Any, x: Any, y: Any = None, *, macs: float | None = None,
                   params: float | None = None, instructions: float | None = None,
                   target: str | Sequence[str] = "rpi4", representative_data: Any = None,
                   candidates: Sequence[float] = CANDIDATES, multiple: Any = 1,
-                  strategy: str = "threshold", max_measures: int = 8) -> ChannelPlan:
+                  strategy: str = "threshold", max_measures: int = 8,
+                  evaluate: Callable[[Any], float] | None = None) -> ChannelPlan:
     """Chooses per-group channel fractions for a budget by measured sensitivity.
 
     Args:
-        model: a trained tf_keras functional classifier (not changed).
-        x: validation inputs; y: their integer labels.
+        model: a trained tf_keras functional model (not changed): a classifier
+            scored by ``y``, or any model scored by ``evaluate``.
+        x: validation inputs (and the default calibration samples).
+        y: their integer labels: sensitivity is top-1 accuracy. Give ``y`` or
+            ``evaluate``, not both.
+        evaluate: instead of ``y``, a function ``model -> float``, higher is
+            better, on the scale of an accuracy (e.g. a detector's mAP in
+            [0, 1] on your validation data). It is called on a private copy
+            with channels masked, once per group and candidate fraction, and
+            must not train it. ``ChannelPlan.base_accuracy`` and the
+            sensitivities are then its scores.
         macs / params / instructions: the budget, one of them, a ratio in (0, 1).
         target: device profile for ``instructions`` (``tfedge.devices.PROFILES``),
             or a list of them: the budget holds for the worse of their ratios.
@@ -149,9 +196,19 @@ def plan_channels(model: Any, x: Any, y: Any, *, macs: float | None = None,
         A :class:`ChannelPlan`.
 
     Raises:
-        ValueError: no budget, several budgets, or a ratio outside (0, 1).
+        ValueError: no budget, several budgets, or a ratio outside (0, 1); neither
+            or both of ``y`` and ``evaluate``; ``y`` for a model with several
+            outputs; ``evaluate`` returning a non-finite number.
+        TypeError: ``evaluate`` is not callable.
         BudgetError: the budget cannot be met; the message names the best reached.
         UnsupportedModelError: nothing in the model can be channel-pruned.
+
+    Example:
+
+    >>> plan = plan_channels(classifier, x_val, y_val, macs=0.5)  # doctest: +SKIP
+    >>> # a model without one class output: score it yourself (higher is better)
+    >>> plan = plan_channels(detector, x_val, instructions=0.55,  # doctest: +SKIP
+    ...                      target=["rpi4", "rpi5"], evaluate=lambda m: map50(m, x_val))
     """
     given = {k: v for k, v in (("macs", macs), ("params", params),
                                ("instructions", instructions)) if v is not None}
@@ -169,6 +226,7 @@ def plan_channels(model: Any, x: Any, y: Any, *, macs: float | None = None,
                          "['rpi4', 'rpi5'].")
     if int(max_measures) < 1:
         raise ValueError(f"max_measures={max_measures}: give 1 or more.")
+    score = _scorer(model, x, y, evaluate)
     work = clone_model(model)
     graph = channels.analyze(work)
     groups = [i for i, g in enumerate(graph.groups) if g.prunable]
@@ -180,7 +238,7 @@ def plan_channels(model: Any, x: Any, y: Any, *, macs: float | None = None,
     masks = channel_prune.ChannelMasks(graph)
     scores = channel_prune.channel_scores(graph)
     original = work.get_weights()
-    base_accuracy = _accuracy(work, x, y)
+    base_accuracy = score(work)
 
     sensitivity: dict[int, list[float]] = {}
     for index in groups:
@@ -190,7 +248,7 @@ def plan_channels(model: Any, x: Any, y: Any, *, macs: float | None = None,
                                                    tiles)
             masks.set_removed(removed)
             masks.apply()
-            curve.append(_accuracy(work, x, y))
+            curve.append(score(work))
             work.set_weights(original)
         sensitivity[index] = curve
         logging.info("tfedge: sensitivity of %s: %s", "+".join(graph.groups[index].producers),

@@ -94,3 +94,55 @@ def test_bad_strategy_settings_are_rejected():
         channel_budget.plan_channels(model, x, y, macs=0.5, strategy="cost", max_measures=0)
     with pytest.raises(ValueError, match="names no device"):
         channel_budget.plan_channels(model, x, y, instructions=0.5, target=[])
+
+
+def two_output_model():
+    """A small model with a class output and a box output (no single top-1)."""
+    from tfedge import keras
+    inputs = keras.Input((8, 8, 1))
+    x = inputs
+    for name in ("c1", "c2"):
+        x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name=name)(x)
+        x = keras.layers.BatchNormalization(name=name + "/bn")(x)
+        x = keras.layers.ReLU(name=name + "/relu")(x)
+    pooled = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, [keras.layers.Dense(3, name="cls")(pooled),
+                                keras.layers.Dense(4, name="box")(pooled)], name="two_heads")
+
+
+def test_evaluate_scores_a_model_with_several_outputs():
+    model = two_output_model()
+    x = np.random.default_rng(0).uniform(0, 1, (64, 8, 8, 1)).astype(np.float32)
+    reference = model.predict(x, verbose=0)[1]
+    before = [w.copy() for w in model.get_weights()]
+    calls = []
+
+    def box_fidelity(m):  # 1 on the unmasked model, lower as the box output moves
+        calls.append(m)
+        boxes = m.predict(x, verbose=0)[1]
+        return 1.0 - float(np.mean(np.abs(boxes - reference)) / np.mean(np.abs(reference)))
+    plan = channel_budget.plan_channels(model, x, macs=0.5, evaluate=box_fidelity)
+    assert plan.base_accuracy == pytest.approx(1.0)
+    # the base score, then every candidate of both groups, all on the private copy
+    assert len(calls) == 1 + 2 * len(channel_budget.CANDIDATES)
+    assert all(m is not model for m in calls)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    curves = [r["sensitivity"] for r in plan.rows]
+    assert all(max(c) < 1.0 for c in curves)  # masking moves the boxes: a real signal
+    assert channels.keras_macs(rebuilt(model, plan)) / channels.keras_macs(model) <= 0.5
+
+
+def test_scoring_arguments_are_checked():
+    model = two_output_model()
+    x = np.zeros((8, 8, 8, 1), np.float32)
+    y = np.zeros(8, int)
+    with pytest.raises(ValueError, match="2 outputs; top-1 accuracy needs one.*evaluate="):
+        channel_budget.plan_channels(model, x, y, macs=0.5)
+    with pytest.raises(ValueError, match="either y .* or evaluate=.*neither"):
+        channel_budget.plan_channels(model, x, macs=0.5)
+    with pytest.raises(ValueError, match="not both"):
+        channel_budget.plan_channels(model, x, y, macs=0.5, evaluate=lambda m: 1.0)
+    with pytest.raises(TypeError, match="not callable"):
+        channel_budget.plan_channels(model, x, macs=0.5, evaluate=0.9)
+    with pytest.raises(ValueError, match="evaluate returned nan.*finite"):
+        channel_budget.plan_channels(model, x, macs=0.5, evaluate=lambda m: float("nan"))
