@@ -52,26 +52,13 @@ from tfedge.report import format_table, write_json  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compression import compile_  # noqa: E402
-from structured_models import FAMILIES, digits_at, mobilenet_v2, progress  # noqa: E402
+from structured_models import (FAMILIES, digits_at, mobilenet_v2, parse_spec,  # noqa: E402
+                               progress)
 from structured_plans import TARGETS, rebuilt  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 OUT = os.path.join(RESULTS, "plan_search.json")
 log = progress("plan_search")
-
-
-def parse_spec(spec: str) -> dict[str, Any]:
-    """``"instructions=0.55,target=rpi4+rpi5"`` -> ``plan_channels`` keyword arguments."""
-    out: dict[str, Any] = {}
-    for item in spec.split(","):
-        key, _, value = item.partition("=")
-        if key == "target":
-            out[key] = value.split("+") if "+" in value else value
-        elif key in ("macs", "params", "instructions"):
-            out[key] = float(value)
-        else:
-            out[key] = value
-    return out
 
 
 def trained_dense(epochs: int, seed: int, cache: str, x: Any, y: Any) -> Any:

@@ -69,7 +69,14 @@ budget, at exactly their MACs (``--scratch-macs`` with no value drops the
 uniform-width ones; ``structured_scratch_shape_seed{0,1,2}.json``).
 
 ``--detector`` runs the recipe's detector (``structured_detector.json``); ``--detector-box-mask``
-distils its boxes only on the anchors the teacher detects.
+distils its boxes only on the anchors the teacher detects; ``--detector-plan`` trains
+``plan_channels`` plans scored by validation mAP, and ``--detector-scratch-shape`` their own
+architectures from scratch (``structured_detector_plan_seedN.json``):
+
+    python benchmarks/structured.py --detector --detector-epochs 64 \\
+        --detector-multiples 8 --detector-rebuilt-epochs 16 \\
+        --detector-plan instructions=0.55,target=rpi4+rpi5 --detector-scratch-shape \\
+        --detector-seed N --out benchmarks/results/structured_detector_plan_seedN.json
 
     python benchmarks/structured.py [--families digits_cnn mobilenet_v2] [--out ...]
     python benchmarks/structured.py --recover
@@ -94,8 +101,8 @@ from tfedge.report import format_table, write_json  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from structured_detector import run_detector  # noqa: E402
 from structured_models import (FACTORIZE_ARGUMENT, FAMILIES, TARGETS, bench_fields,  # noqa: E402
-                               compile_, fast_batchnorm, fine_tune, progress, ranks_label,
-                               scratch_width)
+                               compile_, fast_batchnorm, fine_tune, parse_spec, progress,
+                               ranks_label, scratch_width)
 
 VARIANTS = ("unstructured", "channel", "lowrank", "scratch")
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "structured.json")
@@ -489,6 +496,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detector-rebuilt-epochs", type=int, default=8,
                         help="Fine-tune epochs of the rebuilt narrow detector (cosine-decayed "
                              "from 1/4 of the dense learning rate).")
+    parser.add_argument("--detector-seed", type=int, default=0,
+                        help="Seed of the detector's training (the data stay the same).")
+    parser.add_argument("--detector-plan", nargs="+", type=parse_spec, default=[],
+                        metavar="SPEC",
+                        help="Per-group channel plans (plan_channels arguments, e.g. "
+                             "instructions=0.55,target=rpi4+rpi5), each scored by float "
+                             "mAP@0.5 on 300 validation images and trained like the uniform "
+                             "variants, in multiples of the first --detector-multiples.")
+    parser.add_argument("--detector-scratch-shape", action="store_true",
+                        help="Each plan's rebuilt architecture initialized afresh and trained "
+                             "for the whole budget, plain and distilled, and scratch at the "
+                             "uniform width nearest the plan's MACs.")
+    parser.add_argument("--detector-no-uniform", action="store_true",
+                        help="No uniform-fraction pruned variants (only the plans).")
     parser.add_argument("--detector-score-weight", type=float, default=10.0,
                         help="Weight of the scores' soft term (a per-anchor mean) against "
                              "the boxes' mse.")

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -23,27 +24,45 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from structured_models import TARGETS, bench_fields, progress  # noqa: E402
 
 
+def plan_label(spec: dict) -> str:
+    """``{"instructions": 0.55, "target": ["rpi4", "rpi5"]}`` -> ``"instructions=0.55 on rpi4+rpi5"``."""
+    where = spec.get("target")
+    where = "+".join(where) if isinstance(where, list) else where
+    rest = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "target")
+    return rest + (f" on {where}" if where and "instructions" in spec else "")
+
+
 def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
     """The recipe's YOLO-style detector (``recipes.detector``) on generated shapes.
 
-    Dense (the recipe's 20 epochs), channel-pruned to ~0.5x MACs (gradual
+    Dense (``--detector-epochs``), channel-pruned to ~0.5x MACs (gradual
     masking, rebuild, fine-tune of the narrow model, both distilled from the
     dense model: ``DistillConfig(outputs={"boxes": "mse", "scores": "bce"})``,
     once per ``--detector-multiples`` channel multiple), and the same
     architecture at the width nearest the first pruned model's MACs trained
     from scratch for the pruned model's whole epoch budget. Scored by COCO mAP of the int8
     TFLite body with the recipe's float post-processing.
+
+    ``--detector-plan SPEC`` adds per-group plans: ``tfedge.plan_channels`` on
+    the dense model with ``evaluate=`` its float mAP@0.5 on 300 validation
+    images (generated apart from the training and test images), then trained
+    like the uniform variants. ``--detector-scratch-shape`` trains each plan's
+    rebuilt architecture from a fresh initialization for the same whole budget,
+    plain and distilled from the dense model (scratch at exactly its MACs), and
+    the uniform-width scratch at the width nearest the plan's MACs.
+    ``--detector-seed`` seeds the training (the data stay the same).
     """
     from recipes import common as recipe_common
     from recipes import data as data_lib
     from recipes import detector
 
     size, epochs, lr = 96, args.detector_epochs, 4e-3
+    seed = args.detector_seed
     prune_epochs, rebuilt = args.detector_prune_epochs, args.detector_rebuilt_epochs
     data = data_lib.load_detection("shapes", input_size=size, num_train=args.detector_train,
                                    num_test=300, seed=0)
     anchors = detector.make_anchors(size, anchor_scale=3.0)
-    train = detector.training_dataset(data, anchors, 32, 0)
+    train = detector.training_dataset(data, anchors, 32, seed)
     steps = -(-data.num_train // 32)
     log = progress("detector")
 
@@ -56,7 +75,7 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
         model.fit(train, epochs=n, steps_per_epoch=steps, verbose=0)
         return model
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     dense = train_(build(1.0, "detector_dense"), epochs, lr)
     dense_macs = channels.keras_macs(dense)
     variants = {"dense int8": (dense, f"width 1.0, {epochs} epochs from scratch")}
@@ -73,46 +92,106 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
                                     output_weights={"scores": args.detector_score_weight},
                                     **(masks if box_mask else {}))
 
+    def distill_note(box_mask):
+        boxes = (f"boxes mse on the anchors the teacher scores > {box_mask:g}"
+                 if box_mask else "boxes mse")
+        return (f"{boxes}, scores bce at T={args.detector_temperature:g}, score weight "
+                f"{args.detector_score_weight:g}, alpha {args.detector_alpha:g}")
+
+    def prune_and_tune(fraction, multiple, distill, fractions=None):
+        """Gradual masking (teacher "self"), rebuild, then the narrow model's fine-tune
+        distilled from the dense model: (pruned model, its channel report)."""
+        keras.utils.set_random_seed(seed)
+        edge = train_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
+            fraction, structure="channel", end_epoch=prune_epochs, importance=args.importance,
+            channel_multiple=multiple, fractions=fractions), teacher="self", distill=distill),
+            prune_epochs, lr / 10)
+        tuned = tfedge.wrap(edge.finish(), teacher=dense, distill=distill)
+        return train_(tuned, rebuilt, lr / 4).finish(), edge.channel_report().to_dict()
+
     total = epochs + prune_epochs + rebuilt
+    recipe = (f"+{prune_epochs} prune + {rebuilt} rebuilt fine-tune epochs, both distilled "
+              "from the dense model")
     channel_reports, reached_ratios = {}, []
-    runs = [(m, b) for m in args.detector_multiples for b in args.detector_box_mask]
+    runs = [(m, b) for m in args.detector_multiples for b in args.detector_box_mask
+            if not args.detector_no_uniform]
     for multiple, box_mask in runs:
-        distill = distill_config(box_mask)
-        box_note = (f"boxes mse on the anchors the teacher scores > {box_mask:g}"
-                    if box_mask else "boxes mse")
         # the reachable MAC ratio nearest 0.5 (multiples of 8 jump from 0.31x to 0.54x)
         options = []
         for target in (0.5, 0.55):
             with contextlib.suppress(ValueError):
                 options.append(channel_prune.fraction_for_macs(dense, target, multiple=multiple))
         fraction, reached = min(options, key=lambda fr: abs(fr[1] - 0.5))
-        keras.utils.set_random_seed(0)
-        edge = train_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
-            fraction, structure="channel", end_epoch=prune_epochs, importance=args.importance,
-            channel_multiple=multiple), teacher="self", distill=distill), prune_epochs, lr / 10)
-        tuned = tfedge.wrap(edge.finish(), teacher=dense, distill=distill)
-        pruned = train_(tuned, rebuilt, lr / 4).finish()
+        pruned, report = prune_and_tune(fraction, multiple, distill_config(box_mask))
         name = (f"channel {reached:.2f}x MACs, multiples of {multiple}, distilled"
                 + (f", boxes masked > {box_mask:g}" if box_mask else ""))
         variants[name] = (
             pruned, f"fraction {fraction:.3f} ({args.importance}, multiples of {multiple}); "
-            f"+{prune_epochs} prune + {rebuilt} rebuilt fine-tune epochs, both distilled from "
-            f"the dense model ({box_note}, scores bce at T={args.detector_temperature:g}, score "
-            f"weight {args.detector_score_weight:g}, alpha {args.detector_alpha:g}); {total} "
-            "epochs in all")
-        channel_reports[name] = edge.channel_report().to_dict()
+            f"{recipe} ({distill_note(box_mask)}); {total} epochs in all")
+        channel_reports[name] = report
         reached_ratios.append(reached)
         log(f"channel pruned (multiple {multiple}, fraction {fraction:.3f}, reached "
             f"{reached:.3f}x)")
-    target = reached_ratios[0] if reached_ratios else 0.5
-    width, macs = min(((w, channels.keras_macs(build(w, "probe")))
-                       for w in (0.5, 0.55, 0.6, 0.65, 0.7, 0.75)),
-                      key=lambda wm: abs(wm[1] - target * dense_macs))
-    keras.utils.set_random_seed(0)
-    variants[f"scratch {macs / dense_macs:.2f}x MACs, {total} epochs"] = (
-        train_(build(width, f"detector_w{width}"), total, lr),
-        f"width {width} ({macs / dense_macs:.3f}x MACs), {total} epochs from scratch")
-    log("scratch trained")
+
+    plans, shapes = {}, []
+    multiple, box_mask = args.detector_multiples[0], args.detector_box_mask[0]
+    if args.detector_plan:
+        # validation images generated apart from the training (seed 0) and test (10000) ones
+        val = data_lib.load_detection("shapes", input_size=size, num_train=1, num_test=300,
+                                      seed=7)
+
+        def val_map50(model):
+            return detector.evaluate(model.predict(val.test_images, batch_size=64, verbose=0),
+                                     val, anchors)["map50"]
+
+        for spec in args.detector_plan:
+            t = time.time()
+            plan = tfedge.plan_channels(dense, val.test_images, evaluate=val_map50,
+                                        multiple=multiple, representative_data=data.x_calib,
+                                        **spec)
+            log(f"plan_channels({plan_label(spec)}) in {time.time() - t:.0f} s:\n{plan}")
+            pruned, report = prune_and_tune(max(plan.fractions.values()), multiple,
+                                            distill_config(box_mask), fractions=plan)
+            macs = channels.keras_macs(pruned) / dense_macs
+            name = f"plan {plan_label(spec)}, {macs:.2f}x MACs, distilled"
+            variants[name] = (
+                pruned, f"plan_channels({plan_label(spec)}, evaluate=float mAP@0.5 on 300 "
+                f"validation images, multiples of {multiple}), reached {plan.reached:.3f}x; "
+                "per group: " + ", ".join(f"{k} {v:g}" for k, v in plan.fractions.items())
+                + f"; {recipe} ({distill_note(box_mask)}); {total} epochs in all")
+            channel_reports[name] = report
+            plans[name] = {**plan.to_dict(), "seconds": time.time() - t}
+            shapes.append((plan_label(spec), pruned, macs))
+            log(f"{name} trained")
+
+    for label, pruned, macs in shapes if args.detector_scratch_shape else ():
+        for distilled in (False, True):
+            keras.utils.set_random_seed(seed)
+            model = keras.models.clone_model(pruned)  # its architecture, fresh weights
+            name = f"scratch, shape of the {label} plan, {total} epochs"
+            if distilled:
+                model = train_(tfedge.wrap(model, teacher=dense, distill=distill_config(
+                    box_mask)), total, lr).finish()
+                name += ", distilled"
+            else:
+                model = train_(model, total, lr)
+            variants[name] = (model, f"the plan's rebuilt architecture ({macs:.3f}x MACs) "
+                              f"initialized afresh, {total} epochs from scratch"
+                              + (f", distilled from the dense model ({distill_note(box_mask)})"
+                                 if distilled else ""))
+            log(f"{name} trained")
+
+    targets = ([reached_ratios[0]] if reached_ratios else [])
+    targets += [m for _, _, m in shapes] if args.detector_scratch_shape else []
+    widths = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
+    width_macs = [(w, channels.keras_macs(build(w, "probe"))) for w in widths]
+    for width, macs in dict.fromkeys(
+            min(width_macs, key=lambda wm: abs(wm[1] - t * dense_macs)) for t in targets):
+        keras.utils.set_random_seed(seed)
+        variants[f"scratch {macs / dense_macs:.2f}x MACs, {total} epochs"] = (
+            train_(build(width, f"detector_w{width}"), total, lr),
+            f"width {width} ({macs / dense_macs:.3f}x MACs), {total} epochs from scratch")
+        log(f"scratch width {width} trained")
 
     artifacts = {n: tfedge.convert(m, data.x_calib) for n, (m, _) in variants.items()}
     report = tfedge.compare(artifacts, target=TARGETS, runs=args.runs, warmup=5,
@@ -129,4 +208,5 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
                      "int8_map": int8, "float_map": float_,
                      **bench_fields(artifacts[name], bench_report, ratio)})
     return rows, {"bench": report.to_dict(), "channel_reports": channel_reports,
-                  "num_train": data.num_train, "test_images": len(data.test_images)}
+                  "plans": plans, "num_train": data.num_train,
+                  "test_images": len(data.test_images)}

@@ -96,6 +96,20 @@ def fine_tune(model: Any, x: Any, y: Any, epochs: int, lr: float, teacher: Any =
     return edge.finish()
 
 
+def parse_spec(spec: str) -> dict[str, Any]:
+    """``"instructions=0.55,target=rpi4+rpi5"`` -> ``plan_channels`` keyword arguments."""
+    out: dict[str, Any] = {}
+    for item in spec.split(","):
+        key, _, value = item.partition("=")
+        if key == "target":
+            out[key] = value.split("+") if "+" in value else value
+        elif key in ("macs", "params", "instructions"):
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return out
+
+
 def parse_ranks(spec: str) -> dict[str, int]:
     """``"Conv_1=32,block_16_project=8"`` -> ``{"Conv_1": 32, "block_16_project": 8}``
     (``LowRankConfig(ranks=)``; the config checks the ranks, ``factorize`` the names)."""
