@@ -61,6 +61,15 @@ def short(variant: str) -> str:
                   r"(?=(, \d+ epochs| \+ |$))", r"\1 plan", variant)
 
 
+def detector_short(variant: str) -> str:
+    """A ``structured.py --detector-plan`` row's name without the MAC ratio its seed's
+    own plan reached (each seed plans on its own dense model): ``plan SPEC, 0.36x MACs,
+    distilled`` -> ``plan SPEC, distilled``; ``scratch 0.36x MACs, 83 epochs`` (the
+    width nearest the plan's) -> ``scratch, nearest width, 83 epochs``."""
+    variant = re.sub(r"^(plan .*?), [\d.]+x MACs", r"\1", variant)
+    return re.sub(r"^scratch [\d.]+x MACs, ", "scratch, nearest width, ", variant)
+
+
 def stats(values: list[float]) -> dict[str, float]:
     """Mean, sample std (0 for one value), min and max."""
     return {"mean": statistics.fmean(values),
@@ -74,11 +83,14 @@ def load(paths: list[str]) -> dict[int, dict[str, dict[str, Any]]]:
     for path in paths:
         with open(path) as f:
             result = json.load(f)
-        seed = result["settings"].get("seed", 0)
+        settings = result["settings"]
+        detector = bool(settings.get("detector"))
+        seed = settings.get("detector_seed", 0) if detector else settings.get("seed", 0)
         if seed in seeds:
             raise SystemExit(f"{path}: seed {seed} is already given by another file of the "
                              "group; give each seed once.")
-        seeds[seed] = {short(r["variant"]): {**r, "file": os.path.relpath(path)}
+        name = detector_short if detector and settings.get("detector_plan") else short
+        seeds[seed] = {name(r["variant"]): {**r, "file": os.path.relpath(path)}
                        for r in result["rows"]}
     return seeds
 
@@ -103,16 +115,27 @@ def add_dense_runs(seeds: dict[int, dict[str, dict[str, Any]]], path: str) -> li
     return list(dict.fromkeys(names))
 
 
-def costs(pool: list[dict[str, dict[str, Any]]], variant: str) -> dict[str, Any] | None:
-    """The file / MACs / instruction ratios of ``variant`` from a result that emulated it
-    (``pool``: every seed of every group, this group's first)."""
-    for rows in pool:
-        row = rows.get(variant)
-        if row and all(row["instructions"].get(t) is not None for t in TARGETS):
-            ra = row["ratios"]
-            return {"size": ra["size"], "macs": ra["macs"], "from": row["file"],
-                    **{t: ra["targets"][t]["instructions"] for t in TARGETS}}
-    return None
+def costs(own: list[dict[str, dict[str, Any]]], pool: list[dict[str, dict[str, Any]]],
+          variant: str) -> dict[str, Any] | None:
+    """The file / MACs / instruction ratios of ``variant`` from the results that emulated
+    it: the worst, per ratio, of the group's ``own`` seeds that did (their
+    architectures differ when each seed made its own plan; ``from`` lists them), else
+    the first result of ``pool`` (every seed of every group) that did."""
+    def emulated(results):
+        found = []
+        for rows in results:
+            row = rows.get(variant)
+            if row and all(row["instructions"].get(t) is not None for t in TARGETS):
+                ra = row["ratios"]
+                found.append({"size": ra["size"], "macs": ra["macs"], "from": row["file"],
+                              **{t: ra["targets"][t]["instructions"] for t in TARGETS}})
+        return found
+
+    found = emulated(own) or emulated(pool)[:1]
+    if len(found) < 2:
+        return found[0] if found else None
+    return {**{k: max(c[k] for c in found) for k in ("size", "macs", *TARGETS)},
+            "from": [c["from"] for c in found]}
 
 
 def aggregate(seeds: dict[int, dict[str, dict[str, Any]]], scratch: str | None,
@@ -134,7 +157,7 @@ def aggregate(seeds: dict[int, dict[str, dict[str, Any]]], scratch: str | None,
                if v in rows}  # a variant missing on a seed counts on the others only
         entry: dict[str, Any] = {"tflite_accuracy": stats(list(acc.values())),
                                  "per_seed": acc,
-                                 "cost": costs(list(seeds.values()) + pool, v)}
+                                 "cost": costs(list(seeds.values()), pool, v)}
         pairs = [(dense, "minus_dense_pp"), (scratch, "minus_scratch_pp")]
         for ref, key in pairs + [(r, f"minus {r} (pp)") for r in references]:
             if ref and ref != v:

@@ -76,3 +76,26 @@ def test_dense_runs_join_the_group_as_a_paired_reference(tmp_path):
     with pytest.raises(SystemExit, match="no --group of that name"):
         structured_seeds.main(["--group", "g", seed0, "--dense-runs", "h", str(curve),
                                "--out", str(out)])
+
+
+def test_detector_plans_made_per_seed_pair_by_name_and_report_the_worst_cost(tmp_path):
+    def detector_result(seed, plan_macs, plan_rpi5):
+        path = tmp_path / f"det{seed}.json"
+        path.write_text(json.dumps({
+            "settings": {"seed": 0, "detector": True, "detector_seed": seed,
+                         "detector_plan": [{"instructions": 0.55}]},
+            "rows": [row("dense int8", 0.97, 100),
+                     row(f"plan instructions=0.55 on rpi4+rpi5, {plan_macs}x MACs, distilled",
+                         0.975, plan_rpi5, 0.3),
+                     row(f"scratch {plan_macs}x MACs, 83 epochs", 0.96, 60, 0.4)]}))
+        return str(path)
+    out = tmp_path / "agg.json"
+    structured_seeds.main(["--group", "det", detector_result(0, 0.36, 52),
+                           detector_result(1, 0.38, 57), "--out", str(out)])
+    group = json.loads(out.read_text())["groups"]["det"]
+    assert group["seeds"] == [0, 1]  # from detector_seed, not the families' seed
+    assert group["scratch"] == "scratch, nearest width, 83 epochs"
+    plan = group["variants"]["plan instructions=0.55 on rpi4+rpi5, distilled"]
+    assert plan["minus_scratch_pp"]["per_seed"] == pytest.approx({"0": 1.5, "1": 1.5})
+    assert plan["cost"]["rpi5"] == pytest.approx(0.57)  # the worse of the two seeds' plans
+    assert len(plan["cost"]["from"]) == 2
