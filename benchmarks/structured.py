@@ -76,7 +76,7 @@ architectures from scratch (``structured_detector_plan_seedN.json``):
     python benchmarks/structured.py --detector --detector-epochs 64 \\
         --detector-multiples 8 --detector-rebuilt-epochs 16 \\
         --detector-plan instructions=0.55,target=rpi4+rpi5 --detector-scratch-shape \\
-        --detector-seed N --out benchmarks/results/structured_detector_plan_seedN.json
+        --seed N --out benchmarks/results/structured_detector_plan_seedN.json
 
     python benchmarks/structured.py [--families digits_cnn mobilenet_v2] [--out ...]
     python benchmarks/structured.py --recover
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--qat-lr", type=float, default=0.25,
                         help="QAT learning rate as a share of the fine-tune one.")
     parser.add_argument("--seed", type=int, default=0,
-                        help="Seed of every model family variant (dense, pruned, scratch): "
+                        help="Seed of every variant (dense, pruned, scratch; the detector's too): "
                              "another seed repeats the comparison on other initial weights "
                              "and data orders.")
     parser.add_argument("--no-uniform", action="store_true",
@@ -496,8 +496,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detector-rebuilt-epochs", type=int, default=8,
                         help="Fine-tune epochs of the rebuilt narrow detector (cosine-decayed "
                              "from 1/4 of the dense learning rate).")
-    parser.add_argument("--detector-seed", type=int, default=0,
-                        help="Seed of the detector's training (the data stay the same).")
     parser.add_argument("--detector-plan", nargs="+", type=parse_spec, default=[],
                         metavar="SPEC",
                         help="Per-group channel plans (plan_channels arguments, e.g. "

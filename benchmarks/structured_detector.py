@@ -50,14 +50,14 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
     rebuilt architecture from a fresh initialization for the same whole budget,
     plain and distilled from the dense model (scratch at exactly its MACs), and
     the uniform-width scratch at the width nearest the plan's MACs.
-    ``--detector-seed`` seeds the training (the data stay the same).
+    ``--seed`` seeds the training (the data stay the same).
     """
     from recipes import common as recipe_common
     from recipes import data as data_lib
     from recipes import detector
 
     size, epochs, lr = 96, args.detector_epochs, 4e-3
-    seed = args.detector_seed
+    seed = args.seed
     prune_epochs, rebuilt = args.detector_prune_epochs, args.detector_rebuilt_epochs
     data = data_lib.load_detection("shapes", input_size=size, num_train=args.detector_train,
                                    num_test=300, seed=0)
@@ -181,7 +181,7 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
                                  if distilled else ""))
             log(f"{name} trained")
 
-    targets = ([reached_ratios[0]] if reached_ratios else [])
+    targets = reached_ratios[:1]
     targets += [m for _, _, m in shapes] if args.detector_scratch_shape else []
     widths = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
     width_macs = [(w, channels.keras_macs(build(w, "probe"))) for w in widths]

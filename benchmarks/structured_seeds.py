@@ -84,12 +84,11 @@ def load(paths: list[str]) -> dict[int, dict[str, dict[str, Any]]]:
         with open(path) as f:
             result = json.load(f)
         settings = result["settings"]
-        detector = bool(settings.get("detector"))
-        seed = settings.get("detector_seed", 0) if detector else settings.get("seed", 0)
+        seed = settings.get("seed", 0)
         if seed in seeds:
             raise SystemExit(f"{path}: seed {seed} is already given by another file of the "
                              "group; give each seed once.")
-        name = detector_short if detector and settings.get("detector_plan") else short
+        name = detector_short if settings.get("detector_plan") else short
         seeds[seed] = {name(r["variant"]): {**r, "file": os.path.relpath(path)}
                        for r in result["rows"]}
     return seeds

@@ -1,8 +1,9 @@
 """Per-group channel fractions chosen for a budget, by measured sensitivity.
 
 :func:`plan_channels` measures how much each dependency group's accuracy
-(or a score the caller gives, ``evaluate=``: a detector's mAP) suffers when a fraction of its channels is masked (the others whole), at a
-few candidate fractions, then picks per group the largest fraction whose
+(or a score the caller gives, ``evaluate=``: a detector's mAP) suffers when
+a fraction of its channels is masked (the others whole), at a few candidate
+fractions, then picks per group the largest fraction whose
 accuracy drop stays under a threshold, and searches (bisection) the
 smallest threshold that meets the budget. This is AIMET's greedy
 compression-ratio selection, applied to channel groups (residual groups
@@ -143,13 +144,13 @@ def _scorer(model: Any, x: Any, y: Any, evaluate: Callable[[Any], float] | None
     def checked(work: Any) -> float:
         value = evaluate(work)
         try:
-            value = float(value)
+            number = float(value)
         except (TypeError, ValueError):
-            value = float("nan")
-        if not np.isfinite(value):
+            number = float("nan")
+        if not np.isfinite(number):
             raise ValueError(f"evaluate returned {value!r}; it must return a finite number "
                              "(higher is better), e.g. accuracy or mAP in [0, 1].")
-        return value
+        return number
     return checked
 
 

@@ -82,7 +82,7 @@ def test_detector_plans_made_per_seed_pair_by_name_and_report_the_worst_cost(tmp
     def detector_result(seed, plan_macs, plan_rpi5):
         path = tmp_path / f"det{seed}.json"
         path.write_text(json.dumps({
-            "settings": {"seed": 0, "detector": True, "detector_seed": seed,
+            "settings": {"seed": seed, "detector": True,
                          "detector_plan": [{"instructions": 0.55}]},
             "rows": [row("dense int8", 0.97, 100),
                      row(f"plan instructions=0.55 on rpi4+rpi5, {plan_macs}x MACs, distilled",
@@ -93,7 +93,7 @@ def test_detector_plans_made_per_seed_pair_by_name_and_report_the_worst_cost(tmp
     structured_seeds.main(["--group", "det", detector_result(0, 0.36, 52),
                            detector_result(1, 0.38, 57), "--out", str(out)])
     group = json.loads(out.read_text())["groups"]["det"]
-    assert group["seeds"] == [0, 1]  # from detector_seed, not the families' seed
+    assert group["seeds"] == [0, 1]
     assert group["scratch"] == "scratch, nearest width, 83 epochs"
     plan = group["variants"]["plan instructions=0.55 on rpi4+rpi5, distilled"]
     assert plan["minus_scratch_pp"]["per_seed"] == pytest.approx({"0": 1.5, "1": 1.5})
