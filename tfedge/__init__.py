@@ -38,7 +38,7 @@ _EXPORTS = {
     "tfedge.lowrank": ["LowRankConfig", "FactorizationReport"],
     "tfedge.channel_prune": ["ChannelReport"],
     "tfedge.channel_budget": ["plan_channels", "ChannelPlan", "BudgetError", "int8_instructions",
-                              "Int8Count"],
+                              "Int8Count", "recalibrate_batch_norm"],
     "tfedge.artifact": ["TFLiteArtifact", "MODES", "LOWBIT_MODES", "load",
                         "check_full_integer", "runtime_settings"],
     "tfedge.calibration": ["representative_from_dataset"],

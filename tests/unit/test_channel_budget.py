@@ -146,3 +146,50 @@ def test_scoring_arguments_are_checked():
         channel_budget.plan_channels(model, x, macs=0.5, evaluate=0.9)
     with pytest.raises(ValueError, match="evaluate returned nan.*finite"):
         channel_budget.plan_channels(model, x, macs=0.5, evaluate=lambda m: float("nan"))
+
+
+def test_recalibrate_batch_norm_sets_each_layer_to_its_inputs_batch_statistics():
+    from tfedge import keras
+    model = two_output_model()
+    x = np.random.default_rng(1).normal(2.0, 3.0, (32, 8, 8, 1)).astype(np.float32)
+    assert channel_budget.recalibrate_batch_norm(model, x) == 2
+    for name in ("c1", "c2"):  # c2's input is computed with c1/bn's new statistics
+        inputs = keras.Model(model.input, model.get_layer(name).output).predict(x, verbose=0)
+        bn = model.get_layer(name + "/bn")
+        np.testing.assert_allclose(bn.moving_mean.numpy(), inputs.mean((0, 1, 2)),
+                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(bn.moving_variance.numpy(), inputs.var((0, 1, 2)),
+                                   rtol=0.01)  # Bessel's correction over 32*8*8 values
+        assert bn.momentum == pytest.approx(0.99)  # put back
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    before = [w.copy() for w in plain.get_weights()]
+    assert channel_budget.recalibrate_batch_norm(plain, x[:, 0, 0, :].repeat(4, 1)) == 0
+    assert all(np.array_equal(a, b) for a, b in zip(before, plain.get_weights()))
+
+
+def test_plan_recalibrates_every_masked_candidate_on_its_copy_only():
+    model = two_output_model()
+    x = np.random.default_rng(0).uniform(0, 1, (64, 8, 8, 1)).astype(np.float32)
+    channel_budget.recalibrate_batch_norm(model, x)  # unmasked, x's statistics already
+    original = model.get_layer("c2/bn").moving_mean.numpy().copy()
+    before = [w.copy() for w in model.get_weights()]
+
+    def seen(recalibrate):
+        means = []
+
+        def evaluate(m):
+            means.append(m.get_layer("c2/bn").moving_mean.numpy().copy())
+            return float(len(means) == 1)  # every candidate: a drop of 1
+        channel_budget.plan_channels(model, x, macs=0.5, evaluate=evaluate,
+                                     representative_data=x, recalibrate_bn=recalibrate)
+        return means
+    plain, adapted = seen(0), seen(64)
+    assert all(np.array_equal(m, original) for m in plain)
+    # the base score is taken as the model is; every masked candidate after recalibration
+    # (masking c1 moves c2's inputs; masking c2 zeroes its masked channels' inputs)
+    assert np.array_equal(adapted[0], original)
+    assert not any(np.allclose(m, original) for m in adapted[1:])
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    with pytest.raises(ValueError, match="recalibrate_bn=-1.*samples"):
+        channel_budget.plan_channels(model, x, macs=0.5, evaluate=lambda m: 1.0,
+                                     recalibrate_bn=-1)
