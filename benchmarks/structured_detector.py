@@ -46,7 +46,10 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
     ``--detector-plan SPEC`` adds per-group plans: ``tfedge.plan_channels`` on
     the dense model with ``evaluate=`` its float mAP@0.5 on 300 validation
     images (generated apart from the training and test images), then trained
-    like the uniform variants. ``--detector-scratch-shape`` trains each plan's
+    like the uniform variants; ``--detector-plan-bn N`` plans with
+    ``recalibrate_bn=N`` (one plan per value) and ``--detector-rebuilt-lr R``
+    trains each plan's rebuilt model from ``R`` x the dense learning rate (one
+    variant per value). ``--detector-scratch-shape`` trains each plan's
     rebuilt architecture from a fresh initialization for the same whole budget,
     plain and distilled from the dense model (scratch at exactly its MACs), and
     the uniform-width scratch at the width nearest the plan's MACs.
@@ -98,20 +101,23 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
         return (f"{boxes}, scores bce at T={args.detector_temperature:g}, score weight "
                 f"{args.detector_score_weight:g}, alpha {args.detector_alpha:g}")
 
-    def prune_and_tune(fraction, multiple, distill, fractions=None):
+    def prune_and_tune(fraction, multiple, distill, fractions=None, rebuilt_lr=0.25):
         """Gradual masking (teacher "self"), rebuild, then the narrow model's fine-tune
-        distilled from the dense model: (pruned model, its channel report)."""
+        distilled from the dense model (peak ``rebuilt_lr`` x the dense learning rate):
+        (pruned model, its channel report)."""
         keras.utils.set_random_seed(seed)
         edge = train_(tfedge.wrap(dense, prune=tfedge.PruneConfig(
             fraction, structure="channel", end_epoch=prune_epochs, importance=args.importance,
             channel_multiple=multiple, fractions=fractions), teacher="self", distill=distill),
             prune_epochs, lr / 10)
         tuned = tfedge.wrap(edge.finish(), teacher=dense, distill=distill)
-        return train_(tuned, rebuilt, lr / 4).finish(), edge.channel_report().to_dict()
+        return train_(tuned, rebuilt, lr * rebuilt_lr).finish(), edge.channel_report().to_dict()
+
+    def recipe(rebuilt_lr=0.25):
+        return (f"+{prune_epochs} prune (lr {lr / 10:g}) + {rebuilt} rebuilt fine-tune epochs "
+                f"(lr {lr * rebuilt_lr:g}, cosine), both distilled from the dense model")
 
     total = epochs + prune_epochs + rebuilt
-    recipe = (f"+{prune_epochs} prune + {rebuilt} rebuilt fine-tune epochs, both distilled "
-              "from the dense model")
     channel_reports, reached_ratios = {}, []
     runs = [(m, b) for m in args.detector_multiples for b in args.detector_box_mask
             if not args.detector_no_uniform]
@@ -127,7 +133,7 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
                 + (f", boxes masked > {box_mask:g}" if box_mask else ""))
         variants[name] = (
             pruned, f"fraction {fraction:.3f} ({args.importance}, multiples of {multiple}); "
-            f"{recipe} ({distill_note(box_mask)}); {total} epochs in all")
+            f"{recipe()} ({distill_note(box_mask)}); {total} epochs in all")
         channel_reports[name] = report
         reached_ratios.append(reached)
         log(f"channel pruned (multiple {multiple}, fraction {fraction:.3f}, reached "
@@ -144,28 +150,35 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
             return detector.evaluate(model.predict(val.test_images, batch_size=64, verbose=0),
                                      val, anchors)["map50"]
 
-        for spec in args.detector_plan:
+        for spec, recalibrate in ((p, n) for p in args.detector_plan
+                                  for n in args.detector_plan_bn):
+            label = plan_label(spec) + (f" (BN recalibrated on {recalibrate})"
+                                        if recalibrate else "")
             t = time.time()
             plan = tfedge.plan_channels(dense, val.test_images, evaluate=val_map50,
                                         multiple=multiple, representative_data=data.x_calib,
-                                        **spec)
-            log(f"plan_channels({plan_label(spec)}) in {time.time() - t:.0f} s:\n{plan}")
-            pruned, report = prune_and_tune(max(plan.fractions.values()), multiple,
-                                            distill_config(box_mask), fractions=plan)
-            macs = channels.keras_macs(pruned) / dense_macs
-            name = f"plan {plan_label(spec)}, {macs:.2f}x MACs, distilled"
-            variants[name] = (
-                pruned, f"plan_channels({plan_label(spec)}, evaluate=float mAP@0.5 on 300 "
-                f"validation images, multiples of {multiple}), reached {plan.reached:.3f}x; "
-                "per group: " + ", ".join(f"{k} {v:g}" for k, v in plan.fractions.items())
-                + f"; {recipe} ({distill_note(box_mask)}); {total} epochs in all")
-            channel_reports[name] = report
-            plans[name] = {**plan.to_dict(), "seconds": time.time() - t}
-            shapes.append((plan_label(spec), pruned, macs))
-            log(f"{name} trained")
+                                        recalibrate_bn=recalibrate, **spec)
+            seconds = time.time() - t
+            log(f"plan_channels({label}) in {seconds:.0f} s:\n{plan}")
+            plans[label] = {**plan.to_dict(), "seconds": seconds}
+            for rebuilt_lr in args.detector_rebuilt_lr:
+                pruned, report = prune_and_tune(max(plan.fractions.values()), multiple,
+                                                distill_config(box_mask), fractions=plan,
+                                                rebuilt_lr=rebuilt_lr)
+                macs = channels.keras_macs(pruned) / dense_macs
+                name = (f"plan {label}, {macs:.2f}x MACs, distilled"
+                        + (f", rebuilt at {rebuilt_lr:g}x lr" if rebuilt_lr != 0.25 else ""))
+                variants[name] = (
+                    pruned, f"plan_channels({label}, evaluate=float mAP@0.5 on 300 "
+                    f"validation images, multiples of {multiple}), reached {plan.reached:.3f}x; "
+                    "per group: " + ", ".join(f"{k} {v:g}" for k, v in plan.fractions.items())
+                    + f"; {recipe(rebuilt_lr)} ({distill_note(box_mask)}); {total} epochs in all")
+                channel_reports[name] = report
+                log(f"{name} trained")
+            shapes.append((label, pruned, macs))
 
     for label, pruned, macs in shapes if args.detector_scratch_shape else ():
-        for distilled in (False, True):
+        for distilled in (False, True)[args.detector_scratch_distilled_only:]:
             keras.utils.set_random_seed(seed)
             model = keras.models.clone_model(pruned)  # its architecture, fresh weights
             name = f"scratch, shape of the {label} plan, {total} epochs"
