@@ -78,6 +78,17 @@ architectures from scratch (``structured_detector_plan_seedN.json``):
         --detector-plan instructions=0.55,target=rpi4+rpi5 --detector-scratch-shape \\
         --seed N --out benchmarks/results/structured_detector_plan_seedN.json
 
+and with and without BatchNorm recalibration in the plan, each rebuilt model fine-tuned from
+a quarter and from the full learning rate (``structured_detector_bn_seed1.json``; the full
+rate is what recovers the plan):
+
+    python benchmarks/structured.py --detector --detector-epochs 64 \\
+        --detector-multiples 8 --detector-rebuilt-epochs 16 \\
+        --detector-plan instructions=0.55,target=rpi4+rpi5 --detector-plan-bn 0 256 \\
+        --detector-rebuilt-lr 0.25 1 --detector-scratch-shape \\
+        --detector-scratch-distilled-only --detector-no-uniform --seed 1 \\
+        --out benchmarks/results/structured_detector_bn_seed1.json
+
     python benchmarks/structured.py [--families digits_cnn mobilenet_v2] [--out ...]
     python benchmarks/structured.py --recover
     python benchmarks/structured.py --detector
