@@ -110,7 +110,7 @@ from tfedge import channel_budget, channel_prune, channels, keras, lowrank  # no
 from tfedge.report import format_table, write_json  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from structured_detector import run_detector  # noqa: E402
+from structured_detector import REBUILT_LR, run_detector  # noqa: E402
 from structured_models import (FACTORIZE_ARGUMENT, FAMILIES, TARGETS, bench_fields,  # noqa: E402
                                compile_, fast_batchnorm, fine_tune, parse_spec, progress,
                                ranks_label, scratch_width)
@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="plan_channels(recalibrate_bn=N) per plan: BatchNormalization "
                              "statistics re-estimated on N calibration images after masking "
                              "(0: scored as masked). Several values: one plan each.")
-    parser.add_argument("--detector-rebuilt-lr", nargs="+", type=float, default=[0.25],
+    parser.add_argument("--detector-rebuilt-lr", nargs="+", type=float, default=[REBUILT_LR],
                         metavar="R",
                         help="Peak learning rate of the plans' rebuilt fine-tune, times the "
                              "dense one. Several values: one trained variant of each plan each.")

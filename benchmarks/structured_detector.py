@@ -23,6 +23,9 @@ from tfedge import channel_prune, channels, keras  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from structured_models import TARGETS, bench_fields, progress  # noqa: E402
 
+# The rebuilt fine-tune's peak learning rate, times the dense one (--detector-rebuilt-lr).
+REBUILT_LR = 0.25
+
 
 def plan_label(spec: dict) -> str:
     """``{"instructions": 0.55, "target": ["rpi4", "rpi5"]}`` -> ``"instructions=0.55 on rpi4+rpi5"``."""
@@ -101,7 +104,7 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
         return (f"{boxes}, scores bce at T={args.detector_temperature:g}, score weight "
                 f"{args.detector_score_weight:g}, alpha {args.detector_alpha:g}")
 
-    def prune_and_tune(fraction, multiple, distill, fractions=None, rebuilt_lr=0.25):
+    def prune_and_tune(fraction, multiple, distill, fractions=None, rebuilt_lr=REBUILT_LR):
         """Gradual masking (teacher "self"), rebuild, then the narrow model's fine-tune
         distilled from the dense model (peak ``rebuilt_lr`` x the dense learning rate):
         (pruned model, its channel report)."""
@@ -113,7 +116,7 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
         tuned = tfedge.wrap(edge.finish(), teacher=dense, distill=distill)
         return train_(tuned, rebuilt, lr * rebuilt_lr).finish(), edge.channel_report().to_dict()
 
-    def recipe(rebuilt_lr=0.25):
+    def recipe(rebuilt_lr=REBUILT_LR):
         return (f"+{prune_epochs} prune (lr {lr / 10:g}) + {rebuilt} rebuilt fine-tune epochs "
                 f"(lr {lr * rebuilt_lr:g}, cosine), both distilled from the dense model")
 
@@ -167,7 +170,8 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
                                                 rebuilt_lr=rebuilt_lr)
                 macs = channels.keras_macs(pruned) / dense_macs
                 name = (f"plan {label}, {macs:.2f}x MACs, distilled"
-                        + (f", rebuilt at {rebuilt_lr:g}x lr" if rebuilt_lr != 0.25 else ""))
+                        + (f", rebuilt at {rebuilt_lr:g}x lr" if rebuilt_lr != REBUILT_LR
+                           else ""))
                 variants[name] = (
                     pruned, f"plan_channels({label}, evaluate=float mAP@0.5 on 300 "
                     f"validation images, multiples of {multiple}), reached {plan.reached:.3f}x; "
@@ -175,10 +179,10 @@ def run_detector(args: argparse.Namespace) -> tuple[list[dict], dict]:
                     + f"; {recipe(rebuilt_lr)} ({distill_note(box_mask)}); {total} epochs in all")
                 channel_reports[name] = report
                 log(f"{name} trained")
-            shapes.append((label, pruned, macs))
+            shapes.append((label, pruned, macs))  # one architecture for every rebuilt lr
 
     for label, pruned, macs in shapes if args.detector_scratch_shape else ():
-        for distilled in (False, True)[args.detector_scratch_distilled_only:]:
+        for distilled in (True,) if args.detector_scratch_distilled_only else (False, True):
             keras.utils.set_random_seed(seed)
             model = keras.models.clone_model(pruned)  # its architecture, fresh weights
             name = f"scratch, shape of the {label} plan, {total} epochs"

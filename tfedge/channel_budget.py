@@ -253,6 +253,7 @@ def plan_channels(model: Any, x: Any, y: Any = None, *, macs: float | None = Non
                          "samples (e.g. 256), or 0 to score the masked model as it is.")
     score = _scorer(model, x, y, evaluate)
     calibration = representative_data if representative_data is not None else x[:200]
+    bn_samples = calibration[:int(recalibrate_bn)]
     work = clone_model(model)
     graph = channels.analyze(work)
     groups = [i for i, g in enumerate(graph.groups) if g.prunable]
@@ -275,7 +276,7 @@ def plan_channels(model: Any, x: Any, y: Any = None, *, macs: float | None = Non
             masks.set_removed(removed)
             masks.apply()
             if recalibrate_bn:
-                recalibrate_batch_norm(work, calibration[:int(recalibrate_bn)])
+                recalibrate_batch_norm(work, bn_samples)
             curve.append(score(work))
             work.set_weights(original)
         sensitivity[index] = curve
