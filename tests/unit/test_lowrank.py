@@ -69,3 +69,44 @@ def test_rank_that_does_not_lower_the_macs_names_the_largest_that_does():
                                          r"rank that does is 10"):
         lowrank.factorize(dense_heavy_model(), tfedge.LowRankConfig(ranks={"pointwise": 12}))
     lowrank.factorize(dense_heavy_model(), tfedge.LowRankConfig(ranks={"pointwise": 10}))
+
+
+def test_a_budget_leaves_the_classifier_whole_and_says_why():
+    model = dense_heavy_model()
+    factored, report = lowrank.factorize(model, tfedge.LowRankConfig(macs=0.5))
+    rows = {r["layer"]: r for r in report.rows}
+    assert not rows["logits"]["factorized"]
+    assert "computes a model output" in rows["logits"]["note"]
+    assert "layers=" in rows["logits"]["note"]
+    assert factored.get_layer("logits").get_weights()[0].shape == (256, 10)
+    assert "logits_lr1" not in [layer.name for layer in factored.layers]
+    assert report.macs_after <= 0.5 * report.macs_before
+    assert any(r["factorized"] for r in report.rows)
+
+
+def test_an_output_layer_named_in_layers_is_factorized():
+    model = dense_heavy_model()
+    _, report = lowrank.factorize(model, tfedge.LowRankConfig(energy=0.5, layers=["logits"]))
+    assert [r["layer"] for r in report.rows if r["factorized"]] == ["logits"]
+
+
+def test_the_output_layer_is_found_through_activations_and_concatenations():
+    keras = tfedge._keras.keras
+    inputs = keras.Input((16,))
+    h = keras.layers.Dense(64, activation="relu", name="trunk")(inputs)
+    a = keras.layers.Dense(32, name="head_a")(h)
+    b = keras.layers.Activation("sigmoid")(keras.layers.Dense(32, name="head_b")(h))
+    out = keras.layers.Reshape((64,))(keras.layers.Concatenate()([a, b]))
+    model = keras.Model(inputs, [out, keras.layers.Softmax()(keras.layers.Dense(8, name="cls")(h))])
+    assert lowrank._nearest_outputs(model) == {"head_a", "head_b", "cls"}
+
+
+def test_a_model_whose_only_factorizable_layer_is_its_output_says_how():
+    keras = tfedge._keras.keras
+    inputs = keras.Input((64,))
+    model = keras.Model(inputs, keras.layers.Dense(64, name="only")(inputs))
+    with pytest.raises(tfedge.UnsupportedModelError,
+                       match=r"besides the output layers \['only'\].*LowRankConfig\(layers=\)"):
+        lowrank.factorize(model, tfedge.LowRankConfig(energy=0.5))
+    _, report = lowrank.factorize(model, tfedge.LowRankConfig(energy=0.5, layers=["only"]))
+    assert report.rows[0]["factorized"]
