@@ -281,7 +281,8 @@ class FactorizationReport:
         rank was chosen by the energy or the budget, and cutting it again
         hurts (measured on the digits CNN: 0.5x MACs low-rank plus 50% of the
         channels cut a rank-4 logits bottleneck to 2 and scored 32% int8
-        after 2 epochs; keeping the ranks, 84%).
+        after 2 epochs; keeping the ranks, 84%. That was before a budget left the
+        logits whole, see ``_nearest_outputs``; the rule holds for every rank).
         """
         return {f"{r['layer']}_lr1" for r in self.rows if r["factorized"]}
 
