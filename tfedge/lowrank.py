@@ -310,7 +310,8 @@ def factorize(model: Any, config: LowRankConfig) -> tuple[Any, FactorizationRepo
         ``(factorized model, FactorizationReport)``.
 
     Raises:
-        UnsupportedModelError: no layer can be factorized with fewer MACs.
+        UnsupportedModelError: no layer can be factorized with fewer MACs, or the only
+            factorizable layers are the output layers a budget leaves whole (named).
         ValueError: the MAC budget cannot be met (the best reachable is named); an
             explicit rank for a layer that is not a factorizable one of the model
             (they are listed), not below the layer's full rank, or too large to
@@ -320,10 +321,7 @@ def factorize(model: Any, config: LowRankConfig) -> tuple[Any, FactorizationRepo
         candidates = _explicit_candidates(model, config.ranks)
         chosen = {c.layer.name: (c, config.ranks[c.layer.name]) for c in candidates}
         return _report_and_rewrite(model, candidates, chosen, None)
-    held = {} if config.layers is not None else {
-        name: "left whole: it computes a model output, and a rank below its width would "
-              "bottleneck the outputs (name it in layers= to factorize it)"
-        for name in _nearest_outputs(model)}
+    held = _nearest_outputs(model) if config.layers is None else set()
     considered = [_Candidate(layer, _kind(layer)) for layer in model.layers
                   if _kind(layer) and (config.layers is None or layer.name in config.layers)]
     candidates = [c for c in considered if c.layer.name not in held]
@@ -363,6 +361,10 @@ def factorize(model: Any, config: LowRankConfig) -> tuple[Any, FactorizationRepo
             f"No layer of {model.name!r} gets fewer MACs when factorized at energy "
             f"{energy:.3f}; lower the energy (LowRankConfig(energy=...)) or give a budget.")
     return _report_and_rewrite(model, considered, chosen, energy, held)
+
+
+_HELD_NOTE = ("left whole: it computes a model output, and a rank below its width would "
+              "bottleneck the outputs (name it in layers= to factorize it)")
 
 
 def _nearest_outputs(model: Any) -> set[str]:
@@ -423,10 +425,10 @@ def _explicit_candidates(model: Any, ranks: dict[str, int]) -> list[_Candidate]:
 
 def _report_and_rewrite(model: Any, candidates: list[_Candidate],
                         chosen: dict[str, tuple[_Candidate, int]], energy: float | None,
-                        held: dict[str, str] | None = None
+                        held: set[str] = frozenset()
                         ) -> tuple[Any, FactorizationReport]:
     """The factorized model and the report of each candidate (chosen or left whole;
-    ``held``: layer -> why it was not considered)."""
+    ``held``: the output layers a budget does not consider)."""
     base = channels_lib.keras_macs(model)
     rows = []
     for c in candidates:
@@ -437,8 +439,8 @@ def _report_and_rewrite(model: Any, candidates: list[_Candidate],
                      "macs_before": c.macs,
                      "macs_after": _macs(c.layer, c.kind, rank) if done else c.macs,
                      "factorized": done,
-                     "note": "" if done else (held or {}).get(
-                         c.layer.name, "left whole: factorizing would not lower its MACs")})
+                     "note": "" if done else _HELD_NOTE if c.layer.name in held
+                     else "left whole: factorizing would not lower its MACs"})
     factored = _rewrite(model, chosen)
     return factored, FactorizationReport(rows, base, channels_lib.keras_macs(factored))
 
