@@ -440,6 +440,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs, "test_samples": len(data.x_test),
         "float_accuracy": float_acc, "keras_accuracy": report.keras_accuracy,
         "int8_accuracy": report.tflite_accuracy, "agreement": report.agreement,
+        "near_ties": report.near_ties,
         "size_bytes": artifact.size_bytes, "parameters": int(final.count_params()),
         "stages": stages, "seconds": timings, "cpu_seconds": cpu,
     }

