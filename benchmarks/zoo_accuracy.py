@@ -20,6 +20,11 @@ epochs (in the results this replaces, MobileNetV3Small's int8 model stood
 3.8 pp above its float reference). ``float_train_s`` includes the reference's
 fine-tune.
 
+Keras-vs-LiteRT top-1 agreement of the QAT model and its int8 file is recorded
+with validate's count of Keras near-ties: on these models, trained to 94-97%,
+it says whether the zoo's EfficientNet agreement (``zoo.py``: briefly trained,
+96.1%) is a matter of training.
+
 Where accuracy goes is recorded too: the held-out accuracy after every
 fine-tuning epoch (the pruning epochs are float, the last ones QAT), and with
 ``--debug`` tfedge's layer-wise int8 debugger on the float model
@@ -109,6 +114,8 @@ def run(name: str, epochs: int, finetune_epochs: int, debug: bool = False) -> di
             "float_epochs_total": epochs + finetune_epochs,
             "int8_accuracy": report.tflite_accuracy, "qat_keras_accuracy": report.keras_accuracy,
             "drop_pp": 100 * (float_acc - report.tflite_accuracy),
+            "agreement": report.agreement, "near_ties": report.near_ties,
+            "validated_samples": report.num_samples,
             "sparsity": sparsity,
             "float_ops": [op.name for op in art.flatbuffer.float_ops()], "mode": art.mode,
             "int8_bytes": art.size_bytes, "ops": art.ops, "epochs": epochs,
@@ -139,9 +146,11 @@ def main(argv=None) -> int:
         rows = [r for r in rows if r["model"] != name] + [row]
         write_json(args.out, {"rows": rows})
     print(format_table(
-        ["model", "float acc", "int8 acc", "drop pp", "sparsity", "float ops", "int8 bytes"],
-        [[r["model"], r["float_accuracy"], r["int8_accuracy"], r["drop_pp"], r["sparsity"],
-          len(r["float_ops"]), r["int8_bytes"]] for r in rows],
+        ["model", "float acc", "int8 acc", "drop pp", "agreement", "near-ties", "sparsity",
+         "float ops", "int8 bytes"],
+        [[r["model"], r["float_accuracy"], r["int8_accuracy"], r["drop_pp"],
+          r.get("agreement"), r.get("near_ties"), r["sparsity"], len(r["float_ops"]),
+          r["int8_bytes"]] for r in rows],
         title="digits 32x32: float vs prune 50% + QAT int8 (LiteRT)"))
     return 0
 
