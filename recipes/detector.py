@@ -345,7 +345,7 @@ class ScoreLoss(keras.losses.Loss):
 
 def compile_detector(model: Any, anchors: Anchors, learning_rate: Any) -> None:
     """Compiles a detector (or its EdgeModel) with the detection losses and AdamW."""
-    # losses as a list, in output order: a wrapped EdgeModel has no output names
+    # losses as a list, in output order (boxes, scores)
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=1e-4),
                   loss=[BoxLoss(anchors.centers_sizes), ScoreLoss()])
 

@@ -192,6 +192,10 @@ class EdgeModel(keras.Model):
         self._channels = (channel_lib.ChannelPruning(prune_config)
                           if prune_config is not None and prune_config.channel else None)
         self.network = network
+        # Keras maps dict losses, metrics and targets to outputs by these names. A
+        # subclassed model has none of its own (Keras would expect output_1, output_2),
+        # and QAT renames the output layers (quant_<name>): keep the user's names.
+        self.output_names = list(getattr(network, "output_names", None) or []) or None
         if qat_config is not None and self.phases[0].name != "quantize":
             self._dry_run_qat(network)
         self._distillation = (distill_lib.Distillation(teacher, distill_config, network)
@@ -419,7 +423,10 @@ class EdgeModel(keras.Model):
         the shared values are. After QAT it is the quantization-aware model
         (tfmot's fake-quant wrappers stay: they carry the learned int8
         ranges), which ``tfedge.convert`` turns into a full-int8 model, with
-        or without representative data. A teacher is not part of it.
+        or without representative data. A teacher is not part of it. Its
+        outputs keep the user's names (``output_names``, and so the names of
+        the converted file's signature outputs), which QAT's wrappers alone
+        would change to ``quant_<name>``.
 
         Returns:
             A tf_keras functional or Sequential model.
@@ -448,6 +455,10 @@ class EdgeModel(keras.Model):
         else:
             plain = clone_model(network)
         plain._name = self.source_name
+        if self.output_names and len(plain.output_names) == len(self.output_names):
+            # QAT's wrappers renamed the output layers (quant_<name>); the user's names
+            # stay the outputs' names, and so the converted file's signature outputs
+            plain.output_names = list(self.output_names)
         if self._channels is not None:
             logging.info("tfedge: finished; %s", self._channels.report())
         elif self.prune_config is not None:

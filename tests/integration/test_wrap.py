@@ -130,3 +130,44 @@ def test_epoch_schedule_without_known_length_says_what_to_pass(make_digits_cnn, 
                                              prune=tfedge.PruneConfig(0.5, end_epoch=1)))
     with pytest.raises(ValueError, match="steps_per_epoch"):
         wrapped.fit(data, epochs=1, verbose=0)
+
+
+def _two_output_model():
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    boxes = keras.layers.Dense(4, name="boxes")(h)
+    scores = keras.layers.Dense(3, name="scores")(h)
+    return keras.Model(inputs, [boxes, scores])
+
+
+def test_dict_losses_and_targets_by_output_name_through_every_phase():
+    """compile(loss={"boxes": ...}) as on the user's model, across prune -> QAT (which renames
+    the output layers quant_boxes / quant_scores) and with distillation."""
+    model = _two_output_model()
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 8, 8, 1), np.float32)
+    y = {"boxes": rng.random((64, 4), np.float32),
+         "scores": rng.integers(0, 2, (64, 3)).astype(np.float32)}
+    losses = {"boxes": "mse", "scores": keras.losses.BinaryCrossentropy(from_logits=True)}
+    cases = {  # the history keys each must log: per output, or the distillation's terms
+        "prune then QAT": (tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, end_epoch=1),
+                                       quantize=tfedge.QATConfig(start_epoch=1)),
+                           {"boxes_loss", "scores_loss"}),
+        "distilled": (tfedge.wrap(keras.models.clone_model(model), teacher=model,
+                                  distill=tfedge.DistillConfig(
+                                      outputs={"boxes": "mse", "scores": "bce"})),
+                      {"hard_loss", "soft_loss_boxes", "soft_loss_scores"}),
+    }
+    for case, (edge, keys) in cases.items():
+        assert edge.output_names == ["boxes", "scores"], case
+        edge.compile("adam", losses, metrics={"boxes": ["mae"]})
+        history = edge.fit(x, y, batch_size=32, epochs=2, verbose=0)
+        assert keys | {"loss", "boxes_mae"} <= set(history.history), case
+        assert all(np.isfinite(history.history["loss"])), case
+        final = edge.finish()
+        assert final.output_names == ["boxes", "scores"], case
+    # and the int8 file's signature outputs carry them too
+    report = tfedge.validate(tfedge.convert(final_qat := cases["prune then QAT"][0].finish(),
+                                            x[:32]), final_qat, x)
+    assert set(report.per_output) == {"boxes", "scores"}
