@@ -102,6 +102,16 @@ and the full-rate fine-tune on another seed, beside a gentler plan
         --detector-scratch-distilled-only --detector-no-uniform --seed 0 \\
         --out benchmarks/results/structured_detector_full_lr_seed0.json
 
+and the same with twice the rebuilt epochs, the scratch baselines trained as long
+(``structured_detector_rebuilt32_seed0.json``):
+
+    python benchmarks/structured.py --detector --detector-epochs 64 \\
+        --detector-multiples 8 --detector-rebuilt-epochs 32 \\
+        --detector-plan instructions=0.55,target=rpi4+rpi5 --detector-plan-bn 0 \\
+        --detector-rebuilt-lr 1 --detector-scratch-shape --detector-scratch-distilled-only \\
+        --detector-no-uniform --seed 0 \\
+        --out benchmarks/results/structured_detector_rebuilt32_seed0.json
+
     python benchmarks/structured.py [--families digits_cnn mobilenet_v2] [--out ...]
     python benchmarks/structured.py --recover
     python benchmarks/structured.py --detector
