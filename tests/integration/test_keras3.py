@@ -410,6 +410,27 @@ def test_keras3_compile_objects_are_translated():
         bridge.compile_arguments(optimizer=keras.optimizers.SGD(gradient_accumulation_steps=4))
 
 
+def test_keras3_two_output_model_trains_with_dict_losses_by_output_name():
+    """A Keras 3 detector-style model compiled as its Keras 3 code would: losses keyed by
+    output name, through prune -> QAT; the finished model keeps the names."""
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.GlobalAveragePooling2D()(
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs))
+    model = keras.Model(inputs, [keras.layers.Dense(4, name="boxes")(h),
+                                 keras.layers.Dense(3, name="scores")(h)])
+    edge = tfedge.wrap(model, prune=tfedge.PruneConfig(0.5, end_epoch=1),
+                       quantize=tfedge.QATConfig(start_epoch=1))
+    edge.compile(keras.optimizers.Adam(1e-3),
+                 {"boxes": "mse", "scores": keras.losses.BinaryCrossentropy(from_logits=True)})
+    rng = np.random.default_rng(0)
+    x = rng.random((128, 8, 8, 1), np.float32)
+    history = edge.fit(x, {"boxes": rng.random((128, 4), np.float32),
+                           "scores": rng.integers(0, 2, (128, 3)).astype(np.float32)},
+                       batch_size=32, epochs=2, verbose=0)
+    assert {"boxes_loss", "scores_loss"} <= set(history.history)
+    assert list(edge.finish().output_names) == ["boxes", "scores"]
+
+
 # ----------------------------------------------------------------------------
 # A keras.applications model with pruning + QAT, to full int8
 # ----------------------------------------------------------------------------
