@@ -195,7 +195,8 @@ class EdgeModel(keras.Model):
         # Keras maps dict losses, metrics and targets to outputs by these names. A
         # subclassed model has none of its own (Keras would expect output_1, output_2),
         # and QAT renames the output layers (quant_<name>): keep the user's names.
-        self.output_names = list(getattr(network, "output_names", None) or []) or None
+        names = getattr(network, "output_names", None)
+        self.output_names = list(names) if names else None
         if qat_config is not None and self.phases[0].name != "quantize":
             self._dry_run_qat(network)
         self._distillation = (distill_lib.Distillation(teacher, distill_config, network)
@@ -455,7 +456,7 @@ class EdgeModel(keras.Model):
         else:
             plain = clone_model(network)
         plain._name = self.source_name
-        if self.output_names and len(plain.output_names) == len(self.output_names):
+        if self.output_names:
             # QAT's wrappers renamed the output layers (quant_<name>); the user's names
             # stay the outputs' names, and so the converted file's signature outputs
             plain.output_names = list(self.output_names)

@@ -159,15 +159,16 @@ def test_dict_losses_and_targets_by_output_name_through_every_phase():
                                       outputs={"boxes": "mse", "scores": "bce"})),
                       {"hard_loss", "soft_loss_boxes", "soft_loss_scores"}),
     }
+    finals = {}
     for case, (edge, keys) in cases.items():
         assert edge.output_names == ["boxes", "scores"], case
         edge.compile("adam", losses, metrics={"boxes": ["mae"]})
         history = edge.fit(x, y, batch_size=32, epochs=2, verbose=0)
         assert keys | {"loss", "boxes_mae"} <= set(history.history), case
         assert all(np.isfinite(history.history["loss"])), case
-        final = edge.finish()
-        assert final.output_names == ["boxes", "scores"], case
+        finals[case] = edge.finish()
+        assert finals[case].output_names == ["boxes", "scores"], case
     # and the int8 file's signature outputs carry them too
-    report = tfedge.validate(tfedge.convert(final_qat := cases["prune then QAT"][0].finish(),
-                                            x[:32]), final_qat, x)
+    qat = finals["prune then QAT"]
+    report = tfedge.validate(tfedge.convert(qat, x[:32]), qat, x)
     assert set(report.per_output) == {"boxes", "scores"}
